@@ -1,0 +1,71 @@
+"""Built-in reasoning envs and their registration (imported as ``mpo_gym.envs``).
+
+Importing this package registers every built-in id with ``gymnasium.register``; entry points
+are import strings, so nothing heavy is imported until an env is made.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+
+from mpo_gym.env import ReasoningEnv
+
+__all__ = ["BUILTIN", "ReasoningEnv", "ReasoningGymEnv", "list_envs", "register_builtin"]
+
+# id -> (entry point, default kwargs, one-line description)
+BUILTIN: dict[str, tuple[str, dict[str, Any], str]] = {
+    "mpo_gym/Arithmetic-v0": (
+        "mpo_gym.envs.arithmetic:ArithmeticEnv",
+        {"tokenizer": "default", "block_size": 8, "max_new_tokens": 64},
+        "multi-step integer/fraction arithmetic (digits, terms, ops, fractions), answer in \\boxed{}",
+    ),
+    "mpo_gym/LinearEquation-v0": (
+        "mpo_gym.envs.linear:LinearEquationEnv",
+        {"tokenizer": "default", "block_size": 8, "max_new_tokens": 128},
+        "solve a x + b = c x + d for x; rational answers graded by the sympy checker",
+    ),
+    "mpo_gym/Toy-v0": (
+        "mpo_gym.envs.toy:ToyEnv",
+        {},
+        "repeat the named letter; dense reward, char tokenizer; for 'it learns' tests",
+    ),
+    "mpo_gym/CodeFunctions-v0": (
+        "mpo_gym.envs.code_functions:CodeFunctionsEnv",
+        {"tokenizer": "default", "block_size": 8, "max_new_tokens": 128},
+        "write a small Python function; generated asserts run in the sandboxed code verifier",
+    ),
+}
+
+
+def register_builtin() -> None:
+    """Register every built-in id (idempotent)."""
+    for env_id, (entry_point, kwargs, _) in BUILTIN.items():
+        if env_id not in gym.registry:
+            gym.register(id=env_id, entry_point=entry_point, kwargs=dict(kwargs), disable_env_checker=True)
+
+
+def list_envs() -> dict[str, str]:
+    """Every registered ``mpo_gym/`` id with a one-line description."""
+    out = {}
+    for env_id, spec in sorted(gym.registry.items()):
+        if env_id.startswith("mpo_gym/"):
+            out[env_id] = BUILTIN[env_id][2] if env_id in BUILTIN else _describe(spec)
+    return out
+
+
+def _describe(spec: Any) -> str:
+    entry = spec.entry_point if isinstance(spec.entry_point, str) else getattr(spec.entry_point, "__name__", "")
+    return f"user env ({entry})"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ReasoningGymEnv":
+        from .reasoning_gym import ReasoningGymEnv
+
+        return ReasoningGymEnv
+    raise AttributeError(name)
+
+
+register_builtin()

@@ -1,0 +1,47 @@
+"""mpo-gym: a verifier-and-environment RL gym for reasoning with language models.
+
+``import mpo_gym`` is light (no torch, no transformers): it registers the built-in envs
+(``mpo_gym/Arithmetic-v0``, ...) and exposes the core types. The policy and agents live in
+``mpo_gym.policy`` and ``mpo_gym.agents`` and import torch when used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .env import ReasoningEnv
+from .spaces import TokenBlock
+from .task import ListTaskSource, Task, TaskSource
+from .verifiers import Verdict, Verifier, make_verifier, register_verifier
+
+from .envs import list_envs  # noqa: E402  (registers the built-in ids)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ListTaskSource",
+    "ReasoningEnv",
+    "Task",
+    "TaskSource",
+    "TokenBlock",
+    "Verdict",
+    "Verifier",
+    "list_envs",
+    "make_vec",
+    "make_verifier",
+    "register_verifier",
+]
+
+
+def make_vec(env_id: str, num_envs: int, **kwargs: Any) -> Any:
+    """``gymnasium.make_vec`` (sync) whose sub-envs know their position.
+
+    With it, ``envs.reset(options={"task_index": [i_0, ..., i_{n-1}]})`` gives sub-env j task
+    ``i_j`` (e.g. G copies of one task for grouped sampling).
+    """
+    import gymnasium as gym
+
+    envs = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync", **kwargs)
+    for j, env in enumerate(envs.envs):
+        env.unwrapped.vector_index = j
+    return envs
