@@ -36,6 +36,26 @@ BUILTIN: dict[str, tuple[str, dict[str, Any], str]] = {
         {"tokenizer": "default", "block_size": 8, "max_new_tokens": 128},
         "write a small Python function; generated asserts run in the sandboxed code verifier",
     ),
+    "mpo_gym/GSM8K-v0": (
+        "mpo_gym.envs.suites:GSM8KEnv",
+        {"tokenizer": "default", "block_size": 8, "max_new_tokens": 384},
+        "GSM8K grade-school math (openai/gsm8k main; train/test), math verifier",
+    ),
+    "mpo_gym/MATH500-v0": (
+        "mpo_gym.envs.suites:MATH500Env",
+        {"tokenizer": "default", "block_size": 8, "max_new_tokens": 1024},
+        "MATH-500 competition math (HuggingFaceH4/MATH-500; test), math verifier",
+    ),
+    "mpo_gym/HumanEval-v0": (
+        "mpo_gym.envs.suites:HumanEvalEnv",
+        {"tokenizer": "default", "block_size": 8, "max_new_tokens": 512},
+        "HumanEval function completion (openai/openai_humaneval; test), sandboxed code verifier",
+    ),
+    "mpo_gym/MBPP-v0": (
+        "mpo_gym.envs.suites:MBPPEnv",
+        {"tokenizer": "default", "block_size": 8, "max_new_tokens": 512},
+        "MBPP basic Python problems (google-research-datasets/mbpp; train/test), code verifier",
+    ),
 }
 
 
