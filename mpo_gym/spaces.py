@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from gymnasium.spaces import Space, Tuple
-from gymnasium.vector.utils import batch_space, iterate
+from gymnasium.vector.utils import batch_space
 
 __all__ = ["TokenBlock"]
 
@@ -19,7 +19,8 @@ class TokenBlock(Space[np.ndarray]):
     one that ends on EOS, or the one that fills the token budget) may be shorter than K.
 
     Batching: ``gymnasium.vector.utils.batch_space(TokenBlock(V, K), n)`` is a ``Tuple`` of n
-    ``TokenBlock`` spaces, so a vector env's action is a tuple of ragged arrays.
+    ``TokenBlock`` spaces, so a vector env's action is a tuple of ragged arrays (``iterate``
+    over it yields one block per sub-env).
 
     Args:
         vocab_size: number of token ids (ids are ``0 .. vocab_size - 1``).
@@ -122,11 +123,4 @@ def _batch_token_block(space: TokenBlock, n: int = 1) -> Tuple:
     seeds = space.np_random.integers(0, 2**31 - 1, size=n)
     return Tuple(
         [TokenBlock(space.vocab_size, space.block_size, seed=int(s)) for s in seeds]
-    )
-
-
-@iterate.register(TokenBlock)
-def _iterate_token_block(space: TokenBlock, items: Any) -> Iterator[Any]:
-    raise TypeError(
-        "a single TokenBlock is not iterable as a batch; batch it with batch_space(space, n)"
     )

