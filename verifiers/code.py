@@ -1,0 +1,200 @@
+"""``CodeVerifier``: runs model-written Python against tests in a sandbox and returns a Verdict.
+
+Reference shapes (``reference`` argument of :meth:`CodeVerifier.verify`):
+
+- HumanEval: ``{"entry_point": "f", "test": "def check(candidate): ...", "prompt": "..."}``
+  (``prompt`` optional),
+- MBPP: ``{"test_list": ["assert f(1) == 2", ...], "test_setup_code": ""}``,
+- stdio: ``{"stdio": [{"input": "1 2\\n", "output": "3\\n"}, ...]}``.
+
+How the code to judge is obtained from the response (:func:`extract_code`, :func:`assemble`):
+
+1. The last fenced block tagged ``python``/``py``/``python3`` or untagged (an unclosed final
+   fence counts, for truncated generations); with no such block, the whole response.
+2. HumanEval only: if the code defines the entry point (``def f(`` at column 0), it is the
+   whole program and the prompt's top-level ``import``/``from`` lines are put in front of it.
+   Otherwise, when a ``prompt`` is given, the code is a *function body*: it is appended to
+   the prompt, and a body whose first non-blank line is not indented is indented by four
+   spaces first.
+
+The verdict is decided here, in the caller's process, from typed primitives that the sandbox
+sent back (see ``code_runner.py`` and ``code_tests.py``); submission code never runs here.
+Status mapping: ``correct``; ``incorrect`` (wrong value, exception in the code, wrong stdout;
+detail names the test, expected vs got); ``timeout`` (wall clock or CPU limit); ``error``
+(syntax error, error while loading, crash by signal, memory limit, output cap, sandbox
+failure); ``no_answer`` (no code in the response).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .base import Verdict, _check_lengths
+from .code_judge import Judge, sanitize
+from .code_tests import CallPlan, humaneval_plan, mbpp_plan
+from .sandbox import Limits, Sandbox
+
+_FENCE = re.compile(r"^[ \t]*```+[ \t]*([^\s`]*)")
+_PYTHON_TAGS = {"", "python", "py", "python3", "py3"}
+
+
+def extract_code(response: str) -> str:
+    """The last fenced Python block of ``response``, else the whole response."""
+    blocks: list[tuple[str, list[str]]] = []
+    current: list[str] | None = None
+    for line in response.splitlines():
+        match = _FENCE.match(line)
+        if match and current is None:
+            current = []
+            blocks.append((match.group(1).lower(), current))
+        elif match and not line.strip().strip("`"):
+            current = None
+        elif current is not None:
+            current.append(line)
+    python = [body for tag, body in blocks if tag in _PYTHON_TAGS]
+    return "\n".join(python[-1]) + "\n" if python else response
+
+
+def assemble(code: str, reference: dict) -> str:
+    """Apply the HumanEval body-joining rule (module docstring, point 2); other shapes as is."""
+    entry_point, prompt = reference.get("entry_point"), reference.get("prompt")
+    if not entry_point or "test" not in reference:
+        return code
+    if re.search(rf"^(async\s+)?def\s+{re.escape(entry_point)}\s*\(", code, re.M):
+        imports = [ln for ln in (prompt or "").splitlines()
+                   if ln.startswith(("import ", "from "))]
+        return "\n".join(imports + [code])
+    if not prompt:
+        return code
+    lines = code.splitlines()
+    first = next((ln for ln in lines if ln.strip()), "")
+    if first and not first[0].isspace():
+        code = "\n".join(("    " + ln) if ln.strip() else ln for ln in lines) + "\n"
+    return prompt + ("" if prompt.endswith("\n") else "\n") + code
+
+
+def validate_reference(reference: Any) -> str:
+    """Return the reference shape (``humaneval``, ``mbpp``, ``stdio``) or raise ``ValueError``."""
+    if isinstance(reference, dict):
+        if isinstance(reference.get("test"), str) and isinstance(reference.get("entry_point"), str):
+            return "humaneval"
+        if isinstance(reference.get("test_list"), (list, tuple)) and all(
+            isinstance(t, str) for t in reference["test_list"]
+        ):
+            return "mbpp"
+        cases = reference.get("stdio")
+        if isinstance(cases, (list, tuple)) and all(
+            isinstance(c, dict) and isinstance(c.get("input"), str)
+            and isinstance(c.get("output"), str) for c in cases
+        ):
+            return "stdio"
+    keys = sorted(reference) if isinstance(reference, dict) else type(reference).__name__
+    raise ValueError(
+        "reference for CodeVerifier must have 'test' + 'entry_point' (HumanEval), 'test_list' "
+        f"(MBPP) or 'stdio' (list of {{'input', 'output'}} strings); got {keys}"
+    )
+
+
+class CodeVerifier:
+    """Sandboxed code-test verifier (``make_verifier("code")``).
+
+    Args:
+        timeout_s: wall-clock limit per check (all tests of one response together).
+        concurrency: checks running at once (threads, each driving sandbox processes);
+            default: number of CPUs.
+        limits: sandbox resource limits; ``cpu_s`` defaults to ``ceil(timeout_s) + 1``.
+        unsafe: allow running without namespace isolation when ``bwrap`` is missing.
+            Only for trusted code; see ``sandbox.py``.
+        cgroups, seccomp: use those layers when available.
+
+    Raises:
+        SandboxUnavailableError: at construction, when no strong isolation is available and
+            ``unsafe`` is false.
+
+    Does not: give partial credit, install packages in the sandbox (only the system Python's
+    standard library is importable), or compare non-primitive return values.
+    """
+
+    def __init__(self, *, timeout_s: float = 5.0, concurrency: int | None = None,
+                 limits: Limits | None = None, unsafe: bool = False, cgroups: bool = True,
+                 seccomp: bool = True) -> None:
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive; got {timeout_s}")
+        self.timeout_s = float(timeout_s)
+        self.concurrency = max(1, int(concurrency or os.cpu_count() or 2))
+        if limits is None:
+            limits = Limits(cpu_s=int(timeout_s) + 2)
+        self.sandbox = Sandbox(limits, unsafe=unsafe, cgroups=cgroups, seccomp=seccomp)
+        self._judge = Judge(self.sandbox)
+        self._slots = threading.BoundedSemaphore(self.concurrency)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    @property
+    def layers(self) -> list[str]:
+        """Active isolation layers (from the capability probe)."""
+        return self.sandbox.layers()
+
+    def verify(self, response: str, reference: Any) -> Verdict:
+        """Judge one response; never raises for anything in ``response``."""
+        shape = validate_reference(reference)
+        return self._verify_one(response, reference, shape)
+
+    def verify_batch(self, responses: Sequence[str], references: Sequence[Any]) -> list[Verdict]:
+        """Judge many responses concurrently; one verdict per input, in input order."""
+        _check_lengths(responses, references)
+        shapes = [validate_reference(r) for r in references]
+        pool = self._executor()
+        futures = [pool.submit(self._verify_one, resp, ref, shape)
+                   for resp, ref, shape in zip(responses, references, shapes)]
+        return [f.result() for f in futures]
+
+    def close(self) -> None:
+        """Stop the worker threads (sandboxes never outlive their check)."""
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+
+    def __enter__(self) -> CodeVerifier:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="code-verifier")
+            return self._pool
+
+    def _verify_one(self, response: str, reference: dict, shape: str) -> Verdict:
+        try:
+            if not isinstance(response, str):
+                return Verdict(0.0, "no_answer", None, f"response is {type(response).__name__}, not str")
+            code = assemble(extract_code(response), reference)
+            if not code.strip():
+                return Verdict(0.0, "no_answer", None, "no code in the response")
+            with self._slots:
+                deadline = time.monotonic() + self.timeout_s
+                return self._dispatch(code, reference, shape, deadline)
+        except Exception as exc:  # a bug of ours: report it, never raise into the trainer
+            return Verdict(0.0, "error", None, sanitize(f"verifier error: {type(exc).__name__}: {exc}"))
+
+    def _dispatch(self, code: str, reference: dict, shape: str, deadline: float) -> Verdict:
+        if shape == "stdio":
+            return self._judge.stdio(code, reference["stdio"], deadline, self.timeout_s)
+        if shape == "humaneval":
+            plan = humaneval_plan(reference["test"], reference["entry_point"],
+                                  reference.get("prompt") or "")
+        else:
+            plan = mbpp_plan(tuple(reference["test_list"]), reference.get("test_setup_code") or "")
+        if isinstance(plan, CallPlan):
+            return self._judge.calls(code, plan, deadline, self.timeout_s)
+        return self._judge.script(code, plan, deadline, self.timeout_s)
