@@ -1,0 +1,489 @@
+r"""Benchmark suites as registered envs: GSM8K, MATH-500, HumanEval, MBPP.
+
+Each suite is a :class:`~mpo_gym.env.ReasoningEnv` subclass over a fixed dataset split, graded
+by the same verifier used in training (``"math"`` or ``"code"``), so one env id both trains
+and evaluates (train/eval parity).
+
+Ids: ``mpo_gym/GSM8K-v0`` (:class:`GSM8KEnv`), ``mpo_gym/MATH500-v0`` (:class:`MATH500Env`),
+``mpo_gym/HumanEval-v0`` (:class:`HumanEvalEnv`), ``mpo_gym/MBPP-v0`` (:class:`MBPPEnv`).
+
+Data loading (see :func:`load_rows`), in this order:
+
+1. ``data_path=`` (env kwarg): a data file, a suite folder (``.../gsm8k``) or a root folder laid
+   out like ``<root>/gsm8k/test.jsonl``; a missing file is an error.
+2. the ``MPO_GYM_DATA_DIR`` environment variable: a root folder with that layout; a missing
+   file falls through to step 3.
+3. the Hugging Face hub through ``datasets.load_dataset`` (needs a network or a warm cache).
+
+Local files are read with ``datasets.load_dataset("json", data_files=...)`` (JSONL, a JSON
+array, or ``.jsonl.gz``). Local layout, under a root folder::
+
+    gsm8k/train.jsonl  gsm8k/test.jsonl        (openai/gsm8k, config "main")
+    math500/test.jsonl                         (HuggingFaceH4/MATH-500)
+    humaneval/HumanEval.jsonl.gz               (openai/openai_humaneval)
+    mbpp/mbpp.jsonl  mbpp/sanitized-mbpp.json  (google-research-datasets/mbpp)
+
+MBPP splits follow the upstream README by ``task_id``: 1-10 ``prompt``, 11-510 ``test``,
+511-600 ``validation``, 601-974 ``train``. Loaded rows are cached per process.
+
+Pinned prompt templates (``{...}`` are dataset fields):
+
+- GSM8K and MATH-500 (chat template; one fixed few-shot turn before the problem, on by
+  default, ``fewshot=False`` drops it)::
+
+      Solve the problem. Put the final answer in \boxed{}.
+
+      Problem: {question | problem}
+
+  GSM8K example turn -- user: ``Solve the problem. Put the final answer in \boxed{}.`` /
+  ``Problem: A baker makes 4 trays of 12 cookies and sells 30 of them. How many cookies are
+  left?``; assistant: ``The baker makes 4 * 12 = 48 cookies. After selling 30, 48 - 30 = 18
+  cookies are left.`` / ``The final answer is \boxed{18}.``
+
+  MATH-500 example turn -- user: the same instruction with ``Problem: Compute $\frac{2}{3} +
+  \frac{1}{6}$.``; assistant: ``Write $\frac{2}{3} = \frac{4}{6}$, so the sum is $\frac{4}{6}
+  + \frac{1}{6} = \frac{5}{6}$.`` / ``The final answer is \boxed{\frac{5}{6}}.``
+
+- HumanEval, ``style="chat"`` (default; chat template, no few-shot)::
+
+      Complete the following Python function. Reply with the complete function (signature
+      and body) in one ```python code block.
+
+      ```python
+      {prompt}```
+
+- HumanEval, ``style="completion"``: the raw ``{prompt}`` tokens, *no* chat template, for base
+  models. The episode also stops at ``\ndef ``, ``\nclass ``, ``\nif __name__``, ``\nprint(``,
+  ``\n#``, ``\n```` ``; the response is cut at the first of these before verification, and the
+  code verifier joins the body to the prompt.
+
+- MBPP (chat template, no few-shot; the three ``test_list`` asserts one per line)::
+
+      You are an expert Python programmer, and here is your task: {text} Your code should
+      pass these tests:
+
+      {test_list[0]}
+      {test_list[1]}
+      {test_list[2]}
+
+      Reply with the code in one ```python code block.
+
+References (what the verifier checks): GSM8K the number after ``####`` without commas;
+MATH-500 ``answer``; HumanEval ``{"entry_point", "test", "prompt"}``; MBPP
+``{"test_list", "test_setup_code"}`` (challenge tests are kept in ``Task.metadata``).
+Solutions (``Task.solution``, for SFT/MTP warm-up and the gold self-check): GSM8K the worked
+answer with ``<<...>>`` calculator notes removed and the ``#### N`` line rewritten as ``The final
+answer is \boxed{N}.``; MATH-500 ``solution``; HumanEval ``prompt + canonical_solution`` in a
+fenced block (chat) or the bare body (completion); MBPP ``code`` in a fenced block.
+
+What this module does not do: it does not download anything itself (``datasets`` does, when
+online), does not de-duplicate train against test, and ships no data.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from mpo_gym.verifiers.base import Verdict, Verifier
+
+from mpo_gym.env import ReasoningEnv
+from mpo_gym.task import ListTaskSource, Task
+
+__all__ = [
+    "DATA_DIR_ENV",
+    "SUITES",
+    "GSM8KEnv",
+    "HumanEvalEnv",
+    "MATH500Env",
+    "MBPPEnv",
+    "SuiteEnv",
+    "SuiteInfo",
+    "load_rows",
+    "load_tasks",
+]
+
+DATA_DIR_ENV = "MPO_GYM_DATA_DIR"
+
+MATH_INSTRUCTION = "Solve the problem. Put the final answer in \\boxed{}."
+GSM8K_EXAMPLE = (
+    f"{MATH_INSTRUCTION}\n\nProblem: A baker makes 4 trays of 12 cookies and sells 30 of them. "
+    "How many cookies are left?",
+    "The baker makes 4 * 12 = 48 cookies. After selling 30, 48 - 30 = 18 cookies are left.\n"
+    "The final answer is \\boxed{18}.",
+)
+MATH_EXAMPLE = (
+    f"{MATH_INSTRUCTION}\n\nProblem: Compute $\\frac{{2}}{{3}} + \\frac{{1}}{{6}}$.",
+    "Write $\\frac{2}{3} = \\frac{4}{6}$, so the sum is $\\frac{4}{6} + \\frac{1}{6} = "
+    "\\frac{5}{6}$.\nThe final answer is \\boxed{\\frac{5}{6}}.",
+)
+HUMANEVAL_INSTRUCTION = (
+    "Complete the following Python function. Reply with the complete function (signature and "
+    "body) in one ```python code block."
+)
+MBPP_TEMPLATE = (
+    "You are an expert Python programmer, and here is your task: {text} Your code should pass "
+    "these tests:\n\n{tests}\n\nReply with the code in one ```python code block."
+)
+COMPLETION_STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\n```")
+MBPP_SPLITS = {"prompt": (1, 10), "test": (11, 510), "validation": (511, 600), "train": (601, 974)}
+
+
+@dataclass(frozen=True)
+class SuiteInfo:
+    """Where a suite's data lives.
+
+    Attributes:
+        name: short suite name (``"gsm8k"``).
+        env_id: the registered env id.
+        hub_id: Hugging Face dataset id.
+        folder: sub-folder of a local data root.
+        files: ``(variant, split) -> file name`` inside ``folder`` (split ``"*"`` = all splits
+            in one file, filtered by ``task_id``).
+        splits: the splits the suite has.
+        variants: hub configs (the first is the default).
+    """
+
+    name: str
+    env_id: str
+    hub_id: str
+    folder: str
+    files: dict[tuple[str, str], str]
+    splits: tuple[str, ...]
+    variants: tuple[str, ...] = ("default",)
+
+
+SUITES: dict[str, SuiteInfo] = {
+    "gsm8k": SuiteInfo(
+        "gsm8k", "mpo_gym/GSM8K-v0", "openai/gsm8k", "gsm8k",
+        {("main", "train"): "train.jsonl", ("main", "test"): "test.jsonl"},
+        ("train", "test"), ("main",),
+    ),
+    "math500": SuiteInfo(
+        "math500", "mpo_gym/MATH500-v0", "HuggingFaceH4/MATH-500", "math500",
+        {("default", "test"): "test.jsonl"}, ("test",),
+    ),
+    "humaneval": SuiteInfo(
+        "humaneval", "mpo_gym/HumanEval-v0", "openai/openai_humaneval", "humaneval",
+        {("openai_humaneval", "test"): "HumanEval.jsonl.gz"}, ("test",), ("openai_humaneval",),
+    ),
+    "mbpp": SuiteInfo(
+        "mbpp", "mpo_gym/MBPP-v0", "google-research-datasets/mbpp", "mbpp",
+        {("full", "*"): "mbpp.jsonl", ("sanitized", "*"): "sanitized-mbpp.json"},
+        tuple(MBPP_SPLITS), ("full", "sanitized"),
+    ),
+}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- loading
+def load_rows(
+    suite: str,
+    split: str = "test",
+    data_path: str | os.PathLike | None = None,
+    variant: str | None = None,
+) -> tuple[dict[str, Any], ...]:
+    """The raw dataset rows of one suite split (cached per process).
+
+    Args:
+        suite: ``"gsm8k"``, ``"math500"``, ``"humaneval"`` or ``"mbpp"``.
+        split: a split of the suite (``SUITES[suite].splits``).
+        data_path: a local file, suite folder or data root; tried first.
+        variant: hub config (``"main"``; MBPP ``"full"`` or ``"sanitized"``).
+
+    Raises:
+        FileNotFoundError: ``data_path`` is given but holds no file for this suite/split.
+        RuntimeError: no local file and the hub could not be reached.
+    """
+    info, variant = _info(suite, split, variant)
+    path = _local_file(info, variant, split, data_path)
+    source = str(path) if path is not None else f"hub:{info.hub_id}"
+    return _load_rows_cached(info.name, split, variant, source)
+
+
+def _info(suite: str, split: str, variant: str | None) -> tuple[SuiteInfo, str]:
+    if suite not in SUITES:
+        raise ValueError(f"unknown suite {suite!r}; choose from {sorted(SUITES)}")
+    info = SUITES[suite]
+    variant = variant or info.variants[0]
+    if split not in info.splits:
+        raise ValueError(f"{suite} has splits {list(info.splits)}; got {split!r}")
+    if variant not in info.variants:
+        raise ValueError(f"{suite} has variants {list(info.variants)}; got {variant!r}")
+    return info, variant
+
+
+def _local_file(info: SuiteInfo, variant: str, split: str, data_path: Any) -> Path | None:
+    """The local file for a split, or None to fall through to the hub."""
+    name = info.files.get((variant, split)) or info.files[(variant, "*")]
+    roots = [(Path(data_path).expanduser(), True)] if data_path else []
+    if os.environ.get(DATA_DIR_ENV):
+        roots.append((Path(os.environ[DATA_DIR_ENV]).expanduser(), False))
+    for root, strict in roots:
+        if root.is_file():
+            return root
+        for candidate in (root / info.folder / name, root / name):
+            if candidate.is_file():
+                return candidate
+        if strict:
+            raise FileNotFoundError(
+                f"data_path={str(root)!r} has no {info.name} file: looked for "
+                f"{root / info.folder / name} and {root / name}"
+            )
+    return None
+
+
+@functools.lru_cache(maxsize=32)
+def _load_rows_cached(
+    suite: str, split: str, variant: str, source: str
+) -> tuple[dict[str, Any], ...]:
+    info = SUITES[suite]
+    if source.startswith("hub:"):
+        rows = _load_hub(info, split, variant)
+    else:
+        from datasets import load_dataset
+
+        rows = load_dataset("json", data_files=source, split="train").to_list()
+        if (variant, "*") in info.files:
+            rows = _filter_task_ids(rows, split)
+    return tuple(rows)
+
+
+def _load_hub(info: SuiteInfo, split: str, variant: str) -> list[dict[str, Any]]:
+    from datasets import load_dataset
+
+    config = None if variant == "default" else variant
+    try:
+        return load_dataset(info.hub_id, config, split=split).to_list()
+    except Exception as exc:  # offline, missing cache, renamed dataset: say what to do
+        raise RuntimeError(
+            f"could not load {info.name} ({split}): no local file and the hub dataset "
+            f"{info.hub_id!r} failed ({type(exc).__name__}: {str(exc)[:200]}). Either pass "
+            f"data_path=<file or folder> (env kwarg; --data-dir on the CLI) or set "
+            f"{DATA_DIR_ENV}=<root> with {info.folder}/{info.files.get((variant, split)) or info.files[(variant, '*')]}, "
+            f"or go online so `datasets` can download {info.hub_id!r}."
+        ) from exc
+
+
+def _filter_task_ids(rows: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:
+    low, high = MBPP_SPLITS[split]
+    return [r for r in rows if low <= int(r["task_id"]) <= high]
+
+
+# ---------------------------------------------------------------------------- row -> Task
+def gsm8k_reference(answer: str) -> str:
+    """The gold number after ``####`` with thousands separators removed."""
+    return answer.split("####")[-1].strip().replace(",", "")
+
+
+def gsm8k_solution(answer: str) -> str:
+    """The worked answer without ``<<...>>`` notes, ending in ``\\boxed{N}``."""
+    body = re.sub(r"<<[^>]*>>", "", answer.rpartition("####")[0]).rstrip()
+    return f"{body}\nThe final answer is \\boxed{{{gsm8k_reference(answer)}}}."
+
+
+def _math_prompt(problem: str) -> str:
+    return f"{MATH_INSTRUCTION}\n\nProblem: {problem}"
+
+
+def _gsm8k_task(row: dict[str, Any], index: int, split: str, style: str) -> Task:
+    return Task(
+        prompt=_math_prompt(row["question"]),
+        reference=gsm8k_reference(row["answer"]),
+        id=f"gsm8k/{split}/{index}",
+        solution=gsm8k_solution(row["answer"]),
+        metadata={"question": row["question"], "answer": row["answer"]},
+    )
+
+
+def _math500_task(row: dict[str, Any], index: int, split: str, style: str) -> Task:
+    uid = str(row.get("unique_id") or f"{split}/{index}").removesuffix(".json")
+    return Task(
+        prompt=_math_prompt(row["problem"]),
+        reference=row["answer"],
+        id=f"math500/{uid}",
+        solution=row["solution"],
+        metadata={k: row[k] for k in ("problem", "subject", "level", "unique_id") if k in row},
+    )
+
+
+def _humaneval_task(row: dict[str, Any], index: int, split: str, style: str) -> Task:
+    prompt = row["prompt"]
+    if style == "completion":
+        user, solution = prompt, row["canonical_solution"]
+    else:
+        user = f"{HUMANEVAL_INSTRUCTION}\n\n```python\n{prompt}```"
+        solution = f"```python\n{prompt}{row['canonical_solution']}```"
+    return Task(
+        prompt=user,
+        reference={"entry_point": row["entry_point"], "test": row["test"], "prompt": prompt},
+        id=str(row["task_id"]),
+        solution=solution,
+        metadata={
+            "entry_point": row["entry_point"],
+            "canonical_solution": row["canonical_solution"],
+        },
+    )
+
+
+def _mbpp_task(row: dict[str, Any], index: int, split: str, style: str) -> Task:
+    text = row.get("text") or row["prompt"]  # full: "text"; sanitized: "prompt"
+    setup = row.get("test_setup_code") or "\n".join(row.get("test_imports") or [])
+    code = row["code"].replace("\r\n", "\n")
+    return Task(
+        prompt=MBPP_TEMPLATE.format(text=text, tests="\n".join(row["test_list"])),
+        reference={"test_list": list(row["test_list"]), "test_setup_code": setup},
+        id=f"mbpp/{row['task_id']}",
+        solution=f"```python\n{code}\n```",
+        metadata={"text": text, "challenge_test_list": list(row.get("challenge_test_list") or [])},
+    )
+
+
+_MAKERS = {
+    "gsm8k": _gsm8k_task,
+    "math500": _math500_task,
+    "humaneval": _humaneval_task,
+    "mbpp": _mbpp_task,
+}
+
+
+def load_tasks(
+    suite: str,
+    split: str = "test",
+    data_path: str | os.PathLike | None = None,
+    variant: str | None = None,
+    style: str = "chat",
+) -> tuple[Task, ...]:
+    """The suite split as :class:`~mpo_gym.task.Task` objects (cached, see :func:`load_rows`)."""
+    if style not in ("chat", "completion"):
+        raise ValueError(f"style must be 'chat' or 'completion'; got {style!r}")
+    info, variant = _info(suite, split, variant)
+    path = _local_file(info, variant, split, data_path)
+    source = str(path) if path is not None else f"hub:{info.hub_id}"
+    return _load_tasks_cached(info.name, split, variant, source, style)
+
+
+@functools.lru_cache(maxsize=32)
+def _load_tasks_cached(
+    suite: str, split: str, variant: str, source: str, style: str
+) -> tuple[Task, ...]:
+    rows = _load_rows_cached(suite, split, variant, source)
+    make = _MAKERS[suite]
+    return tuple(make(row, i, split, style) for i, row in enumerate(rows))
+
+
+# ---------------------------------------------------------------------------- envs
+class StopTruncatingVerifier:
+    """Cuts a response at its first stop string, then defers to the wrapped verifier.
+
+    Used in completion style, where the episode ends *on* a stop string (``"\\ndef "``) that is
+    not part of the answer.
+    """
+
+    def __init__(self, inner: Verifier, stop: Sequence[str]):
+        self.inner, self.stop = inner, tuple(stop)
+
+    def cut(self, response: str) -> str:
+        ends = [response.find(s) for s in self.stop if s in response]
+        return response[: min(ends)] if ends else response
+
+    def verify(self, response: str, reference: Any) -> Verdict:
+        return self.inner.verify(self.cut(response), reference)
+
+    def verify_batch(self, responses: Sequence[str], references: Sequence[Any]) -> list[Verdict]:
+        return self.inner.verify_batch([self.cut(r) for r in responses], references)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":  # not yet set (unpickling): avoid recursing
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+class SuiteEnv(ReasoningEnv):
+    """Base of the benchmark envs: a dataset split, a pinned template and a verifier.
+
+    Args:
+        split: dataset split (``"test"``; GSM8K and MBPP also ``"train"``).
+        data_path: local file or folder, tried before ``MPO_GYM_DATA_DIR`` and the hub.
+        variant: hub config (MBPP: ``"full"`` or ``"sanitized"``).
+        style: ``"chat"`` (chat template) or, where supported, ``"completion"`` (raw prompt).
+        **kwargs: passed to :class:`~mpo_gym.env.ReasoningEnv` (``tokenizer``, ``block_size``,
+            ``max_new_tokens``, ``fewshot``, ...).
+    """
+
+    suite: ClassVar[str] = ""
+    default_verifier: ClassVar[str] = "math"
+    examples: ClassVar[tuple[tuple[str, str], ...]] = ()
+    styles: ClassVar[tuple[str, ...]] = ("chat",)
+
+    def __init__(
+        self,
+        split: str = "test",
+        data_path: str | None = None,
+        variant: str | None = None,
+        style: str = "chat",
+        **kwargs: Any,
+    ):
+        if style not in self.styles:
+            raise ValueError(
+                f"{type(self).__name__} supports style {list(self.styles)}; got {style!r}"
+            )
+        tasks = load_tasks(self.suite, split, data_path, variant, style)
+        source = ListTaskSource(tasks, examples=self.examples if style == "chat" else ())
+        kwargs.setdefault("verifier", self.default_verifier)
+        kwargs.setdefault("max_prompt_tokens", 2048)
+        if style == "completion":
+            kwargs["stop"] = tuple(kwargs.get("stop", ())) + COMPLETION_STOP
+        super().__init__(source, **kwargs)
+        self.split, self.data_path, self.variant, self.style = split, data_path, variant, style
+        if style == "completion":
+            self.verifier = StopTruncatingVerifier(self.verifier, COMPLETION_STOP)
+
+    def prompt_ids(self, index: int) -> np.ndarray:
+        """Chat-rendered prompt ids, or in completion style the raw prompt's ids (cached)."""
+        if self.style != "completion":
+            return super().prompt_ids(index)
+        if index not in self._prompt_cache:
+            ids = np.asarray(
+                _encode_plain(self.tokenizer, self.tasks[index].prompt), dtype=np.int64
+            )
+            if ids.size > self.max_prompt_tokens:
+                raise ValueError(f"task {index} has {ids.size} prompt tokens > max_prompt_tokens")
+            self._prompt_cache[index] = ids
+        return self._prompt_cache[index]
+
+
+def _encode_plain(tokenizer: Any, text: str) -> list[int]:
+    try:
+        return list(tokenizer.encode(text, add_special_tokens=False))
+    except TypeError:  # simple tokenizers (CharTokenizer) take no options
+        return list(tokenizer.encode(text))
+
+
+class GSM8KEnv(SuiteEnv):
+    """GSM8K grade-school math (``train``/``test``), math verifier, one few-shot turn."""
+
+    suite, default_verifier, examples = "gsm8k", "math", (GSM8K_EXAMPLE,)
+
+
+class MATH500Env(SuiteEnv):
+    """MATH-500 competition math (``test`` only), math verifier, one few-shot turn."""
+
+    suite, default_verifier, examples = "math500", "math", (MATH_EXAMPLE,)
+
+
+class HumanEvalEnv(SuiteEnv):
+    """HumanEval (``test`` only), sandboxed code verifier; ``style="chat"`` or ``"completion"``."""
+
+    suite, default_verifier, styles = "humaneval", "code", ("chat", "completion")
+
+
+class MBPPEnv(SuiteEnv):
+    """MBPP (``train``/``test``/``validation``/``prompt``; ``variant`` full or sanitized)."""
+
+    suite, default_verifier = "mbpp", "code"

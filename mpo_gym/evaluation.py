@@ -1,0 +1,480 @@
+"""Evaluation on the benchmark suites: pass@k through the same envs and verifiers as training.
+
+``evaluate("gsm8k", policy)`` makes ``batch_size`` copies of the suite's registered env, runs
+every task (``n_samples`` times) with :func:`mpo_gym.rollout.rollout`, verifies the responses
+with the env's verifier (``verify_batch``), and returns a :class:`SuiteResult`: unbiased
+pass@k (Chen et al., 2021), per-status counts, wall time and one :class:`SampleRecord` per
+response. :func:`write_results` writes ``results.json``, ``results.md`` and
+``samples.jsonl`` (rows carry ``reference`` and ``response``, so math failures can go straight
+into ``mpo-gym audit-math``); :func:`comparison_table` lays several models side by side
+(rows = models, columns = suites, the shape of the MPO paper's Table 1).
+
+Command line (wired as ``mpo-gym eval``; see :func:`add_arguments`)::
+
+    mpo-gym eval --suite gsm8k,math500 --model default --limit 100 --out runs/eval
+    mpo-gym eval --suite humaneval --model default --model runs/ppo/checkpoint \\
+        --n-samples 8 --k 1,8 --temperature 0.8
+
+What this does not do: no answer-format retries, no majority voting, no per-task timeouts
+beyond the verifier's own ``timeout_s``; greedy pass@1 is one greedy sample per task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "SUITE_IDS",
+    "SampleRecord",
+    "SuiteResult",
+    "add_arguments",
+    "comparison_table",
+    "evaluate",
+    "main_eval",
+    "pass_at_k",
+    "results_table",
+    "run",
+    "write_results",
+]
+
+SUITE_IDS = {
+    "gsm8k": "mpo_gym/GSM8K-v0",
+    "math500": "mpo_gym/MATH500-v0",
+    "humaneval": "mpo_gym/HumanEval-v0",
+    "mbpp": "mpo_gym/MBPP-v0",
+}
+STATUSES = ("correct", "incorrect", "no_answer", "timeout", "error")
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from ``n`` samples of which ``c`` are correct (Chen et al., 2021).
+
+    ``1 - C(n-c, k) / C(n, k)``, computed as ``1 - prod_{i=n-c+1}^{n} (1 - k/i)`` so that it
+    stays exact-ish for large ``n`` (no huge binomials).
+
+    Raises:
+        ValueError: unless ``0 <= c <= n`` and ``1 <= k <= n``.
+    """
+    if not (0 <= c <= n and 1 <= k <= n):
+        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n; got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+@dataclass(frozen=True)
+class SampleRecord:
+    """One response and its verdict (one line of ``samples.jsonl``)."""
+
+    suite: str
+    model: str
+    task_id: str
+    task_index: int
+    sample: int  # 0..n_samples-1 for this task
+    prompt: str  # the task's user prompt (before the chat template)
+    reference: Any
+    response: str
+    status: str
+    extracted: str | None
+    detail: str
+    reward: float
+    response_tokens: int
+    truncated: bool
+
+
+@dataclass
+class SuiteResult:
+    """The outcome of one suite for one model.
+
+    Attributes:
+        pass_at_k: ``{k: mean over tasks of the unbiased pass@k}``, in [0, 1].
+        status_counts: verdict statuses over all ``n_tasks * n_samples`` responses.
+        wall_time_s: generation plus verification time (env construction excluded).
+        samples: one record per response (not in :meth:`to_dict` unless asked).
+    """
+
+    suite: str
+    env_id: str
+    model: str
+    n_tasks: int
+    n_samples: int
+    temperature: float
+    pass_at_k: dict[int, float]
+    status_counts: dict[str, int]
+    wall_time_s: float
+    mean_response_tokens: float
+    truncated_rate: float
+    limit: int | None = None
+    seed: int = 0
+    samples: list[SampleRecord] = field(default_factory=list, repr=False)
+
+    def to_dict(self, samples: bool = False) -> dict[str, Any]:
+        out = asdict(self)
+        out["pass_at_k"] = {str(k): v for k, v in self.pass_at_k.items()}
+        if not samples:
+            out.pop("samples")
+        return out
+
+
+# ---------------------------------------------------------------------------- evaluate
+def resolve_suite(suite_or_env_id: str) -> tuple[str, str]:
+    """``(suite name, env id)`` for a suite name (``"gsm8k"``) or any registered env id."""
+    if suite_or_env_id in SUITE_IDS:
+        return suite_or_env_id, SUITE_IDS[suite_or_env_id]
+    for name, env_id in SUITE_IDS.items():
+        if env_id == suite_or_env_id:
+            return name, env_id
+    if "/" in suite_or_env_id:
+        return suite_or_env_id, suite_or_env_id
+    raise ValueError(
+        f"unknown suite {suite_or_env_id!r}; use one of {sorted(SUITE_IDS)} or an env id"
+    )
+
+
+def evaluate(
+    suite_or_env_id: str,
+    policy: Any,
+    *,
+    n_samples: int = 1,
+    ks: Sequence[int] = (1,),
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    limit: int | None = None,
+    batch_size: int = 8,
+    data_path: str | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    model_name: str = "model",
+    env_kwargs: Mapping[str, Any] | None = None,
+) -> SuiteResult:
+    """Run one suite through its env with ``policy`` and score it.
+
+    Args:
+        suite_or_env_id: ``"gsm8k" | "math500" | "humaneval" | "mbpp"`` or an env id.
+        policy: an :class:`~mpo_gym.policy.LMPolicy` (anything :func:`mpo_gym.rollout.rollout`
+            accepts).
+        n_samples: responses per task (``n`` of pass@k).
+        ks: the k of pass@k; each must be ``<= n_samples``.
+        temperature: 0 means greedy decoding (then ``n_samples`` must be 1).
+        limit: evaluate only the first ``limit`` tasks of the split.
+        batch_size: episodes generated together (one env copy each).
+        data_path: local data file/folder for the suite env (see :mod:`mpo_gym.envs.suites`).
+        seed: sampling seed.
+        model_name: label stored in the records.
+        env_kwargs: extra kwargs for ``gymnasium.make`` (``split``, ``max_new_tokens``, ...).
+    """
+    ks = _check_sampling(n_samples, ks, temperature)
+    suite, env_id = resolve_suite(suite_or_env_id)
+    envs = _make_envs(env_id, batch_size, policy, data_path, env_kwargs)
+    n_tasks = len(envs[0].tasks) if limit is None else min(int(limit), len(envs[0].tasks))
+    indices = [i for i in range(n_tasks) for _ in range(n_samples)]
+    start = time.perf_counter()
+    episodes = _rollout(envs, policy, indices, seed, temperature, top_p, batch_size, progress)
+    verdicts = _verdicts(episodes, envs[0])
+    wall = time.perf_counter() - start
+    samples = _records(suite, model_name, envs[0], episodes, verdicts, n_samples)
+    return _summarize(
+        suite, env_id, model_name, samples, ks, n_tasks, n_samples, temperature, wall, limit, seed
+    )
+
+
+def _check_sampling(n_samples: int, ks: Sequence[int], temperature: float) -> tuple[int, ...]:
+    ks = tuple(sorted({int(k) for k in ks}))
+    if n_samples < 1 or not ks or ks[0] < 1 or ks[-1] > n_samples:
+        raise ValueError(
+            f"need n_samples >= 1 and 1 <= k <= n_samples for every k; got n={n_samples}, ks={ks}"
+        )
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0; got {temperature}")
+    if temperature == 0 and n_samples > 1:
+        raise ValueError(
+            "greedy decoding (temperature 0) gives identical samples; use n_samples=1 or temperature > 0"
+        )
+    return ks
+
+
+def _make_envs(
+    env_id: str, count: int, policy: Any, data_path: str | None, env_kwargs: Any
+) -> list[Any]:
+    import gymnasium as gym
+
+    import mpo_gym  # noqa: F401  (registers the suite ids)
+
+    kwargs = dict(env_kwargs or {})
+    tokenizer = getattr(policy, "tokenizer", None)
+    if tokenizer is not None:
+        kwargs.setdefault("tokenizer", tokenizer)
+    if data_path is not None:
+        kwargs.setdefault("data_path", str(data_path))
+    return [gym.make(env_id, **kwargs).unwrapped for _ in range(max(1, int(count)))]
+
+
+def _rollout(envs, policy, indices, seed, temperature, top_p, batch_size, progress) -> list[Any]:
+    from .rollout import rollout
+
+    greedy = temperature == 0
+    return rollout(
+        envs,
+        policy,
+        task_indices=indices,
+        seed=seed,
+        temperature=1.0 if greedy else float(temperature),
+        top_p=top_p,
+        greedy=greedy,
+        max_batch=batch_size,
+        progress=progress,
+    )
+
+
+def _verdicts(episodes: Sequence[Any], env: Any) -> list[Any]:
+    """Each episode's verdict; episodes without one are verified here in one batch."""
+    missing = [i for i, ep in enumerate(episodes) if getattr(ep, "verdict", None) is None]
+    verdicts = [getattr(ep, "verdict", None) for ep in episodes]
+    if missing:
+        texts = [episodes[i].text for i in missing]
+        refs = [env.tasks[episodes[i].task_index].reference for i in missing]
+        for i, verdict in zip(missing, env.verifier.verify_batch(texts, refs)):
+            verdicts[i] = verdict
+    return verdicts
+
+
+def _records(suite, model, env, episodes, verdicts, n_samples) -> list[SampleRecord]:
+    seen: Counter[int] = Counter()
+    out = []
+    for ep, verdict in zip(episodes, verdicts):
+        task = env.tasks[ep.task_index]
+        sample, seen[ep.task_index] = seen[ep.task_index], seen[ep.task_index] + 1
+        out.append(
+            SampleRecord(
+                suite=suite, model=model, task_id=task.id, task_index=int(ep.task_index),
+                sample=sample, prompt=task.prompt, reference=task.reference, response=ep.text,
+                status=verdict.status, extracted=verdict.extracted, detail=verdict.detail,
+                reward=float(verdict.reward), response_tokens=len(ep.response_ids),
+                truncated=bool(ep.truncated),
+            )
+        )  # fmt: skip
+    return out
+
+
+def _summarize(
+    suite, env_id, model, samples, ks, n_tasks, n_samples, temperature, wall, limit, seed
+) -> SuiteResult:
+    correct: Counter[int] = Counter()
+    drawn: Counter[int] = Counter()
+    for s in samples:
+        drawn[s.task_index] += 1
+        correct[s.task_index] += s.status == "correct"
+    scores = {
+        k: float(np.mean([pass_at_k(drawn[t], correct[t], k) for t in drawn])) if drawn else 0.0
+        for k in ks
+    }
+    counts = Counter(s.status for s in samples)
+    return SuiteResult(
+        suite=suite, env_id=env_id, model=model, n_tasks=n_tasks, n_samples=n_samples,
+        temperature=float(temperature), pass_at_k=scores,
+        status_counts={st: counts.get(st, 0) for st in STATUSES}, wall_time_s=round(wall, 2),
+        mean_response_tokens=float(np.mean([s.response_tokens for s in samples])) if samples else 0.0,
+        truncated_rate=float(np.mean([s.truncated for s in samples])) if samples else 0.0,
+        limit=limit, seed=seed, samples=samples,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- reports
+Results = Sequence[SuiteResult] | Mapping[str, Mapping[str, SuiteResult]]
+
+
+def _nested(results: Results) -> dict[str, dict[str, SuiteResult]]:
+    if isinstance(results, Mapping):
+        return {m: dict(r) for m, r in results.items()}
+    out: dict[str, dict[str, SuiteResult]] = {}
+    for r in results:
+        out.setdefault(r.model, {})[r.suite] = r
+    return out
+
+
+def comparison_table(rows: Mapping[str, Mapping[str, SuiteResult]], k: int = 1) -> str:
+    """Markdown: one row per model/agent, one column per suite, cells pass@k in percent.
+
+    A missing suite or k shows as ``-``; ``avg`` averages the suites a row has.
+    """
+    suites = [s for s in SUITE_IDS if any(s in r for r in rows.values())]
+    suites += sorted({s for r in rows.values() for s in r} - set(suites))
+    lines = [
+        "| model | " + " | ".join(suites) + " | avg |",
+        "|---|" + "---:|" * (len(suites) + 1),
+    ]
+    for model, results in rows.items():
+        values = [results[s].pass_at_k.get(k) if s in results else None for s in suites]
+        present = [v for v in values if v is not None]
+        cells = [f"{100 * v:.1f}" if v is not None else "-" for v in values]
+        avg = f"{100 * float(np.mean(present)):.1f}" if present else "-"
+        lines.append(f"| {model} | " + " | ".join(cells) + f" | {avg} |")
+    return "\n".join(lines) + "\n"
+
+
+def results_table(results: Results) -> str:
+    """Markdown: one row per (model, suite) with pass@k, statuses, tokens and wall time."""
+    flat = [r for by_suite in _nested(results).values() for r in by_suite.values()]
+    ks = sorted({k for r in flat for k in r.pass_at_k})
+    head = ["model", "suite", "tasks", "n", "T"] + [f"pass@{k}" for k in ks]
+    head += list(STATUSES) + ["mean tokens", "truncated", "wall s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
+    for r in flat:
+        cells = [r.model, r.suite, str(r.n_tasks), str(r.n_samples), f"{r.temperature:g}"]
+        cells += [f"{100 * r.pass_at_k[k]:.1f}" if k in r.pass_at_k else "-" for k in ks]
+        cells += [str(r.status_counts.get(s, 0)) for s in STATUSES]
+        cells += [
+            f"{r.mean_response_tokens:.0f}",
+            f"{100 * r.truncated_rate:.0f}%",
+            f"{r.wall_time_s:.0f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(results: Results, out_dir: str | Path) -> dict[str, Path]:
+    """Write ``results.json``, ``results.md`` and ``samples.jsonl`` into ``out_dir``.
+
+    Returns:
+        ``{"json": ..., "markdown": ..., "samples": ...}`` paths.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    nested = _nested(results)
+    flat = [r for by_suite in nested.values() for r in by_suite.values()]
+    paths = {
+        "json": out / "results.json",
+        "markdown": out / "results.md",
+        "samples": out / "samples.jsonl",
+    }
+    payload = {"results": [r.to_dict() for r in flat]}
+    paths["json"].write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    ks = sorted({k for r in flat for k in r.pass_at_k})
+    md = ["# Evaluation\n"]
+    for k in ks:
+        md += [f"## pass@{k} (%)\n", comparison_table(nested, k=k)]
+    md += ["## Details\n", results_table(nested)]
+    paths["markdown"].write_text("\n".join(md))
+    with paths["samples"].open("w") as f:
+        for r in flat:
+            for s in r.samples:
+                f.write(json.dumps(asdict(s), default=str) + "\n")
+    return paths
+
+
+# ---------------------------------------------------------------------------- command line
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Options of ``mpo-gym eval``."""
+    add = parser.add_argument
+    add(
+        "--suite",
+        default="gsm8k",
+        help="comma-separated suites (gsm8k,math500,humaneval,mbpp), 'all', or env ids",
+    )
+    add(
+        "--model",
+        action="append",
+        default=None,
+        help="'default', a model folder or a training checkpoint; repeat (or comma-separate) to compare",
+    )
+    add("--n-samples", type=int, default=1, help="responses per task (n of pass@k)")
+    add("--k", default="1", help="comma-separated k values for pass@k (each <= --n-samples)")
+    add("--temperature", type=float, default=0.0, help="0 = greedy")
+    add("--top-p", type=float, default=1.0)
+    add("--limit", type=int, default=None, help="only the first L tasks of each suite")
+    add("--out", default=None, help="output folder (default runs/eval-<time>)")
+    add(
+        "--data-dir",
+        default=None,
+        help="local data root laid out like <dir>/gsm8k/test.jsonl (else MPO_GYM_DATA_DIR, else the hub)",
+    )
+    add("--split", default="test", help="dataset split")
+    add("--batch-size", type=int, default=8, help="episodes generated together")
+    add("--max-new-tokens", type=int, default=None, help="override the env's response budget")
+    add("--block-size", type=int, default=None, help="override the env's K")
+    add("--seed", type=int, default=0)
+    add("--dtype", default="float32")
+    add("--no-progress", action="store_true")
+    return parser
+
+
+add_eval_arguments = add_arguments
+
+
+def run(args: argparse.Namespace) -> int:
+    """``mpo-gym eval``: every model on every suite, then the reports and a comparison table."""
+    suites = (
+        list(SUITE_IDS)
+        if args.suite == "all"
+        else [s.strip() for s in args.suite.split(",") if s.strip()]
+    )
+    models = [
+        m.strip() for spec in (args.model or ["default"]) for m in spec.split(",") if m.strip()
+    ]
+    names = _model_names(models)
+    ks = [int(k) for k in str(args.k).split(",")]
+    env_kwargs: dict[str, Any] = {"split": args.split}
+    if args.max_new_tokens:
+        env_kwargs["max_new_tokens"] = args.max_new_tokens
+    if args.block_size:
+        env_kwargs["block_size"] = args.block_size
+    out = Path(args.out or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}")
+    rows: dict[str, dict[str, SuiteResult]] = {}
+    for spec, name in zip(models, names):
+        policy = load_policy(spec, dtype=args.dtype)
+        for suite in suites:
+            result = evaluate(
+                suite, policy, n_samples=args.n_samples, ks=ks, temperature=args.temperature,
+                top_p=args.top_p, limit=args.limit, batch_size=args.batch_size,
+                data_path=args.data_dir, seed=args.seed, progress=not args.no_progress,
+                model_name=name, env_kwargs=env_kwargs,
+            )  # fmt: skip
+            rows.setdefault(name, {})[suite] = result
+            print(_one_line(result), flush=True)
+            write_results(rows, out)  # keep what is done if a later suite fails
+    print(
+        f"\n{comparison_table(rows, k=min(ks))}\nwrote {out}/results.json, results.md, samples.jsonl"
+    )
+    return 0
+
+
+run_eval = run
+
+
+def main_eval(argv: Sequence[str] | None = None) -> int:
+    """``python -m mpo_gym.evaluation ...`` (same options as ``mpo-gym eval``)."""
+    parser = add_arguments(
+        argparse.ArgumentParser(prog="mpo-gym eval", description=__doc__.split("\n")[0])
+    )
+    return run(parser.parse_args(argv))
+
+
+def load_policy(spec: str, dtype: str = "float32") -> Any:
+    """An :class:`~mpo_gym.policy.LMPolicy` from ``"default"``, a model folder or a checkpoint."""
+    from .policy import LMPolicy
+
+    return LMPolicy.from_pretrained(spec, dtype=dtype)
+
+
+def _model_names(models: Sequence[str]) -> list[str]:
+    short = [m if m == "default" else (Path(m).name or m) for m in models]
+    return short if len(set(short)) == len(short) else list(models)
+
+
+def _one_line(r: SuiteResult) -> str:
+    scores = " ".join(f"pass@{k}={100 * v:.1f}%" for k, v in r.pass_at_k.items())
+    counts = " ".join(f"{s}={c}" for s, c in r.status_counts.items() if c)
+    return f"{r.model} {r.suite}: {scores} ({r.n_tasks} tasks x {r.n_samples}; {counts}; {r.wall_time_s:.0f}s)"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main_eval())
