@@ -1,0 +1,183 @@
+r"""``MathVerifier``: sympy-based answer checking with hard time limits.
+
+Pipeline for one check:
+
+1. **Extraction** (caller's process, pure string code; :mod:`.math_extract`): the last
+   ``\boxed{}``/``\fbox{}``; else the last "final answer is X" / "the answer is X" /
+   "Answer: X" / "#### X" line; else the whole response when it is only an answer.
+   Otherwise ``no_answer``. Never "any number in the text". ``boxed_only=True`` keeps only
+   the first rule (recommended for RL: the format is then part of the task).
+2. **Cheap path** (caller's process): equal normalised strings are ``correct`` at once.
+3. **Worker** (a process from a shared :class:`~mpo_gym.verifiers.pool.WorkerPool`): parse
+   both sides (:mod:`.math_parse`, LaTeX through ``latex2sympy2_extended``, plain text
+   through a whitelisted parser; no ``eval``) and compare (:mod:`.math_equiv`). The check is
+   killed at ``timeout_s`` and the worker replaced; the verdict is then ``timeout``.
+
+Statuses: ``correct`` (reward 1.0), ``incorrect``, ``no_answer``, ``timeout``, ``error``
+(a bug of ours, or a reference we cannot read; the reason is in ``detail``). An answer we
+cannot parse is ``incorrect``.
+
+Conventions (what a careful grader does; the gold side decides where they are asymmetric):
+
+- Numbers: exact for integers, fractions and radicals; when either side is written as a
+  decimal, relative tolerance ``rel_tol`` (default 1e-6). ``0.333`` is *not* ``1/3``.
+- ``1,000`` and ``1{,}000`` are one thousand outside brackets; inside brackets a comma
+  separates items (``[1,100]`` is an interval).
+- Units in ``\text{}``/``\mbox{}`` and unit words after a number are dropped; ``\$`` too.
+- Percent: ``50\%`` equals ``50`` and ``0.5``; ``0.5`` without a percent sign on either
+  side is not ``50``.
+- Degrees: ``30^\circ`` equals ``30`` and, when the other side contains ``\pi``,
+  ``\frac{\pi}{6}``.
+- ``\pm``: ``1 \pm \sqrt{2}`` is the list ``1+\sqrt{2}, 1-\sqrt{2}``.
+- Collections: ``(a, b)`` and ``[a, b)`` are ordered and their brackets must match (an open
+  interval is not a closed one); ``\{a, b\}``, bare lists ``a, b``, "a or b" and unions are
+  order-insensitive and must have the same number of items. A 1-row/1-column matrix equals
+  the same tuple ``(a, b)``.
+- Relations: ``x = 2`` equals ``2`` when the left side is a single name (``k=1``, ``f(3)=5``);
+  ``a + 3z = 0`` is never ``0``. ``a < b`` equals ``b > a``; equations equal when both sides
+  match (either order) or ``lhs - rhs`` agree up to sign. A gold inequality in one variable
+  accepts the same set as an interval (``x > 2`` accepts ``(2, \infty)``); a gold interval
+  does not accept an inequality.
+- Words (``\text{Monday}``) compare case-insensitively; single letters are symbols and are
+  case-sensitive.
+
+Not handled (known blind spots): ``0.333`` for ``1/3`` (rounding conventions), scaled
+equations (``2x = 4`` vs ``x = 2``), unit conversion (``1 m`` vs ``100 cm``), answers spread
+over several boxes, and anything ``latex2sympy2_extended`` cannot parse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .base import Verdict, _check_lengths
+from .math_extract import extract_answer, extract_reference, normalize
+from .pool import WorkerPool, shared_pool
+
+__all__ = ["MathVerifier", "check_normalized"]
+
+
+def _preload() -> None:
+    """Import sympy and the LaTeX parser once, so forked workers start warm."""
+    from . import math_equiv, math_parse  # noqa: F401
+
+    math_parse.parse_node(r"\frac{1}{2}")
+
+
+def _worker_setup() -> None:
+    """Per-worker setup: imports (if not inherited) and no limit on integer string size."""
+    import sys
+
+    if hasattr(sys, "set_int_max_str_digits"):
+        sys.set_int_max_str_digits(0)
+    _preload()
+
+
+def check_normalized(gold: str, pred: str, rel_tol: float = 1e-6) -> tuple[str, str]:
+    """Compare two normalised answers; returns ``(status, detail)``. Runs in a worker.
+
+    Raises nothing for bad *input*; an exception escaping from here is a bug of ours.
+    """
+    from .math_equiv import equivalent
+    from .math_parse import ParseFailure, parse_node
+
+    try:
+        gold_node = parse_node(gold)
+    except (ParseFailure, RecursionError) as exc:
+        return "error", f"could not parse reference {gold[:80]!r}: {exc}"
+    try:
+        pred_node = parse_node(pred)
+    except (ParseFailure, RecursionError) as exc:
+        return "incorrect", f"could not parse answer: {exc}"
+    if equivalent(gold_node, pred_node, rel_tol):
+        return "correct", "equivalent"
+    return "incorrect", "not equivalent"
+
+
+class MathVerifier:
+    """Checks math answers against a gold answer (LaTeX or plain text).
+
+    Args:
+        timeout_s: wall-clock limit per check, enforced by killing the worker process.
+        boxed_only: only accept an answer inside the last ``\\boxed{}``.
+        rel_tol: relative tolerance when either side is written as a decimal.
+        workers: worker processes in the shared pool (default: CPU count). The pool is
+            shared by every ``MathVerifier`` in the process and starts on the first check.
+
+    Not symmetric: ``verify(response, reference)`` reads ``reference`` as the gold answer.
+    """
+
+    def __init__(
+        self,
+        *,
+        timeout_s: float = 5.0,
+        boxed_only: bool = False,
+        rel_tol: float = 1e-6,
+        workers: int | None = None,
+    ) -> None:
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive; got {timeout_s}")
+        self.timeout_s = timeout_s
+        self.boxed_only = boxed_only
+        self.rel_tol = rel_tol
+        self.workers = workers
+
+    @property
+    def pool(self) -> WorkerPool:
+        """The shared worker pool (created on first use, started on the first task)."""
+        return shared_pool("math", self.workers, initializer=_worker_setup, preload=_preload)
+
+    def verify(self, response: str, reference: Any) -> Verdict:
+        """Judge one response against one gold answer; never raises."""
+        return self.verify_batch([response], [reference])[0]
+
+    def verify_batch(self, responses: Sequence[str], references: Sequence[Any]) -> list[Verdict]:
+        """Judge many responses at once, spread over the worker pool; keeps input order."""
+        _check_lengths(responses, references)
+        verdicts: list[Verdict | None] = []
+        pending: list[tuple[int, str | None, tuple[str, str, float]]] = []
+        for i, (response, reference) in enumerate(zip(responses, references)):
+            verdict, task = self._prescreen(response, reference)
+            verdicts.append(verdict)
+            if task is not None:
+                pending.append((i, task[0], task[1]))
+        if pending:
+            results = self.pool.map(check_normalized, [t for _, _, t in pending], self.timeout_s)
+            for (i, extracted, _), result in zip(pending, results):
+                verdicts[i] = _to_verdict(result, extracted)
+        return [v for v in verdicts if v is not None]
+
+    def _prescreen(self, response: Any, reference: Any) -> tuple[Verdict | None, Any]:
+        """Extraction and string equality in-process; returns a verdict or a worker task."""
+        try:
+            if not isinstance(response, str):
+                return Verdict(0.0, "no_answer", None, f"response is {type(response).__name__}"), None
+            answer = extract_answer(response, self.boxed_only)
+            if answer is None:
+                return Verdict(0.0, "no_answer", None, "no final answer found"), None
+            gold, pred = normalize(extract_reference(reference)), normalize(answer)
+            if not gold:
+                return Verdict(0.0, "error", answer, "empty reference"), None
+            if gold == pred:
+                return Verdict(1.0, "correct", answer, "same normalised string"), None
+            if not pred:
+                return Verdict(0.0, "no_answer", answer, "empty answer"), None
+            return None, (answer, (gold, pred, self.rel_tol))
+        except Exception as exc:  # a bug of ours: report it, never as "incorrect"
+            return Verdict(0.0, "error", None, f"{type(exc).__name__}: {exc}"), None
+
+    def close(self) -> None:
+        """Stop the shared pool's workers (a later check starts new ones)."""
+        self.pool.close()
+
+
+def _to_verdict(result: Any, extracted: str | None) -> Verdict:
+    if result.status == "timeout":
+        return Verdict(0.0, "timeout", extracted, result.detail)
+    if result.status != "ok":
+        if result.detail.startswith(("MemoryError", "RecursionError")):
+            return Verdict(0.0, "timeout", extracted, f"resource limit: {result.detail}")
+        return Verdict(0.0, "error", extracted, result.detail)
+    status, detail = result.value
+    return Verdict(1.0 if status == "correct" else 0.0, status, extracted, detail)

@@ -1,0 +1,282 @@
+"""Equivalence of parsed answers (worker side; may be slow on hostile input).
+
+``equivalent(gold, pred)`` walks the node trees from :mod:`mpo_gym.verifiers.math_parse`.
+Scalars go through a cascade, cheapest first: structural equality, exact rational
+arithmetic (with a size guard on powers), numeric comparison (relative tolerance when a
+side is a decimal; high precision otherwise), and only then ``simplify(a - b) == 0``.
+Expressions with free symbols are first compared at random points, so unequal expressions
+are rejected without calling ``simplify``. The conventions are listed in
+:mod:`mpo_gym.verifiers.math`.
+"""
+
+from __future__ import annotations
+
+import random
+from itertools import permutations
+from typing import Any
+
+import sympy
+
+from .math_parse import Expr, Group, Matrix, Rel, Text
+
+MAX_POW_BITS = 20_000
+EXACT_TOL = sympy.Float("1e-40", 60)
+
+
+def equivalent(gold: Any, pred: Any, rel_tol: float = 1e-6) -> bool:
+    """True when ``pred`` answers the question whose answer is ``gold`` (not symmetric)."""
+    if isinstance(gold, Rel) and isinstance(pred, Rel):
+        return _rel_equiv(gold, pred, rel_tol)
+    if isinstance(pred, Rel):
+        value = _assigned_value(pred)
+        return value is not None and equivalent(gold, value, rel_tol)
+    if isinstance(gold, Rel):
+        value = _assigned_value(gold)
+        if value is not None:
+            return equivalent(value, pred, rel_tol)
+        return _inequality_vs_interval(gold, pred)
+    return _plain_equiv(gold, pred, rel_tol)
+
+
+def _plain_equiv(gold: Any, pred: Any, rel_tol: float) -> bool:
+    if isinstance(gold, Text) or isinstance(pred, Text):
+        return isinstance(gold, Text) and isinstance(pred, Text) and gold.text == pred.text
+    if isinstance(gold, Matrix) or isinstance(pred, Matrix):
+        return _matrix_equiv(gold, pred, rel_tol)
+    if isinstance(gold, Group) and isinstance(pred, Group):
+        return _group_equiv(gold, pred, rel_tol)
+    if isinstance(gold, Expr) and isinstance(pred, Expr):
+        return _expr_equiv(gold, pred, rel_tol)
+    return False
+
+
+# -- collections -------------------------------------------------------------------------------
+_UNORDERED = {"set", "bag", "union"}
+
+
+def _group_equiv(gold: Group, pred: Group, rel_tol: float) -> bool:
+    if len(gold.items) != len(pred.items):
+        return False
+    if gold.kind in _UNORDERED and pred.kind in _UNORDERED:
+        if "union" in (gold.kind, pred.kind) and gold.kind != pred.kind:
+            return False
+        return _unordered_match(gold.items, pred.items, rel_tol)
+    if gold.kind == pred.kind == "seq" and (gold.open, gold.close) == (pred.open, pred.close):
+        return all(equivalent(g, p, rel_tol) for g, p in zip(gold.items, pred.items))
+    return False
+
+
+def _unordered_match(gold: tuple[Any, ...], pred: tuple[Any, ...], rel_tol: float) -> bool:
+    """A perfect matching between the two item lists (greedy, then exhaustive if small)."""
+    left = list(pred)
+    for g in gold:
+        hit = next((i for i, p in enumerate(left) if equivalent(g, p, rel_tol)), None)
+        if hit is None:
+            break
+        left.pop(hit)
+    else:
+        return True
+    if len(gold) > 6:
+        return False
+    return any(
+        all(equivalent(g, p, rel_tol) for g, p in zip(gold, perm)) for perm in permutations(pred)
+    )
+
+
+def _matrix_equiv(gold: Any, pred: Any, rel_tol: float) -> bool:
+    g, p = _as_rows(gold), _as_rows(pred)
+    if g is None or p is None:
+        return False
+    if len(g) != len(p) or any(len(a) != len(b) for a, b in zip(g, p)):
+        if isinstance(gold, Matrix) and isinstance(pred, Matrix):
+            return False
+        g, p = [c for row in g for c in row], [c for row in p for c in row]
+        return len(g) == len(p) and all(equivalent(a, b, rel_tol) for a, b in zip(g, p))
+    return all(equivalent(a, b, rel_tol) for ra, rb in zip(g, p) for a, b in zip(ra, rb))
+
+
+def _as_rows(node: Any) -> list[list[Any]] | None:
+    """Rows of a matrix; a ``(a, b)`` tuple counts as a vector (one row)."""
+    if isinstance(node, Matrix):
+        rows = [list(r) for r in node.rows]
+        if len(rows) > 1 and all(len(r) == 1 for r in rows):
+            return [[r[0] for r in rows]]
+        return rows
+    if isinstance(node, Group) and node.kind == "seq" and (node.open, node.close) == ("(", ")"):
+        return [list(node.items)]
+    return None
+
+
+# -- relations -----------------------------------------------------------------------------------
+def _is_name(node: Any) -> bool:
+    if not isinstance(node, Expr):
+        return False
+    v = node.value
+    return isinstance(v, sympy.Symbol) or isinstance(v, sympy.core.function.AppliedUndef)
+
+
+def _assigned_value(rel: Rel) -> Any:
+    """``x = v`` (or ``x = ... = v``) gives ``v``; anything else gives ``None``."""
+    if set(rel.ops) == {"="} and _is_name(rel.parts[0]) and not _is_name(rel.parts[-1]):
+        return rel.parts[-1]
+    return None
+
+
+def _rel_equiv(gold: Rel, pred: Rel, rel_tol: float) -> bool:
+    if gold.ops != pred.ops and not (len(set(gold.ops)) == 1 and gold.ops == pred.ops[::-1]):
+        return False
+    if len(gold.parts) != len(pred.parts):
+        return False
+    if all(equivalent(g, p, rel_tol) for g, p in zip(gold.parts, pred.parts)):
+        return True
+    if gold.ops == ("=",) or gold.ops == ("!=",):
+        if all(equivalent(g, p, rel_tol) for g, p in zip(gold.parts, pred.parts[::-1])):
+            return True
+    if len(gold.parts) != 2 or not all(isinstance(x, Expr) for x in gold.parts + pred.parts):
+        return False
+    dg = gold.parts[0].value - gold.parts[1].value
+    dp = pred.parts[0].value - pred.parts[1].value
+    if gold.ops[0] in ("=", "!=") and _scalar_equal(dg, -dp, rel_tol):
+        return True
+    return _scalar_equal(dg, dp, rel_tol)
+
+
+def _inequality_vs_interval(gold: Rel, pred: Any) -> bool:
+    """A gold inequality in one variable accepts the same set written as an interval."""
+    gold_set = _rel_as_set(gold)
+    pred_set = _node_as_set(pred)
+    if gold_set is None or pred_set is None:
+        return False
+    return bool(sympy.simplify(gold_set.symmetric_difference(pred_set)) == sympy.S.EmptySet)
+
+
+def _rel_as_set(rel: Rel) -> Any:
+    if not all(isinstance(p, Expr) for p in rel.parts) or "!=" in rel.ops or "=" in rel.ops:
+        return None
+    values = [p.value for p in rel.parts]
+    names = [v for v in values if isinstance(v, sympy.Symbol)]
+    if len(names) != 1 or any(v.free_symbols for v in values if v is not names[0]):
+        return None
+    var = names[0]
+    result = sympy.S.Reals
+    for op, a, b in zip(rel.ops, values, values[1:]):
+        rel_fn = sympy.Lt if op == "<" else sympy.Le
+        result = result.intersect(sympy.solveset(rel_fn(a, b), var, sympy.S.Reals))
+    return result
+
+
+def _node_as_set(node: Any) -> Any:
+    if isinstance(node, Group) and node.kind == "union":
+        parts = [_node_as_set(i) for i in node.items]
+        return None if any(p is None for p in parts) else sympy.Union(*parts)
+    if isinstance(node, Group) and node.kind == "seq" and len(node.items) == 2:
+        a, b = node.items
+        if isinstance(a, Expr) and isinstance(b, Expr) and not (a.value.free_symbols
+                                                                 or b.value.free_symbols):
+            return sympy.Interval(a.value, b.value, node.open == "(", node.close == ")")
+    return None
+
+
+# -- scalars ---------------------------------------------------------------------------------------
+def _expr_equiv(gold: Expr, pred: Expr, rel_tol: float) -> bool:
+    g, p = gold.value, pred.value
+    if isinstance(g, sympy.MatrixBase) or isinstance(p, sympy.MatrixBase):
+        return _sympy_matrix_equal(g, p, rel_tol)
+    if _scalar_equal(g, p, rel_tol):
+        return True
+    if gold.percent != pred.percent:
+        scaled = (g / 100, p) if gold.percent else (g, p / 100)
+        if _scalar_equal(*scaled, rel_tol):
+            return True
+    if gold.degree != pred.degree:
+        deg, other = (g, p) if gold.degree else (p, g)
+        if other.has(sympy.pi):
+            return _scalar_equal(deg * sympy.pi / 180, other, rel_tol)
+    return False
+
+
+def _sympy_matrix_equal(g: Any, p: Any, rel_tol: float) -> bool:
+    if not (isinstance(g, sympy.MatrixBase) and isinstance(p, sympy.MatrixBase)):
+        return False
+    if g.shape != p.shape:
+        return False
+    return all(_scalar_equal(a, b, rel_tol) for a, b in zip(g, p))
+
+
+def _scalar_equal(a: Any, b: Any, rel_tol: float) -> bool:
+    """Cheap-to-expensive equality of two sympy scalars."""
+    if not isinstance(a, sympy.Basic) or not isinstance(b, sympy.Basic):
+        return False
+    if a == b:
+        return True
+    if isinstance(a, sympy.logic.boolalg.Boolean) or isinstance(b, sympy.logic.boolalg.Boolean):
+        return False
+    if a.free_symbols or b.free_symbols:
+        return _symbolic_equal(a, b, rel_tol)
+    ea, eb = _exact(a), _exact(b)
+    if ea is not None and eb is not None:
+        return bool(ea == eb)
+    if a.has(sympy.Float) or b.has(sympy.Float):
+        return _close(a, b, rel_tol)
+    if not _close(a, b, 1e-12):
+        return False
+    return _simplifies_to_zero(a - b)
+
+
+def _close(a: Any, b: Any, rel_tol: float) -> bool:
+    va, vb = sympy.N(a, 30), sympy.N(b, 30)
+    if not (va.is_number and vb.is_number):
+        return False
+    if va.has(sympy.zoo, sympy.nan) or vb.has(sympy.zoo, sympy.nan):
+        return False
+    if va in (sympy.oo, -sympy.oo) or vb in (sympy.oo, -sympy.oo):
+        return bool(va == vb)
+    # sympy Floats (mpmath underneath): no overflow to inf for huge values
+    diff = sympy.N(sympy.Abs(va - vb), 15)
+    scale = max(sympy.N(sympy.Abs(va), 15), sympy.N(sympy.Abs(vb), 15))
+    if not (diff.is_Number and scale.is_Number):
+        return False
+    return bool(diff <= rel_tol * scale) or bool(diff <= 1e-12 * rel_tol)
+
+
+def _exact(e: Any) -> Any:
+    """The exact rational value of ``e``, or ``None`` (irrational, float, or too big)."""
+    if isinstance(e, sympy.Rational):
+        return e
+    if isinstance(e, sympy.Add | sympy.Mul):
+        vals = [_exact(x) for x in e.args]
+        if any(v is None for v in vals):
+            return None
+        return sympy.Add(*vals) if isinstance(e, sympy.Add) else sympy.Mul(*vals)
+    if isinstance(e, sympy.Pow):
+        base, exp = _exact(e.base), _exact(e.exp)
+        if base is None or not isinstance(exp, sympy.Integer):
+            return None
+        bits = max(abs(base.p), abs(base.q)).bit_length()
+        if bits * abs(int(exp)) > MAX_POW_BITS or (base == 0 and exp < 0):
+            return None
+        return base**exp
+    return None
+
+
+def _symbolic_equal(a: Any, b: Any, rel_tol: float) -> bool:
+    """Reject at random points first; accept only when ``simplify`` proves it."""
+    symbols = sorted(a.free_symbols | b.free_symbols, key=str)
+    rng = random.Random(1234)
+    for _ in range(3):
+        point = {s: sympy.Rational(rng.randint(11, 97), rng.randint(7, 31)) for s in symbols}
+        try:
+            va, vb = a.xreplace(point), b.xreplace(point)
+            if not _close(va, vb, max(rel_tol, 1e-9)):
+                return False
+        except (TypeError, ValueError, ArithmeticError, AttributeError):
+            break
+    return _simplifies_to_zero(a - b)
+
+
+def _simplifies_to_zero(d: Any) -> bool:
+    if sympy.expand(d) == 0:
+        return True
+    if sympy.simplify(d) == 0:
+        return True
+    return bool(d.equals(0))

@@ -1,0 +1,363 @@
+"""Parse a normalised answer string into a small tree of typed nodes (worker side).
+
+Structure (lists, sets, tuples, intervals, unions, relations, matrices, ``\\pm``) is read
+here with a bracket-aware splitter; scalar expressions go to ``latex2sympy2_extended`` when
+they contain LaTeX, and to :func:`parse_plain` (a whitelisted recursive-descent parser that
+builds sympy objects directly) when they are plain text. Nothing is ever passed to
+``eval``, ``sympify`` or ``parse_expr``. Run this only inside a worker process: sympy can
+take unbounded time on hostile input.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import sympy
+
+from .math_extract import DEGREE, PERCENT
+
+MAX_DEPTH = 200
+MAX_PM = 3
+
+
+class ParseFailure(ValueError):
+    """The answer could not be read as mathematics."""
+
+
+@dataclass(frozen=True)
+class Expr:
+    """A scalar: sympy value plus the markers stripped from it."""
+
+    value: Any
+    percent: bool = False
+    degree: bool = False
+
+
+@dataclass(frozen=True)
+class Text:
+    """A word answer (``Monday``), compared case-insensitively."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Group:
+    """A bracketed or bare collection.
+
+    ``kind`` is ``"seq"`` (tuple/interval; ``open``/``close`` are the brackets),
+    ``"set"`` (``\\{...\\}``), ``"bag"`` (bare list of answers), or ``"union"`` (``\\cup``).
+    """
+
+    kind: str
+    items: tuple[Any, ...]
+    open: str = ""
+    close: str = ""
+
+
+@dataclass(frozen=True)
+class Rel:
+    """A chain ``a op b op c``; ``ops`` use ``= < <= !=`` only (``>`` chains are reversed)."""
+
+    ops: tuple[str, ...]
+    parts: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Matrix:
+    rows: tuple[tuple[Any, ...], ...] = field(default_factory=tuple)
+
+
+# -- bracket-aware splitting -----------------------------------------------------------------
+def _depths(s: str) -> list[int]:
+    """Bracket depth before each character; any of ``([{`` opens and ``)]}`` closes."""
+    out, depth = [], 0
+    for ch in s:
+        out.append(depth)
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+    return out
+
+
+def split_top(s: str, sep_re: str) -> tuple[list[str], list[str]]:
+    """Split ``s`` on matches of ``sep_re`` at bracket depth 0; return (parts, separators)."""
+    depths = _depths(s)
+    parts, seps, last = [], [], 0
+    for m in re.finditer(sep_re, s):
+        if depths[m.start()] == 0 and m.start() >= last:
+            parts.append(s[last : m.start()])
+            seps.append(m.group(0))
+            last = m.end()
+    parts.append(s[last:])
+    return parts, seps
+
+
+def _outer_pair(s: str) -> tuple[str, str, str] | None:
+    """``(open, inner, close)`` when one bracket pair encloses all of ``s``."""
+    for op, cl in (("\\{", "\\}"),):
+        if s.startswith(op) and s.endswith(cl) and _closes_at_end(s):
+            return op, s[len(op) : -len(cl)], cl
+    if len(s) >= 2 and s[0] in "([" and s[-1] in ")]" and _closes_at_end(s):
+        return s[0], s[1:-1], s[-1]
+    return None
+
+
+def _closes_at_end(s: str) -> bool:
+    depths = _depths(s)
+    return all(d > 0 for d in depths[1:]) and depths[-1] == 1
+
+
+# -- the node parser -------------------------------------------------------------------------
+_REL_RE = r"\\leq|\\geq|\\neq|=|<|>"
+_REL_MAP = {"\\leq": "<=", "\\geq": ">=", "\\neq": "!=", "=": "=", "<": "<", ">": ">"}
+_MATRIX_RE = re.compile(r"^\\begin\{([pbBvV]?matrix|array)\}(?:\{[^{}]*\})?(.*)\\end\{\1\}$", re.S)
+
+
+def parse_node(s: str, depth: int = 0) -> Any:
+    """Parse a normalised answer into ``Expr | Text | Group | Rel | Matrix``.
+
+    Raises:
+        ParseFailure: when no reading of ``s`` is possible.
+    """
+    if depth > MAX_DEPTH:
+        raise ParseFailure("nested too deeply")
+    s = s.strip()
+    if not s:
+        raise ParseFailure("empty answer")
+    parts, _ = split_top(s, r",")
+    if len(parts) > 1:
+        return Group("bag", tuple(parse_node(p, depth + 1) for p in parts))
+    parts, _ = split_top(s, r"\\cup|∪")
+    if len(parts) > 1:
+        return Group("union", tuple(parse_node(p, depth + 1) for p in parts))
+    parts, seps = split_top(s, _REL_RE)
+    if len(parts) > 1:
+        return _relation(parts, [_REL_MAP[x] for x in seps], depth)
+    if "\\pm" in s or "\\mp" in s:
+        return _plus_minus(s, depth)
+    return _bracketed_or_scalar(s, depth)
+
+
+def _relation(parts: list[str], ops: list[str], depth: int) -> Rel:
+    nodes = [parse_node(p, depth + 1) for p in parts]
+    if any(op in (">", ">=") for op in ops):
+        if not all(op in (">", ">=") for op in ops):
+            raise ParseFailure("mixed inequality directions")
+        nodes.reverse()
+        ops = [op.replace(">", "<") for op in reversed(ops)]
+    return Rel(tuple(ops), tuple(nodes))
+
+
+def _plus_minus(s: str, depth: int) -> Any:
+    if s.count("\\pm") + s.count("\\mp") > MAX_PM:
+        raise ParseFailure("too many \\pm")
+    m = re.search(r"\\pm|\\mp", s)
+    assert m is not None
+    first, second = ("+", "-") if m.group(0) == "\\pm" else ("-", "+")
+    a = parse_node(s[: m.start()] + first + s[m.end() :], depth + 1)
+    b = parse_node(s[: m.start()] + second + s[m.end() :], depth + 1)
+    items: list[Any] = []
+    for node in (a, b):
+        items.extend(node.items if isinstance(node, Group) and node.kind == "bag" else [node])
+    return Group("bag", tuple(items))
+
+
+def _bracketed_or_scalar(s: str, depth: int) -> Any:
+    matrix = _MATRIX_RE.match(s)
+    if matrix:
+        rows = [r for r in re.split(r"\\\\", matrix.group(2)) if r.strip()]
+        cells = tuple(tuple(parse_node(c, depth + 1) for c in r.split("&")) for r in rows)
+        if len({len(r) for r in cells}) != 1:
+            raise ParseFailure("ragged matrix")
+        return Matrix(cells)
+    pair = _outer_pair(s)
+    if pair is not None:
+        op, inner, cl = pair
+        items = tuple(parse_node(p, depth + 1) for p in split_top(inner, r",")[0])
+        if op == "\\{":
+            return Group("set", items)
+        if len(items) == 1 and (op, cl) in (("(", ")"), ("[", "]")):
+            return items[0]
+        return Group("seq", items, op, cl)
+    return parse_scalar(s)
+
+
+def parse_scalar(s: str) -> Expr | Text:
+    """A single expression, with ``%`` and ``°`` markers turned into flags."""
+    percent = s.endswith(PERCENT)
+    degree = DEGREE in s
+    s = s.replace(DEGREE, "").rstrip(PERCENT).strip()
+    if not s:
+        raise ParseFailure("empty expression")
+    if re.fullmatch(r"[A-Za-z][A-Za-z ]+", s) and s.lower() not in ("pi", "oo", "inf"):
+        return Text(s.replace(" ", "").lower())
+    return Expr(_to_sympy(s), percent, degree)
+
+
+@lru_cache(maxsize=8192)
+def _to_sympy(s: str) -> Any:
+    if not re.search(r"[\\{}]", s):
+        try:
+            return parse_plain(s)
+        except ParseFailure:
+            pass
+    return _latex(s)
+
+
+def _latex(s: str) -> Any:
+    from latex2sympy2_extended import latex2sympy
+    from latex2sympy2_extended.latex2sympy2 import ConversionConfig
+    from latex2sympy2_extended.math_normalization import NormalizationConfig
+
+    try:
+        value = latex2sympy(
+            s,
+            normalization_config=NormalizationConfig(
+                basic_latex=True, units=False, malformed_operators=False, nits=False,
+                boxed="none", equations=False,
+            ),
+            conversion_config=ConversionConfig(lowercase_symbols=False),
+        )
+    except Exception as exc:  # the LaTeX parser rejects it: not our bug
+        raise ParseFailure(f"LaTeX: {type(exc).__name__}: {str(exc)[:120]}") from None
+    if not isinstance(value, sympy.Basic | sympy.MatrixBase):
+        raise ParseFailure(f"LaTeX parser returned {type(value).__name__}")
+    return value
+
+
+# -- plain text -------------------------------------------------------------------------------
+_TOKEN_RE = re.compile(r"\s*(\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|[A-Za-z]+|\*\*|[-+*/^()!])")
+_FUNCS: dict[str, Any] = {
+    "sqrt": sympy.sqrt, "sin": sympy.sin, "cos": sympy.cos, "tan": sympy.tan,
+    "cot": sympy.cot, "sec": sympy.sec, "csc": sympy.csc, "arcsin": sympy.asin,
+    "arccos": sympy.acos, "arctan": sympy.atan, "asin": sympy.asin, "acos": sympy.acos,
+    "atan": sympy.atan, "log": sympy.log, "ln": sympy.log, "exp": sympy.exp,
+    "abs": sympy.Abs, "sinh": sympy.sinh, "cosh": sympy.cosh, "tanh": sympy.tanh,
+}
+_CONSTS: dict[str, Any] = {
+    "pi": sympy.pi, "e": sympy.E, "oo": sympy.oo, "inf": sympy.oo, "infinity": sympy.oo,
+}
+
+
+def _tokenize(s: str) -> list[str]:
+    tokens, pos = [], 0
+    while pos < len(s):
+        m = _TOKEN_RE.match(s, pos)
+        if not m:
+            if s[pos:].strip() == "":
+                break
+            raise ParseFailure(f"unexpected character {s[pos]!r}")
+        tokens.append(m.group(1))
+        pos = m.end()
+    return tokens
+
+
+def parse_plain(s: str) -> Any:
+    """Parse plain-text math (``1/2``, ``2*sqrt(3)``, ``x^2``, ``3e5``) without ``eval``.
+
+    Grammar: sums of products of signed powers of atoms; implicit multiplication between
+    adjacent atoms; ``^`` and ``**`` are right-associative; ``!`` is factorial. Names are
+    whitelisted functions or constants; any other word is split into one-letter symbols.
+    Integer powers are built unevaluated, so ``9^9^9^9`` costs nothing here.
+    """
+    parser = _PlainParser(_tokenize(s))
+    value = parser.sum(0)
+    if parser.pos != len(parser.tokens):
+        raise ParseFailure(f"unexpected {parser.tokens[parser.pos]!r}")
+    return value
+
+
+class _PlainParser:
+    def __init__(self, tokens: list[str]) -> None:
+        self.tokens, self.pos = tokens, 0
+
+    def peek(self) -> str | None:
+        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
+
+    def take(self) -> str:
+        tok = self.peek()
+        if tok is None:
+            raise ParseFailure("unexpected end of expression")
+        self.pos += 1
+        return tok
+
+    def sum(self, depth: int) -> Any:
+        if depth > MAX_DEPTH:
+            raise ParseFailure("nested too deeply")
+        value = self.product(depth)
+        while self.peek() in ("+", "-"):
+            op = self.take()
+            rhs = self.product(depth)
+            value = sympy.Add(value, rhs if op == "+" else -rhs)
+        return value
+
+    def product(self, depth: int) -> Any:
+        value = self.unary(depth)
+        while True:
+            tok = self.peek()
+            if tok in ("*", "/"):
+                self.take()
+                rhs = self.unary(depth)
+                value = sympy.Mul(value, rhs) if tok == "*" else sympy.Mul(value, sympy.Pow(rhs, -1))
+            elif tok is not None and (tok == "(" or tok[0].isalnum() or tok[0] == "."):
+                value = sympy.Mul(value, self.power(depth))
+            else:
+                return value
+
+    def unary(self, depth: int) -> Any:
+        if self.peek() in ("+", "-"):
+            sign = self.take()
+            value = self.unary(depth + 1)
+            return -value if sign == "-" else value
+        return self.power(depth)
+
+    def power(self, depth: int) -> Any:
+        base = self.postfix(depth)
+        if self.peek() in ("^", "**"):
+            self.take()
+            return sympy.Pow(base, self.unary(depth + 1), evaluate=False)
+        return base
+
+    def postfix(self, depth: int) -> Any:
+        value = self.atom(depth)
+        while self.peek() == "!":
+            self.take()
+            value = sympy.factorial(value, evaluate=False)
+        return value
+
+    def atom(self, depth: int) -> Any:
+        tok = self.take()
+        if tok == "(":
+            value = self.sum(depth + 1)
+            if self.take() != ")":
+                raise ParseFailure("unbalanced parentheses")
+            return value
+        if tok[0].isdigit() or tok[0] == ".":
+            return _number(tok)
+        if tok.isalpha():
+            return self.name(tok, depth)
+        raise ParseFailure(f"unexpected {tok!r}")
+
+    def name(self, tok: str, depth: int) -> Any:
+        low = tok.lower()
+        if low in _FUNCS and self.peek() == "(":
+            return _FUNCS[low](self.atom(depth + 1))
+        if low in _CONSTS and (low != "e" or tok == "e"):
+            return _CONSTS[low]
+        if len(tok) > 3:
+            raise ParseFailure(f"unknown word {tok!r}")
+        return sympy.Mul(*[sympy.Symbol(ch) for ch in tok])
+
+
+def _number(tok: str) -> Any:
+    if re.fullmatch(r"\d+", tok):
+        if len(tok) > 4000:
+            raise ParseFailure("number too long")
+        return sympy.Integer(tok)
+    if len(tok) > 400:
+        raise ParseFailure("number too long")
+    return sympy.Float(tok, max(15, len(tok)))
