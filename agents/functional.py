@@ -1,0 +1,748 @@
+"""Pure tensor functions for the agents: masked statistics, advantages, clipped losses, MPO ratios.
+
+Every function here is stateless and shape-documented; the agents (``ppo.py``, ``mpo.py``,
+``grpo.py``) compose them. Conventions shared by all of them:
+
+- **Shapes.** ``B`` rows (responses), ``T`` token positions (right-padded), ``K`` tokens per MPO
+  window, ``M`` MTP modules, ``N`` responses in a flat batch of group rewards.
+- **Masks** are bool tensors or ``{0, 1}`` numbers; any non-zero entry means "valid". Masked
+  entries are *selected away* (``torch.where``), never multiplied by zero, so padding that holds
+  ``nan``/``inf`` (e.g. the log-ratio of a pad token) cannot leak into a result or a gradient.
+- **Precision.** Half-precision inputs (``bfloat16``, ``float16``) are computed in ``float32``
+  and results come back in ``float32``; ``float64`` inputs stay ``float64`` (handy for
+  ``torch.autograd.gradcheck``). Gradients still flow back to the half-precision inputs.
+- **Empty masks** give ``0`` for means (and variances), never ``nan``.
+- **Losses** return ``(loss, metrics)``: ``loss`` is a 0-dim tensor to minimise, ``metrics`` a
+  dict of detached 0-dim ``float32`` tensors (call ``float()`` when logging).
+- **Signs.** ``log_ratio = logp_new - logp_old``; advantages are "higher is better"; every loss
+  is a quantity to *minimise* (the policy loss is the negated PPO surrogate).
+
+What this module does not do: it never reads a model, samples, or holds state; it does not
+clamp log-ratios or KL values (a caller who wants a guard adds one); and the GAE scan is a
+Python loop over ``T`` (fine for ``T`` in the thousands, not a fused kernel).
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "AGGREGATIONS",
+    "aggregate_loss",
+    "clip_diagnostics",
+    "clipped_policy_loss",
+    "clipped_value_loss",
+    "gae",
+    "group_advantages",
+    "kl_k3",
+    "masked_mean",
+    "masked_sum",
+    "masked_var",
+    "masked_whiten",
+    "mpo_betas",
+    "mtp_warmup_loss",
+    "united_log_ratio",
+    "window_log_ratios",
+]
+
+AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+"""Loss aggregation modes accepted by :func:`aggregate_loss` and :func:`clipped_policy_loss`."""
+
+Metrics = dict[str, Tensor]
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def _compute_dtype(*xs: Tensor) -> torch.dtype:
+    """``float64`` if any input is ``float64``, else ``float32``."""
+    return torch.float64 if any(x.dtype == torch.float64 for x in xs) else torch.float32
+
+
+def _up(x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """``x`` in its compute dtype (half precision and integers become ``float32``)."""
+    return x.to(dtype or _compute_dtype(x))
+
+
+def _valid(mask: Tensor) -> Tensor:
+    return mask if mask.dtype == torch.bool else mask != 0
+
+
+def _same_shape(**tensors: Tensor | None) -> None:
+    named = [(k, v) for k, v in tensors.items() if v is not None]
+    first_name, first = named[0]
+    for name, t in named[1:]:
+        if t.shape != first.shape:
+            raise ValueError(
+                f"{name} must have the shape of {first_name} {tuple(first.shape)}; got {tuple(t.shape)}"
+            )
+
+
+def _window_size(k: object) -> int:
+    """``k`` as a window length >= 1 (numpy ints accepted, bools and floats rejected)."""
+    try:
+        size = operator.index(k)  # type: ignore[arg-type]
+    except TypeError:
+        size = 0
+    if isinstance(k, bool) or size < 1:
+        raise ValueError(f"k must be an int >= 1; got {k!r}")
+    return size
+
+
+def _metric(x: Tensor) -> Tensor:
+    return x.detach().to(torch.float32)
+
+
+def _check_clip(clip_low: float, clip_high: float) -> None:
+    if not 0.0 <= clip_low < 1.0:
+        raise ValueError(
+            f"clip_low must be in [0, 1) (the ratio floor is 1 - clip_low); got {clip_low}"
+        )
+    if not clip_high >= 0.0:
+        raise ValueError(f"clip_high must be >= 0; got {clip_high}")
+
+
+def _clip_active(ratio: Tensor, advantages: Tensor, clip_low: float, clip_high: float) -> Tensor:
+    """Where the PPO min picks the clipped term and it differs (the token's gradient is dropped)."""
+    above = (advantages > 0) & (ratio > 1.0 + clip_high)  # [B, T]
+    below = (advantages < 0) & (ratio < 1.0 - clip_low)  # [B, T]
+    return above | below  # [B, T]
+
+
+# --------------------------------------------------------------------------------------------
+# masked statistics
+
+
+def masked_sum(x: Tensor, mask: Tensor, dim: int | tuple[int, ...] | None = None) -> Tensor:
+    """Sum of the valid entries of ``x``.
+
+    Args:
+        x: values, any shape ``[*S]``.
+        mask: validity, broadcastable to ``[*S]``.
+        dim: dimension(s) to reduce; ``None`` reduces everything.
+
+    Returns:
+        The sum over ``dim`` (a 0-dim tensor when ``dim`` is ``None``), in the compute dtype.
+    """
+    x = _up(x)  # [*S]
+    picked = torch.where(_valid(mask), x, torch.zeros((), dtype=x.dtype, device=x.device))  # [*S]
+    return picked.sum() if dim is None else picked.sum(dim)
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int | tuple[int, ...] | None = None) -> Tensor:
+    """Mean of the valid entries of ``x``; ``0`` where nothing is valid.
+
+    Args:
+        x: values, any shape ``[*S]``.
+        mask: validity, broadcastable to ``[*S]``.
+        dim: dimension(s) to reduce; ``None`` reduces everything.
+
+    Returns:
+        The mean over ``dim`` (0-dim when ``dim`` is ``None``), in the compute dtype.
+    """
+    x = _up(x)  # [*S]
+    valid = torch.broadcast_to(_valid(mask), x.shape)  # [*S]
+    total = masked_sum(x, valid, dim)  # reduced shape
+    count = valid.sum() if dim is None else valid.sum(dim)  # reduced shape
+    return total / count.clamp_min(1).to(total.dtype)
+
+
+def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
+    """Variance of all valid entries of ``x`` (one number).
+
+    Args:
+        x: values, any shape ``[*S]``.
+        mask: validity, broadcastable to ``[*S]``.
+        unbiased: divide by ``n - 1`` (Bessel) instead of ``n``.
+
+    Returns:
+        0-dim variance; ``0`` when fewer than 2 entries are valid (``unbiased``) or none are.
+    """
+    x = _up(x)  # [*S]
+    valid = torch.broadcast_to(_valid(mask), x.shape)  # [*S]
+    mean = masked_mean(x, valid)  # []
+    sq = masked_sum((x - mean) ** 2, valid)  # []
+    n = valid.sum().to(sq.dtype)  # []
+    denom = (n - 1.0) if unbiased else n  # []
+    return torch.where(denom > 0, sq / denom.clamp_min(1.0), torch.zeros_like(sq))
+
+
+def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+    """Normalise the valid entries of ``x`` to unit (unbiased) variance, and zero mean.
+
+    Args:
+        x: values, any shape ``[*S]``.
+        mask: validity, broadcastable to ``[*S]``.
+        shift_mean: subtract the mean; ``False`` keeps the original mean (scale only).
+        eps: added to the variance before the square root.
+
+    Returns:
+        ``[*S]`` whitened values; masked entries are ``0``.
+    """
+    x = _up(x)  # [*S]
+    valid = torch.broadcast_to(_valid(mask), x.shape)  # [*S]
+    mean = masked_mean(x, valid)  # []
+    var = masked_var(x, valid)  # []
+    out = (x - mean) * torch.rsqrt(var + eps)  # [*S]
+    if not shift_mean:
+        out = out + mean  # [*S]
+    return torch.where(valid, out, torch.zeros_like(out))  # [*S]
+
+
+# --------------------------------------------------------------------------------------------
+# advantages
+
+
+def gae(
+    rewards: Tensor,
+    values: Tensor,
+    mask: Tensor,
+    gamma: float,
+    lam: float,
+    last_values: Tensor | None = None,
+    truncated: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimation over right-padded token rows.
+
+    ``delta_t = r_t + gamma * V_next - V_t`` and ``A_t = delta_t + gamma * lam * A_next``, where
+    "next" is the next *valid* position of the row. After a row's last valid token,
+    ``V_next`` is ``0`` for a terminated row and ``last_values[b]`` for a truncated row
+    (``A_next`` is ``0`` either way). Rewards sit on token positions: the verifier's reward on
+    the last real token, per-block rewards (if the env pays them) on each block's last token.
+    Rewards on masked positions are ignored. Masked positions in the middle of a row are skipped
+    (the recursion passes over them), so holes are allowed, though rows are normally contiguous.
+
+    Args:
+        rewards: ``[B, T]`` per-token rewards.
+        values: ``[B, T]`` critic values ``V(s_t)`` (the value *before* token t is emitted).
+        mask: ``[B, T]`` valid response tokens.
+        gamma: discount in ``[0, 1]``.
+        lam: GAE lambda in ``[0, 1]`` (``gamma = lam = 1`` gives ``A_t = R - V_t``).
+        last_values: ``[B]`` value of the state after the last token, used by truncated rows.
+        truncated: ``[B]`` bool, rows cut by the token budget; required with ``last_values``.
+
+    Returns:
+        ``(advantages [B, T], returns [B, T])``, detached, ``returns = advantages + values`` on
+        valid positions, both ``0`` on masked ones. No normalisation (see :func:`masked_whiten`).
+
+    Raises:
+        ValueError: on shape mismatch, ``gamma``/``lam`` out of range, or ``truncated`` and
+            ``last_values`` not given together.
+    """
+    _same_shape(rewards=rewards, values=values, mask=mask)
+    if rewards.dim() != 2:
+        raise ValueError(f"gae expects [B, T] tensors; got shape {tuple(rewards.shape)}")
+    if not (0.0 <= gamma <= 1.0 and 0.0 <= lam <= 1.0):
+        raise ValueError(f"gamma and lam must be in [0, 1]; got gamma={gamma}, lam={lam}")
+    if (last_values is None) != (truncated is None):
+        raise ValueError(
+            "pass last_values and truncated together (truncated rows bootstrap from last_values)"
+        )
+    n_rows, n_steps = rewards.shape
+    dtype = _compute_dtype(rewards, values)
+    with torch.no_grad():
+        r = _up(rewards.detach(), dtype)  # [B, T]
+        v = _up(values.detach(), dtype)  # [B, T]
+        valid = _valid(mask)  # [B, T]
+        next_value = torch.zeros(n_rows, dtype=dtype, device=r.device)  # [B]
+        if truncated is not None and last_values is not None:
+            if truncated.shape != (n_rows,) or last_values.shape != (n_rows,):
+                raise ValueError(
+                    f"truncated and last_values must have shape ({n_rows},); got "
+                    f"{tuple(truncated.shape)} and {tuple(last_values.shape)}"
+                )
+            boot = _up(last_values.detach(), dtype)  # [B]
+            next_value = torch.where(_valid(truncated), boot, next_value)  # [B]
+        next_adv = torch.zeros_like(next_value)  # [B]
+        adv = torch.zeros_like(v)  # [B, T]
+        for t in reversed(range(n_steps)):
+            ok = valid[:, t]  # [B]
+            delta = r[:, t] + gamma * next_value - v[:, t]  # [B]
+            a_t = delta + gamma * lam * next_adv  # [B]
+            adv[:, t] = torch.where(ok, a_t, torch.zeros_like(a_t))  # [B]
+            next_value = torch.where(ok, v[:, t], next_value)  # [B]
+            next_adv = torch.where(ok, a_t, next_adv)  # [B]
+        returns = torch.where(valid, adv + v, torch.zeros_like(v))  # [B, T]
+    return adv, returns
+
+
+def group_advantages(
+    rewards: Tensor,
+    groups: Tensor | int,
+    normalize_std: bool = True,
+    eps: float = 1e-6,
+    baseline: str = "mean",
+) -> Tensor:
+    """Group-relative advantages: GRPO, Dr.GRPO and RLOO.
+
+    ``baseline="mean"``: ``A_i = R_i - mean_g(R)`` (GRPO; Dr.GRPO with ``normalize_std=False``).
+    ``baseline="loo"``: ``A_i = R_i - mean_{j != i, j in g}(R_j)`` (RLOO; use it with
+    ``normalize_std=False`` for RLOO proper). With ``normalize_std`` the result is divided by
+    ``std_g(R) + eps``, the *unbiased* group standard deviation (as in GRPO implementations).
+    A group whose rewards are all equal gets zeros; a group of one gets ``0``.
+
+    Args:
+        rewards: ``[N]`` one scalar reward per response.
+        groups: ``[N]`` group ids (any integers, any order), or an int ``G``: consecutive
+            groups of ``G`` (``rewards[0:G]`` is group 0, ...; ``N`` must be divisible by ``G``).
+        normalize_std: divide by the group standard deviation.
+        eps: added to the standard deviation.
+        baseline: ``"mean"`` or ``"loo"``.
+
+    Returns:
+        ``[N]`` advantages (``float32``, or ``float64`` for ``float64`` rewards), detached;
+        broadcast them over a row's tokens yourself.
+
+    Raises:
+        ValueError: on a bad ``baseline``, group size, or shape.
+    """
+    if baseline not in ("mean", "loo"):
+        raise ValueError(f"baseline must be 'mean' or 'loo'; got {baseline!r}")
+    if rewards.dim() != 1:
+        raise ValueError(f"rewards must be 1-D [N]; got shape {tuple(rewards.shape)}")
+    n = rewards.shape[0]
+    out_dtype = _compute_dtype(rewards)
+    if not isinstance(groups, Tensor):
+        if isinstance(groups, bool) or not hasattr(groups, "__index__"):
+            raise ValueError(
+                f"groups must be an int group size or a [N] tensor of ids; got {groups!r}"
+            )
+        groups = operator.index(groups)
+    if isinstance(groups, int):
+        if groups < 1 or n % groups:
+            raise ValueError(f"group size must be >= 1 and divide N={n}; got {groups}")
+        ids = torch.arange(n, device=rewards.device) // groups  # [N]
+    else:
+        if groups.shape != (n,):
+            raise ValueError(f"group ids must have shape ({n},); got {tuple(groups.shape)}")
+        ids = torch.unique(groups, return_inverse=True)[1].to(rewards.device)  # [N]
+    if n == 0:
+        return torch.zeros(0, dtype=out_dtype, device=rewards.device)
+    r = rewards.detach().to(torch.float64)  # [N]
+    n_groups = int(ids.max()) + 1
+    zeros = torch.zeros(n_groups, dtype=torch.float64, device=r.device)  # [G]
+    count = zeros.index_add(0, ids, torch.ones_like(r))  # [G]
+    total = zeros.index_add(0, ids, r)  # [G]
+    centered = r - (total / count)[ids]  # [N]
+    size = count[ids]  # [N]
+    if baseline == "loo":
+        loo = centered * size / (size - 1).clamp_min(1)  # [N]  R_i - mean of the others
+        adv = torch.where(size > 1, loo, torch.zeros_like(r))  # [N]
+    else:
+        adv = torch.where(size > 1, centered, torch.zeros_like(r))  # [N]
+    if normalize_std:
+        sq = zeros.index_add(0, ids, centered**2)  # [G]
+        std = (sq / (count - 1).clamp_min(1)).sqrt()  # [G]
+        adv = adv / (std[ids] + eps)  # [N]
+    return adv.to(out_dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# losses
+
+
+def aggregate_loss(
+    per_token: Tensor, mask: Tensor, aggregation: str = "token-mean", max_len: int | None = None
+) -> Tensor:
+    """Reduce a per-token loss to a scalar.
+
+    - ``"token-mean"``: sum over all valid tokens of the batch / number of valid tokens
+      (PPO/DAPO/MPO Eq. 11).
+    - ``"seq-mean-token-mean"``: mean over tokens within each row, then mean over the rows that
+      have at least one valid token (GRPO).
+    - ``"seq-mean-token-sum-norm"``: each row's token *sum* divided by the constant ``max_len``,
+      then mean over all ``B`` rows (Dr.GRPO). ``max_len=None`` uses ``T``; pass the generation
+      budget to keep the normaliser constant across batches. (Older verl releases omit the 1/B.)
+
+    Args:
+        per_token: ``[B, T]`` loss per token.
+        mask: ``[B, T]`` valid tokens.
+        aggregation: one of :data:`AGGREGATIONS`.
+        max_len: the Dr.GRPO constant; ignored by the other modes.
+
+    Returns:
+        0-dim loss; ``0`` when nothing is valid.
+    """
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {AGGREGATIONS}; got {aggregation!r}")
+    if per_token.dim() != 2:
+        raise ValueError(f"per-token loss must be [B, T]; got shape {tuple(per_token.shape)}")
+    valid = _valid(mask)  # [B, T]
+    if aggregation == "token-mean":
+        return masked_mean(per_token, valid)
+    if aggregation == "seq-mean-token-mean":
+        row_mean = masked_mean(per_token, valid, dim=-1)  # [B]
+        return masked_mean(row_mean, valid.any(dim=-1))
+    norm = per_token.shape[-1] if max_len is None else max_len
+    if norm <= 0:
+        raise ValueError(f"max_len must be a positive int; got {max_len}")
+    row_sum = masked_sum(per_token, valid, dim=-1)  # [B]
+    return row_sum.sum() / (norm * max(per_token.shape[0], 1))
+
+
+def clipped_policy_loss(
+    log_ratio: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    aggregation: str = "token-mean",
+    max_len: int | None = None,
+) -> tuple[Tensor, Metrics]:
+    """PPO clipped surrogate, negated: ``-agg(min(r A, clip(r, 1 - clip_low, 1 + clip_high) A))``.
+
+    Works for any ratio: the token ratio (PPO/GRPO/DAPO) or MPO's united ratio R̃ (pass
+    :func:`united_log_ratio`'s output as ``log_ratio``). Its gradient is the standard PPO
+    gradient: ``-A r grad(log r)`` on tokens where clipping is inactive, ``0`` where it is active.
+
+    Args:
+        log_ratio: ``[B, T]`` ``logp_new - logp_old`` (carries the gradient).
+        advantages: ``[B, T]`` advantages (treated as constants: detached).
+        mask: ``[B, T]`` valid tokens.
+        clip_low: ε_low, the ratio floor is ``1 - clip_low``.
+        clip_high: ε_high, the ratio ceiling is ``1 + clip_high`` (DAPO "clip-higher": 0.28).
+        aggregation: see :func:`aggregate_loss`.
+        max_len: Dr.GRPO constant for ``"seq-mean-token-sum-norm"``.
+
+    Returns:
+        ``(loss, metrics)``; metrics over valid tokens: ``clipfrac`` (fraction where the clipped
+        term is chosen and differs), ``approx_kl`` (mean of ``(r - 1) - log r``, the k3 estimator
+        of KL(old || new)), ``ratio_mean``, ``ratio_var`` (unbiased). Metrics always use token
+        means, whatever the aggregation.
+    """
+    _same_shape(log_ratio=log_ratio, advantages=advantages, mask=mask)
+    _check_clip(clip_low, clip_high)
+    valid = _valid(mask)  # [B, T]
+    log_ratio = _up(log_ratio)  # [B, T]
+    log_ratio = torch.where(valid, log_ratio, torch.zeros_like(log_ratio))  # [B, T]
+    adv = _up(advantages.detach(), log_ratio.dtype)  # [B, T]
+    adv = torch.where(valid, adv, torch.zeros_like(adv))  # [B, T]
+    ratio = torch.exp(log_ratio)  # [B, T]
+    surrogate = -adv * ratio  # [B, T]
+    surrogate_clipped = -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)  # [B, T]
+    per_token = torch.maximum(surrogate, surrogate_clipped)  # [B, T]
+    loss = aggregate_loss(per_token, valid, aggregation, max_len)  # []
+    with torch.no_grad():
+        active = _clip_active(ratio, adv, clip_low, clip_high)  # [B, T]
+        metrics = {
+            "clipfrac": _metric(masked_mean(active, valid)),
+            "approx_kl": _metric(masked_mean((ratio - 1.0) - log_ratio, valid)),
+            "ratio_mean": _metric(masked_mean(ratio, valid)),
+            "ratio_var": _metric(masked_var(ratio, valid)),
+        }
+    return loss, metrics
+
+
+def clipped_value_loss(
+    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip: float | None = 0.5
+) -> tuple[Tensor, Metrics]:
+    """PPO clipped value loss: ``0.5 * token-mean(max((V - R)^2, (V_clip - R)^2))``.
+
+    ``V_clip = V_old + clamp(V - V_old, -clip, clip)``; ``clip=None`` gives the plain
+    ``0.5 * token-mean((V - R)^2)``.
+
+    Args:
+        values: ``[B, T]`` current critic values (carry the gradient).
+        old_values: ``[B, T]`` values recorded at rollout time.
+        returns: ``[B, T]`` targets (e.g. from :func:`gae`).
+        mask: ``[B, T]`` valid tokens.
+        clip: value clip range, or ``None``.
+
+    Returns:
+        ``(loss, metrics)``: ``value_clipfrac`` (fraction of valid tokens where the clipped error
+        is the larger one) and ``explained_variance`` ``1 - Var(R - V) / Var(R)`` of the current
+        ``values`` (``0`` when the returns have no variance, rather than ``nan``).
+    """
+    _same_shape(values=values, old_values=old_values, returns=returns, mask=mask)
+    if clip is not None and clip < 0:
+        raise ValueError(f"value clip must be >= 0 or None; got {clip}")
+    valid = _valid(mask)  # [B, T]
+    v = _up(values)  # [B, T]
+    zero = torch.zeros_like(v)  # [B, T]
+    v = torch.where(valid, v, zero)  # [B, T]
+    v_old = torch.where(valid, _up(old_values.detach(), v.dtype), zero)  # [B, T]
+    ret = torch.where(valid, _up(returns.detach(), v.dtype), zero)  # [B, T]
+    err = (v - ret) ** 2  # [B, T]
+    if clip is None:
+        per_token = err  # [B, T]
+        active = torch.zeros_like(valid)  # [B, T]
+    else:
+        v_clipped = v_old + (v - v_old).clamp(-clip, clip)  # [B, T]
+        err_clipped = (v_clipped - ret) ** 2  # [B, T]
+        per_token = torch.maximum(err, err_clipped)  # [B, T]
+        active = err_clipped > err  # [B, T]
+    loss = 0.5 * masked_mean(per_token, valid)  # []
+    with torch.no_grad():
+        var_ret = masked_var(ret, valid)  # []
+        var_res = masked_var(ret - v, valid)  # []
+        ev = 1.0 - var_res / var_ret.clamp_min(1e-30)  # []
+        ev = torch.where(var_ret > 0, ev, torch.zeros_like(ev))  # []
+        metrics = {
+            "value_clipfrac": _metric(masked_mean(active, valid)),
+            "explained_variance": _metric(ev),
+        }
+    return loss, metrics
+
+
+def kl_k3(logp: Tensor, ref_logp: Tensor, mask: Tensor, reduce: bool = True) -> Tensor:
+    """k3 estimator of KL(π || π_ref) on the sampled tokens: ``exp(d) - d - 1``, ``d = ref - logp``.
+
+    Unbiased and non-negative per token for samples from π (GRPO's KL term). Not clamped.
+
+    Args:
+        logp: ``[B, T]`` log-probs of the current policy (carry the gradient).
+        ref_logp: ``[B, T]`` log-probs of the reference policy (detached).
+        mask: ``[B, T]`` valid tokens.
+        reduce: ``True`` returns the token-mean over valid tokens (0-dim); ``False`` the
+            ``[B, T]`` per-token values (``0`` on masked positions), e.g. to aggregate yourself.
+
+    Returns:
+        0-dim mean, or ``[B, T]`` per-token KL.
+    """
+    _same_shape(logp=logp, ref_logp=ref_logp, mask=mask)
+    valid = _valid(mask)  # [B, T]
+    lp = _up(logp)  # [B, T]
+    d = _up(ref_logp.detach(), lp.dtype) - lp  # [B, T]
+    d = torch.where(valid, d, torch.zeros_like(d))  # [B, T]
+    per_token = torch.exp(d) - d - 1.0  # [B, T]
+    return masked_mean(per_token, valid) if reduce else per_token
+
+
+# --------------------------------------------------------------------------------------------
+# MPO (Multi-token Policy Optimization)
+
+
+def mpo_betas(k: int, beta2: float, decay: float) -> Tensor:
+    """MPO window weights: ``β_n = beta2 * decay^(n-2)`` for ``n >= 2``, ``β_1 = 1 - Σ_{n>=2} β_n``.
+
+    Computed in ``float64``, returned as ``float32`` (β_1 first; sums to 1 within 1e-7).
+    ``mpo_betas(5, 0.06, 0.8) = [0.82288, 0.06, 0.048, 0.0384, 0.03072]``. ``decay > 1`` is
+    accepted as long as β_1 stays non-negative (the paper uses ``0 <= decay <= 1``).
+
+    Args:
+        k: window length K (``1`` gives ``[1.0]``: plain PPO).
+        beta2: weight of the first MTP term (n = 2), ``>= 0``.
+        decay: geometric decay λ of the later terms, ``>= 0`` (not GAE's lambda).
+
+    Returns:
+        ``[K]`` ``float32`` weights.
+
+    Raises:
+        ValueError: ``k < 1`` or not an int, ``beta2 < 0``, ``decay < 0``, or β_1 < 0.
+    """
+    k = _window_size(k)
+    if not (beta2 >= 0.0 and decay >= 0.0) or beta2 == float("inf") or decay == float("inf"):
+        raise ValueError(
+            f"beta2 and decay must be finite and >= 0; got beta2={beta2}, decay={decay}"
+        )
+    powers = torch.arange(k - 1, dtype=torch.float64)  # [K-1]
+    tail = beta2 * torch.tensor(float(decay), dtype=torch.float64) ** powers  # [K-1]
+    beta1 = 1.0 - float(tail.sum())
+    if beta1 < -1e-12:
+        raise ValueError(
+            f"beta_1 = 1 - sum(beta_2..beta_K) = {beta1:.6g} < 0 for k={k}, beta2={beta2}, decay={decay}; "
+            "lower beta2 or decay"
+        )
+    head = torch.tensor([max(beta1, 0.0)], dtype=torch.float64)  # [1]
+    return torch.cat([head, tail]).to(torch.float32)  # [K]
+
+
+def window_log_ratios(
+    token_log_ratio: Tensor, mtp_log_ratio: Tensor | None, k: int, mask: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Lay out the K per-token log-ratios of each position's window, for :func:`united_log_ratio`.
+
+    ``window[b, t, n-1]`` is log r of the n-th token of the window at t, i.e. of token
+    ``t + n - 1``:
+
+    - ``n = 1``: ``token_log_ratio[b, t]`` (the backbone's own token);
+    - ``n >= 2``, ``mtp_log_ratio`` given (``ratio_source="mtp"``, the paper):
+      ``mtp_log_ratio[b, t, n-2]``, MTP module n-1's log-ratio of token ``t + n - 1``, scored
+      at the position that predicts token t;
+    - ``n >= 2``, ``mtp_log_ratio=None`` (``ratio_source="backbone"``, mpo-method A2):
+      ``token_log_ratio[b, t + n - 1]``, the backbone's exact teacher-forced ratio of that
+      token. The gradient then also flows into future tokens' log-probs; detach
+      ``token_log_ratio`` beforehand if that is not wanted.
+
+    ``window_mask[b, t, n-1]`` is ``mask[b, t] & mask[b, t + n - 1]`` (``False`` past ``T``):
+    the term's token lies inside the row's response. Masked entries of ``window`` are ``0``.
+
+    Args:
+        token_log_ratio: ``[B, T]`` backbone ``logp_new - logp_old`` per token.
+        mtp_log_ratio: ``[B, T, K-1]`` MTP log-ratios, or ``None`` for the backbone source.
+        k: window length K ``>= 1``.
+        mask: ``[B, T]`` valid response tokens.
+
+    Returns:
+        ``(window [B, T, K], window_mask [B, T, K] bool)``; ``window`` in the compute dtype.
+    """
+    _same_shape(token_log_ratio=token_log_ratio, mask=mask)
+    k = _window_size(k)
+    if token_log_ratio.dim() != 2:
+        raise ValueError(
+            f"token_log_ratio must be [B, T]; got shape {tuple(token_log_ratio.shape)}"
+        )
+    n_rows, n_steps = token_log_ratio.shape
+    if mtp_log_ratio is not None and mtp_log_ratio.shape != (n_rows, n_steps, k - 1):
+        raise ValueError(
+            f"mtp_log_ratio must have shape ({n_rows}, {n_steps}, {k - 1}) for k={k}; "
+            f"got {tuple(mtp_log_ratio.shape)} (slice the modules you use)"
+        )
+    valid = _valid(mask)  # [B, T]
+    lr = _up(token_log_ratio)  # [B, T]
+    terms, term_masks = [lr], [valid]
+    for n in range(2, k + 1):
+        shift = n - 1
+        later = torch.zeros_like(valid)  # [B, T]
+        later[:, : max(n_steps - shift, 0)] = valid[:, shift:]  # [B, T]
+        term_masks.append(valid & later)  # [B, T]
+        if mtp_log_ratio is not None:
+            terms.append(_up(mtp_log_ratio[:, :, n - 2], lr.dtype))  # [B, T]
+        else:
+            shifted = torch.zeros_like(lr)  # [B, T]
+            shifted[:, : max(n_steps - shift, 0)] = lr[:, shift:]  # [B, T]
+            terms.append(shifted)  # [B, T]
+    window = torch.stack(terms, dim=-1)  # [B, T, K]
+    window_mask = torch.stack(term_masks, dim=-1)  # [B, T, K]
+    window = torch.where(window_mask, window, torch.zeros_like(window))  # [B, T, K]
+    return window, window_mask
+
+
+def united_log_ratio(
+    token_log_ratio: Tensor,
+    betas: Tensor,
+    mask: Tensor | None = None,
+    renormalize_tail: bool = False,
+) -> Tensor:
+    """MPO's united log-ratio ``log R̃_t = Σ_n β_n · token_log_ratio[..., t, n-1]`` (Eq. 9).
+
+    ``exp`` of it is R̃, the weighted geometric mean of the window's K token ratios. Masked
+    terms (windows running past the end of the response) contribute ``0`` (mpo-method A6), so
+    positions near the end degrade towards ``β_1 · log r``; with ``renormalize_tail=True`` the sum
+    is divided by the sum of the valid terms' β instead (``0`` where no term is valid).
+
+    Args:
+        token_log_ratio: ``[B, T, K]``; ``[..., n-1]`` is log r of the n-th token of the window
+            (n = 1 backbone, n >= 2 MTP module n-1); see :func:`window_log_ratios`.
+        betas: ``[K]`` weights (:func:`mpo_betas`), cast to the compute dtype.
+        mask: ``[B, T, K]`` valid terms, or ``[B, T]`` broadcast over K (that masks whole
+            positions, not the tail: use ``window_log_ratios``'s mask for that), or ``None``.
+        renormalize_tail: divide by ``Σ`` of the valid terms' β.
+
+    Returns:
+        ``[B, T]`` log R̃, in the compute dtype (``float32`` for half-precision input).
+    """
+    if token_log_ratio.dim() < 1 or betas.shape != token_log_ratio.shape[-1:]:
+        raise ValueError(
+            f"betas must have shape ({token_log_ratio.shape[-1]},) matching token_log_ratio's last dim; "
+            f"got {tuple(betas.shape)}"
+        )
+    lr = _up(token_log_ratio)  # [B, T, K]
+    w = betas.to(device=lr.device, dtype=lr.dtype)  # [K]
+    if mask is None:
+        valid = torch.ones_like(lr, dtype=torch.bool)  # [B, T, K]
+    elif mask.shape == lr.shape:
+        valid = _valid(mask)  # [B, T, K]
+    elif mask.shape == lr.shape[:-1]:
+        valid = _valid(mask).unsqueeze(-1).expand_as(lr)  # [B, T, K]
+    else:
+        raise ValueError(
+            f"mask must have shape {tuple(lr.shape)} or {tuple(lr.shape[:-1])}; got {tuple(mask.shape)}"
+        )
+    terms = torch.where(valid, lr * w, torch.zeros_like(lr))  # [B, T, K]
+    out = terms.sum(dim=-1)  # [B, T]
+    if renormalize_tail:
+        wsum = torch.where(valid, w.expand_as(lr), torch.zeros_like(lr)).sum(dim=-1)  # [B, T]
+        out = torch.where(wsum > 0, out / wsum.clamp_min(1e-30), torch.zeros_like(out))  # [B, T]
+    return out
+
+
+def mtp_warmup_loss(
+    mtp_logprobs: Tensor, mtp_mask: Tensor, alphas: Tensor | Sequence[float]
+) -> tuple[Tensor, Metrics]:
+    """Supervised MTP warm-up loss ``-Σ_j α_j · mean_valid(log p_j)`` (mpo-method §1.8, A8).
+
+    Each module's NLL is a token-mean over its own valid entries (a module's last j positions
+    have no target), then the modules are weighted by ``alphas``.
+
+    Args:
+        mtp_logprobs: ``[B, T, M]`` log-prob module j (``[..., j-1]``) gives its target token.
+        mtp_mask: ``[B, T, M]`` valid entries.
+        alphas: ``[M]`` per-module weights (e.g. ones, or a decay).
+
+    Returns:
+        ``(loss, metrics)`` with ``mtp/nll_{j}`` for j = 1..M (1-based module index; ``0`` for a
+        module with no valid entry).
+    """
+    _same_shape(mtp_logprobs=mtp_logprobs, mtp_mask=mtp_mask)
+    if mtp_logprobs.dim() != 3:
+        raise ValueError(f"mtp_logprobs must be [B, T, M]; got shape {tuple(mtp_logprobs.shape)}")
+    lp = _up(mtp_logprobs)  # [B, T, M]
+    a = torch.as_tensor(alphas, dtype=lp.dtype, device=lp.device)  # [M]
+    if a.shape != lp.shape[-1:]:
+        raise ValueError(
+            f"alphas must have shape ({lp.shape[-1]},), one per module; got {tuple(a.shape)}"
+        )
+    nll = -masked_mean(lp, _valid(mtp_mask), dim=(0, 1))  # [M]
+    loss = (a * nll).sum()  # []
+    metrics = {f"mtp/nll_{j + 1}": _metric(nll[j]) for j in range(nll.shape[0])}
+    return loss, metrics
+
+
+def clip_diagnostics(
+    token_log_ratio: Tensor,
+    united_log_ratio: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+) -> Metrics:
+    """MPO's clipping diagnostics (paper Fig. 4; mpo-method A11), over valid tokens.
+
+    A token's clip decision is "active" when the PPO min picks the clipped term and it differs:
+    ``A > 0 and ratio > 1 + clip_high`` or ``A < 0 and ratio < 1 - clip_low``.
+
+    Args:
+        token_log_ratio: ``[B, T]`` log r of the token (the backbone, n = 1).
+        united_log_ratio: ``[B, T]`` log R̃ (:func:`united_log_ratio`).
+        advantages: ``[B, T]``.
+        mask: ``[B, T]`` valid tokens.
+        clip_low: ε_low.
+        clip_high: ε_high.
+
+    Returns:
+        Detached 0-dim tensors: ``mpo/clipfrac_united``, ``mpo/clipfrac_token``,
+        ``mpo/ratio_var_united``, ``mpo/ratio_var_token`` (unbiased variances of R̃ and r),
+        ``mpo/clip_disagreement`` (fraction where the decision on R̃ differs from the one on r)
+        and ``mpo/abs_log_ratio_gap`` (mean ``|log R̃ - log r|``).
+    """
+    _same_shape(
+        token_log_ratio=token_log_ratio,
+        united_log_ratio=united_log_ratio,
+        advantages=advantages,
+        mask=mask,
+    )
+    _check_clip(clip_low, clip_high)
+    with torch.no_grad():
+        valid = _valid(mask)  # [B, T]
+        zero = torch.zeros_like(_up(token_log_ratio))  # [B, T]
+        log_r = torch.where(valid, _up(token_log_ratio), zero)  # [B, T]
+        log_u = torch.where(valid, _up(united_log_ratio, log_r.dtype), zero)  # [B, T]
+        adv = torch.where(valid, _up(advantages, log_r.dtype), zero)  # [B, T]
+        r, u = log_r.exp(), log_u.exp()  # [B, T]
+        on_token = _clip_active(r, adv, clip_low, clip_high)  # [B, T]
+        on_united = _clip_active(u, adv, clip_low, clip_high)  # [B, T]
+        out = {
+            "mpo/clipfrac_united": masked_mean(on_united, valid),
+            "mpo/clipfrac_token": masked_mean(on_token, valid),
+            "mpo/ratio_var_united": masked_var(u, valid),
+            "mpo/ratio_var_token": masked_var(r, valid),
+            "mpo/clip_disagreement": masked_mean(on_united != on_token, valid),
+            "mpo/abs_log_ratio_gap": masked_mean((log_u - log_r).abs(), valid),
+        }
+    return {k: _metric(v) for k, v in out.items()}
