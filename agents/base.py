@@ -1,0 +1,395 @@
+"""What every agent shares: configs, ``RolloutBatch``, collection, mini-batching, the registry.
+
+An agent implements ``collect(envs, policy) -> RolloutBatch`` and ``update(batch) -> metrics``.
+Swapping the agent changes nothing else: the env, verifier, seeds and budget stay the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from mpo_gym.rollout import Episode, rollout
+
+from . import functional as F
+
+__all__ = ["AgentConfig", "BaseAgent", "RolloutBatch", "build_batch"]
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Settings shared by every agent (CleanRL-style: one docstring line per field).
+
+    Attributes:
+        seed: seeds task choice and sampling.
+        lr: actor learning rate (AdamW).
+        weight_decay: AdamW weight decay.
+        adam_eps: AdamW epsilon.
+        temperature: rollout sampling temperature.
+        top_p: rollout nucleus sampling.
+        minibatch_size: episodes per optimizer step (the batch is ``len(envs)`` episodes).
+        micro_batch_size: episodes per forward/backward pass (gradient accumulation).
+        ppo_epochs: passes over each rollout batch.
+        clip_low: ε below 1 for the ratio clip.
+        clip_high: ε above 1 (``> clip_low`` gives DAPO's "clip-higher").
+        max_grad_norm: gradient-norm clip (0 disables).
+        kl_coef: weight of the k3 KL-to-reference loss (0 disables; a frozen copy of the
+            initial policy is kept when > 0).
+        entropy_coef: entropy bonus weight (0 disables).
+        loss_aggregation: ``"token-mean"``, ``"seq-mean-token-mean"`` or ``"seq-mean-token-sum-norm"``.
+        whiten_advantages: normalise advantages over the batch (mean 0, std 1).
+    """
+
+    seed: int = 0
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    adam_eps: float = 1e-8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    minibatch_size: int = 8
+    micro_batch_size: int = 4
+    ppo_epochs: int = 1
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    max_grad_norm: float = 1.0
+    kl_coef: float = 0.0
+    entropy_coef: float = 0.0
+    loss_aggregation: str = "token-mean"
+    whiten_advantages: bool = True
+
+    def __post_init__(self) -> None:
+        positive = ("lr", "minibatch_size", "micro_batch_size", "ppo_epochs", "temperature")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{type(self).__name__}.{name} must be > 0; got {getattr(self, name)}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1]; got {self.top_p}")
+        if self.clip_low < 0 or self.clip_high < 0 or self.clip_low >= 1:
+            raise ValueError("need 0 <= clip_low < 1 and clip_high >= 0")
+        if self.micro_batch_size > self.minibatch_size:
+            raise ValueError("micro_batch_size must be <= minibatch_size")
+        aggregations = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+        if self.loss_aggregation not in aggregations:
+            raise ValueError(f"loss_aggregation must be one of {aggregations}")
+        for name in ("kl_coef", "entropy_coef", "max_grad_norm", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class RolloutBatch:
+    """One rollout batch as right-padded per-token tensors (B episodes, T response positions).
+
+    The sequence layout is ``[left-padded prompt (P) | right-padded response (T)]`` so that
+    response position t is column ``P + t`` of ``input_ids``.
+    """
+
+    input_ids: torch.Tensor  # [B, P + T]
+    attention_mask: torch.Tensor  # [B, P + T]
+    prompt_len: int  # P
+    mask: torch.Tensor  # [B, T] bool, real response tokens
+    rewards: torch.Tensor  # [B, T] env step rewards at the last token of each block
+    scores: torch.Tensor  # [B] episode return
+    truncated: torch.Tensor  # [B] bool
+    group_ids: torch.Tensor  # [B] episodes sharing a task (GRPO groups)
+    sample_logprobs: torch.Tensor  # [B, T] log-probs recorded while sampling
+    old_logprobs: torch.Tensor | None = None  # [B, T] teacher-forced, before the update
+    old_values: torch.Tensor | None = None  # [B, T]
+    last_values: torch.Tensor | None = None  # [B]
+    old_mtp_logprobs: torch.Tensor | None = None  # [B, T, M]
+    mtp_mask: torch.Tensor | None = None  # [B, T, M]
+    ref_logprobs: torch.Tensor | None = None  # [B, T]
+    advantages: torch.Tensor | None = None  # [B, T]
+    returns: torch.Tensor | None = None  # [B, T]
+    statuses: list[str] = field(default_factory=list)  # [B] verdict statuses
+    episodes: list[Episode] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def select(self, rows: Sequence[int] | torch.Tensor) -> RolloutBatch:
+        """The sub-batch of ``rows``, trimmed of columns that are padding in every row."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        attn = self.attention_mask[rows]  # [b, P + T]
+        first = int(attn[:, : self.prompt_len].any(0).long().argmax()) if self.prompt_len else 0
+        t_len = int(self.mask[rows].any(0).nonzero().max()) + 1 if self.mask[rows].any() else 1
+        out: dict[str, Any] = {"prompt_len": self.prompt_len - first, "statuses": [], "episodes": []}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, torch.Tensor):
+                continue
+            value = value[rows]
+            if f.name in ("input_ids", "attention_mask"):
+                value = value[:, first : self.prompt_len + t_len]
+            elif value.dim() >= 2:
+                value = value[:, :t_len]
+            out[f.name] = value
+        return RolloutBatch(**out)
+
+
+def pad_sequences(
+    prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """``[left-padded prompt | right-padded response]`` ids, attention mask, response mask, P."""
+    b = len(prompts)
+    p = max(len(x) for x in prompts)
+    t = max(max(len(r) for r in responses), 1)
+    input_ids = torch.full((b, p + t), pad_id, dtype=torch.long)  # [B, P + T]
+    attention = torch.zeros((b, p + t), dtype=torch.long)  # [B, P + T]
+    mask = torch.zeros((b, t), dtype=torch.bool)  # [B, T]
+    for i, (prompt, response) in enumerate(zip(prompts, responses)):
+        n_p, n_r = len(prompt), len(response)
+        input_ids[i, p - n_p : p] = torch.as_tensor(list(prompt), dtype=torch.long)
+        input_ids[i, p : p + n_r] = torch.as_tensor(list(response), dtype=torch.long)
+        attention[i, p - n_p : p + n_r] = 1
+        mask[i, :n_r] = True
+    return input_ids, attention, mask, p
+
+
+def build_batch(episodes: Sequence[Episode], pad_id: int, group_ids: Sequence[int] | None = None) -> RolloutBatch:
+    """Pad episodes into a :class:`RolloutBatch` (rewards placed at each block's last token)."""
+    b = len(episodes)
+    input_ids, attention, mask, p = pad_sequences(
+        [e.prompt_ids for e in episodes], [e.response_ids for e in episodes], pad_id
+    )
+    t = mask.shape[1]
+    rewards = torch.zeros((b, t))  # [B, T]
+    sample_logprobs = torch.zeros((b, t))  # [B, T]
+    for i, e in enumerate(episodes):
+        sample_logprobs[i, : len(e.logprobs)] = torch.tensor(e.logprobs, dtype=torch.float32)
+        ends = np.cumsum(e.block_lengths) - 1
+        for end, r in zip(ends, e.step_rewards):
+            rewards[i, int(end)] += float(r)
+    return RolloutBatch(
+        input_ids=input_ids,
+        attention_mask=attention,
+        prompt_len=p,
+        mask=mask,
+        rewards=rewards,
+        scores=torch.tensor([e.reward for e in episodes], dtype=torch.float32),
+        truncated=torch.tensor([e.truncated for e in episodes]),
+        group_ids=torch.tensor(list(group_ids) if group_ids is not None else range(b)),
+        sample_logprobs=sample_logprobs,
+        statuses=[e.verdict.status if e.verdict is not None else "error" for e in episodes],
+        episodes=list(episodes),
+    )
+
+
+class BaseAgent:
+    """Collection, old-log-prob scoring, mini-batching and the optimizer step.
+
+    Subclasses set ``uses_critic``/``group_size`` and implement ``compute_advantages`` and
+    ``loss``. The policy is bound on the first ``collect`` (or by :meth:`bind`).
+    """
+
+    name: ClassVar[str] = "base"
+    uses_critic: ClassVar[bool] = False
+
+    def __init__(self, config: AgentConfig, policy: Any = None):
+        self.config = config
+        self.rng = np.random.default_rng(config.seed)
+        self.torch_rng = torch.Generator().manual_seed(config.seed)
+        self.policy: Any = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.reference: Any = None
+        self.rollout_calls = 0
+        if policy is not None:
+            self.bind(policy)
+
+    # ------------------------------------------------------------------ setup
+    def bind(self, policy: Any) -> None:
+        """Attach the policy and build the optimizer over the parameters this agent trains."""
+        if self.policy is policy:
+            return
+        self.policy = policy
+        groups = self.param_groups(policy)
+        self.optimizer = torch.optim.AdamW(
+            groups, lr=self.config.lr, weight_decay=self.config.weight_decay, eps=self.config.adam_eps
+        )
+        if self.config.kl_coef > 0:
+            self.reference = policy.frozen_copy()
+
+    def param_groups(self, policy: Any) -> list[dict[str, Any]]:
+        return [{"params": [p for p in policy.backbone_parameters() if p.requires_grad]}]
+
+    @property
+    def group_size(self) -> int:
+        return 1
+
+    # ------------------------------------------------------------------ collect
+    def choose_tasks(self, envs: Sequence[Any]) -> list[int]:
+        """Task indices for one batch: distinct tasks, or G copies of each for groups."""
+        g = self.group_size
+        if len(envs) % g:
+            raise ValueError(f"{len(envs)} envs is not a multiple of the group size {g}")
+        n_tasks = len(_base(envs[0]).tasks)
+        picks = self.rng.integers(n_tasks, size=len(envs) // g)
+        return [int(i) for i in np.repeat(picks, g)]
+
+    def collect(self, envs: Any, policy: Any) -> RolloutBatch:
+        """Sample one episode per env, then record old log-probs (and values, MTP, reference)."""
+        self.bind(policy)
+        envs = list(getattr(envs, "envs", envs))
+        tasks = self.choose_tasks(envs)
+        seed = int(self.rng.integers(2**31 - 1))
+        episodes = rollout(
+            envs, policy, task_indices=tasks, seed=seed,
+            temperature=self.config.temperature, top_p=self.config.top_p,
+        )
+        self.rollout_calls += 1
+        groups = [i // self.group_size for i in range(len(episodes))]
+        batch = build_batch(episodes, pad_id=_pad_id(policy), group_ids=groups)
+        self.score_old(batch)
+        self.compute_advantages(batch)
+        return batch
+
+    @torch.no_grad()
+    def score_old(self, batch: RolloutBatch) -> None:
+        """Teacher-forced log-probs (and values / MTP log-probs) of the sampling policy."""
+        outs = [self._score(self.policy, batch.select(rows), old=True) for rows in self._chunks(batch.size)]
+        batch.old_logprobs = _cat_pad([o.logprobs for o in outs], batch.mask.shape[1])
+        if self.uses_critic:
+            batch.old_values = _cat_pad([o.values for o in outs], batch.mask.shape[1])
+            batch.last_values = torch.cat([o.last_values for o in outs]).float()
+        if outs[0].mtp_logprobs is not None:
+            batch.old_mtp_logprobs = _cat_pad([o.mtp_logprobs for o in outs], batch.mask.shape[1])
+            batch.mtp_mask = _cat_pad([o.mtp_mask for o in outs], batch.mask.shape[1])
+        if self.reference is not None:
+            refs = [self._score(self.reference, batch.select(rows), old=False).logprobs for rows in self._chunks(batch.size)]
+            batch.ref_logprobs = _cat_pad(refs, batch.mask.shape[1])
+
+    def _score(self, policy: Any, mb: RolloutBatch, old: bool) -> Any:
+        return policy.score(mb.input_ids, mb.attention_mask, mb.prompt_len, values=self.uses_critic and old)
+
+    def _chunks(self, n: int) -> list[list[int]]:
+        size = self.config.micro_batch_size
+        return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+
+    # ------------------------------------------------------------------ update
+    def compute_advantages(self, batch: RolloutBatch) -> None:
+        raise NotImplementedError
+
+    def loss(self, mb: RolloutBatch) -> tuple[torch.Tensor, dict[str, Any]]:
+        raise NotImplementedError
+
+    def update(self, batch: RolloutBatch) -> dict[str, float]:
+        """``ppo_epochs`` passes of shuffled mini-batches; one optimizer step per mini-batch."""
+        if self.optimizer is None:
+            raise RuntimeError("bind a policy (or call collect) before update")
+        cfg = self.config
+        self.policy.train()
+        logs: dict[str, list[float]] = {}
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(batch.size, generator=self.torch_rng).tolist()
+            for start in range(0, batch.size, cfg.minibatch_size):
+                rows = order[start : start + cfg.minibatch_size]
+                for key, value in self._step(batch, rows).items():
+                    logs.setdefault(key, []).append(value)
+        metrics = {k: float(np.mean(v)) for k, v in logs.items()}
+        metrics.update(self.batch_metrics(batch))
+        return metrics
+
+    def _step(self, batch: RolloutBatch, rows: list[int]) -> dict[str, float]:
+        assert self.optimizer is not None
+        self.optimizer.zero_grad(set_to_none=True)
+        weights = self._micro_weights(batch, rows)
+        logs: dict[str, float] = {}
+        for micro, weight in weights:
+            loss, metrics = self.loss(batch.select(micro))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss {loss.item()} ({self.name}); metrics {metrics}")
+            (loss * weight).backward()
+            for key, value in metrics.items():
+                logs[key] = logs.get(key, 0.0) + weight * float(value)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        if self.config.max_grad_norm > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
+            logs["losses/grad_norm"] = float(norm)
+        self.optimizer.step()
+        return logs
+
+    def _micro_weights(self, batch: RolloutBatch, rows: list[int]) -> list[tuple[list[int], float]]:
+        """Split rows into micro-batches weighted so accumulated grads equal the mini-batch loss."""
+        size = self.config.micro_batch_size
+        micros = [rows[i : i + size] for i in range(0, len(rows), size)]
+        if self.config.loss_aggregation == "token-mean":
+            counts = [float(batch.mask[m].sum()) for m in micros]
+        else:
+            counts = [float(len(m)) for m in micros]
+        total = max(sum(counts), 1.0)
+        return [(m, c / total) for m, c in zip(micros, counts)]
+
+    def batch_metrics(self, batch: RolloutBatch) -> dict[str, float]:
+        lengths = batch.mask.sum(1).float()
+        out = {
+            "charts/reward": float(batch.scores.mean()),
+            "charts/reward_std": float(batch.scores.std()) if batch.size > 1 else 0.0,
+            "charts/response_length": float(lengths.mean()),
+            "charts/truncated": float(batch.truncated.float().mean()),
+        }
+        for status in ("correct", "incorrect", "no_answer", "timeout", "error"):
+            out[f"verdicts/{status}"] = sum(s == status for s in batch.statuses) / max(batch.size, 1)
+        return out
+
+    # ------------------------------------------------------------------ shared loss terms
+    def regularizers(self, mb: RolloutBatch, out: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Optional KL-to-reference and entropy terms."""
+        cfg = self.config
+        loss = torch.zeros((), device=out.logprobs.device)
+        metrics: dict[str, Any] = {}
+        if cfg.kl_coef > 0 and mb.ref_logprobs is not None:
+            kl = F.kl_k3(out.logprobs, mb.ref_logprobs.to(out.logprobs.device), mb.mask.to(out.logprobs.device))
+            loss = loss + cfg.kl_coef * kl
+            metrics["losses/kl_ref"] = kl.detach()
+        if cfg.entropy_coef > 0 and out.entropy is not None:
+            ent = F.masked_mean(out.entropy, mb.mask.to(out.entropy.device))
+            loss = loss - cfg.entropy_coef * ent
+            metrics["losses/entropy"] = ent.detach()
+        return loss, metrics
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+            "rng": self.rng.bit_generator.state,
+            "torch_rng": self.torch_rng.get_state(),
+            "rollout_calls": self.rollout_calls,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.optimizer is not None and state.get("optimizer") is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.rng.bit_generator.state = state["rng"]
+        self.torch_rng.set_state(state["torch_rng"])
+        self.rollout_calls = state.get("rollout_calls", 0)
+
+
+def _base(env: Any) -> Any:
+    return getattr(env, "unwrapped", env)
+
+
+def _pad_id(policy: Any) -> int:
+    pad = getattr(policy.tokenizer, "pad_token_id", None)
+    return int(pad if pad is not None else 0)
+
+
+def _cat_pad(parts: list[torch.Tensor], t: int) -> torch.Tensor:
+    """Concatenate per-chunk ``[b, t_i, ...]`` tensors along rows, right-padding dim 1 to ``t``."""
+    out = []
+    for part in parts:
+        part = part.detach().float() if part.is_floating_point() else part.detach()
+        pad = t - part.shape[1]
+        if pad > 0:
+            shape = (part.shape[0], pad, *part.shape[2:])
+            part = torch.cat([part, torch.zeros(shape, dtype=part.dtype, device=part.device)], 1)
+        out.append(part.cpu())
+    return torch.cat(out)

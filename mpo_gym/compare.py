@@ -1,0 +1,270 @@
+"""``mpo-gym compare``: several agents, identical env/verifier/seeds/prompts/budget, one report.
+
+Each (agent, seed) run trains in its own process (so its peak memory is its own) with the same
+wall-clock or update budget, and is evaluated greedily on the same held-out tasks before and
+after. The run folder gets ``report.md``, ``curves.png``, ``metrics.jsonl`` (every update of
+every run, tagged with agent and seed), ``compare.json`` (the resolved settings and the command),
+and one sub-folder per run (config, metrics, eval, checkpoint). ``--resume RUN_DIR`` finishes
+an interrupted comparison: finished runs are kept, unfinished ones continue from their last
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import multiprocessing as mp
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["PRESETS", "CompareConfig", "compare"]
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """A comparison.
+
+    Attributes:
+        agents: agent names, in report order.
+        env: registered env id (held-out tasks come from its ``split="test"``).
+        env_kwargs: env kwargs shared by every run.
+        model: ``"default"``, ``"tiny"``, a local directory or a hub id.
+        seeds: one run per agent per seed.
+        budget_s: training wall-clock per run (0: use ``updates`` only).
+        updates: update budget per run (0: use ``budget_s`` only).
+        num_envs: episodes per rollout batch (GRPO: groups x group size).
+        eval_tasks: held-out tasks evaluated greedily before and after.
+        agent_kwargs: per-agent config overrides, ``{"mpo": {"mpo_k": 3}}``.
+        common_kwargs: config overrides applied to every agent that has the field.
+        dtype: ``"bfloat16"`` or ``"float32"``.
+        checkpoint_every: updates between checkpoints (for resume).
+        out_dir: the run folder.
+    """
+
+    agents: tuple[str, ...] = ("ppo", "mpo", "grpo")
+    env: str = "mpo_gym/Arithmetic-v0"
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    model: str = "default"
+    seeds: tuple[int, ...] = (0,)
+    budget_s: float = 0.0
+    updates: int = 20
+    num_envs: int = 8
+    eval_tasks: int = 100
+    agent_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    common_kwargs: dict[str, Any] = field(default_factory=dict)
+    dtype: str = "bfloat16"
+    checkpoint_every: int = 10
+    out_dir: str = ""
+
+    def __post_init__(self) -> None:
+        from .agents import AGENTS
+
+        unknown = [a for a in self.agents if a not in AGENTS]
+        if unknown or not self.agents:
+            raise ValueError(f"unknown agents {unknown}; known: {sorted(AGENTS)}")
+        if not self.seeds:
+            raise ValueError("give at least one seed")
+        if self.budget_s <= 0 and self.updates <= 0:
+            raise ValueError("set a budget: budget_s > 0 or updates > 0")
+        for name in self.agent_kwargs:
+            if name not in self.agents:
+                raise ValueError(f"agent_kwargs names {name!r}, which is not in agents {self.agents}")
+
+    def run_config(self, agent: str, seed: int) -> Any:
+        """The ``TrainConfig`` of one run."""
+        from .agents import AGENTS
+        from .trainer import TrainConfig
+
+        fields = {f.name for f in dataclasses.fields(AGENTS[agent][1])}
+        kwargs = {k: v for k, v in self.common_kwargs.items() if k in fields}
+        kwargs.update(self.agent_kwargs.get(agent, {}))
+        return TrainConfig(
+            env=self.env, env_kwargs=dict(self.env_kwargs), agent=agent, agent_kwargs=kwargs,
+            model=self.model, dtype=self.dtype, num_envs=self.num_envs, updates=self.updates,
+            time_budget_s=self.budget_s, eval_tasks=self.eval_tasks, seed=seed,
+            out_dir=str(Path(self.out_dir) / f"{agent}-s{seed}"), checkpoint_every=self.checkpoint_every,
+        )
+
+
+# Sized by measurement on 2 CPU cores; see the README for what the numbers mean.
+PRESETS: dict[str, dict[str, Any]] = {
+    "quickstart": {
+        "agents": ("ppo", "mpo", "grpo"),
+        "env": "mpo_gym/Arithmetic-v0",
+        "env_kwargs": {"digits": 2, "terms": 2, "max_new_tokens": 40},
+        "model": "default",
+        "seeds": (0,),
+        "budget_s": 150.0,
+        "updates": 0,
+        "num_envs": 16,
+        "eval_tasks": 200,
+        "common_kwargs": {"lr": 2e-5, "minibatch_size": 8, "micro_batch_size": 8, "ppo_epochs": 1},
+        "agent_kwargs": {"grpo": {"group_size": 8}, "mpo": {"mpo_k": 5, "warmup_steps": 10}},
+    },
+    "tiny": {
+        "agents": ("ppo", "mpo", "grpo"),
+        "env": "mpo_gym/Toy-v0",
+        "model": "tiny",
+        "seeds": (0,),
+        "updates": 2,
+        "num_envs": 8,
+        "eval_tasks": 4,
+        "dtype": "float32",
+        "agent_kwargs": {"grpo": {"group_size": 4}, "mpo": {"mpo_k": 3, "warmup_steps": 2}},
+        "common_kwargs": {"lr": 1e-3, "minibatch_size": 8, "micro_batch_size": 8},
+    },
+}
+
+
+def _run_one(cfg_json: str, result_path: str) -> None:
+    """Child process: train one run and write its summary (with peak RSS) as JSON."""
+    from .trainer import TrainConfig, train
+
+    data = json.loads(cfg_json)
+    label = data.pop("_label")
+    cfg = TrainConfig(**data)
+    result = train(cfg, label=label)
+    summary = {
+        "updates": result.updates, "train_seconds": result.train_seconds,
+        "eval_before": result.eval_before, "eval_after": result.eval_after, "peak_rss_mb": result.peak_rss_mb,
+    }
+    Path(result_path).write_text(json.dumps(summary))
+
+
+def _shared_before(cfg: CompareConfig, out: Path) -> dict[str, Any]:
+    """Held-out accuracy of the untrained model, computed once (every agent starts from it)."""
+    path = out / "eval_before.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        before = pool.apply(_eval_before_child, (json.dumps(_train_dict(cfg.run_config(cfg.agents[0], cfg.seeds[0]))),))
+    path.write_text(json.dumps(before, indent=2))
+    return before
+
+
+def _eval_before_child(cfg_json: str) -> dict[str, Any]:
+    import dataclasses as dc
+
+    from .trainer import TrainConfig, evaluate_held_out, make_policy
+
+    cfg = TrainConfig(**json.loads(cfg_json))
+    cfg = dc.replace(cfg, agent="grpo", agent_kwargs={})
+    return evaluate_held_out(cfg, make_policy(cfg))
+
+
+def _train_dict(train_cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(train_cfg)
+
+
+def compare(cfg: CompareConfig, command: str = "") -> Path:
+    """Run every (agent, seed) and write the report; returns the run folder."""
+    from .report import write_report
+
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {"config": dataclasses.asdict(cfg), "command": command}
+    (out / "compare.json").write_text(json.dumps(settings, indent=2))
+    before = _shared_before(cfg, out) if cfg.eval_tasks else None
+    print(f"untrained model, held-out greedy accuracy: {before['accuracy']:.3f} on {int(before['n'])} tasks" if before else "")
+    summaries: dict[tuple[str, int], dict[str, Any]] = {}
+    ctx = mp.get_context("spawn")
+    for seed in cfg.seeds:
+        for agent in cfg.agents:
+            summaries[(agent, seed)] = _run(cfg, agent, seed, before, ctx)
+    write_report(cfg, out, summaries, before, command)
+    return out
+
+
+def _run(cfg: CompareConfig, agent: str, seed: int, before: dict[str, Any] | None, ctx: Any) -> dict[str, Any]:
+    train_cfg = cfg.run_config(agent, seed)
+    run_dir = Path(train_cfg.out_dir)
+    result_path = run_dir / "summary.json"
+    if result_path.exists():
+        print(f"{agent} seed {seed}: finished earlier, kept")
+        return json.loads(result_path.read_text())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    eval_path = run_dir / "eval.json"
+    if before is not None and not eval_path.exists():
+        eval_path.write_text(json.dumps({"before": before}, indent=2))
+    data = {**_train_dict(train_cfg), "_label": f"{agent} s{seed}"}
+    proc = ctx.Process(target=_run_one, args=(json.dumps(data), str(result_path)))
+    t0 = time.perf_counter()
+    proc.start()
+    proc.join()
+    if proc.exitcode != 0 or not result_path.exists():
+        raise SystemExit(
+            f"run {agent} seed {seed} failed (exit code {proc.exitcode}); its folder {run_dir} keeps the last "
+            f"checkpoint; fix the cause and rerun with --resume {cfg.out_dir}"
+        )
+    summary = json.loads(result_path.read_text())
+    summary["wall_seconds"] = time.perf_counter() - t0
+    result_path.write_text(json.dumps(summary))
+    after = summary.get("eval_after") or {}
+    print(f"{agent} seed {seed}: {summary['updates']} updates in {summary['train_seconds']:.0f}s, "
+          f"held-out accuracy {after.get('accuracy', float('nan')):.3f}")
+    return summary
+
+
+# ---------------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help="start from a preset")
+    parser.add_argument("--agents", help="comma-separated agent names (default ppo,mpo,grpo)")
+    parser.add_argument("--env", help="env id")
+    parser.add_argument("--env-kwargs", type=json.loads, help="JSON dict of env kwargs")
+    parser.add_argument("--model", help="default | tiny | PATH | hub id")
+    parser.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2")
+    parser.add_argument("--budget", help="per-run budget: '300s' (wall-clock) or '40u' (updates)")
+    parser.add_argument("--num-envs", type=int)
+    parser.add_argument("--eval-tasks", type=int)
+    parser.add_argument("--dtype", choices=("bfloat16", "float32"))
+    parser.add_argument("--agent-kwargs", type=json.loads, help='JSON, e.g. {"mpo": {"mpo_k": 3}}')
+    parser.add_argument("--common-kwargs", type=json.loads, help='JSON, e.g. {"lr": 2e-5}')
+    parser.add_argument("--out", help="run folder (default runs/compare-<time>)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted comparison")
+
+
+def config_from_args(args: argparse.Namespace) -> CompareConfig:
+    if args.resume:
+        saved = json.loads((Path(args.resume) / "compare.json").read_text())["config"]
+        saved["agents"], saved["seeds"] = tuple(saved["agents"]), tuple(saved["seeds"])
+        return CompareConfig(**saved)
+    values: dict[str, Any] = dict(PRESETS[args.preset]) if args.preset else {}
+    for name in ("env", "env_kwargs", "model", "num_envs", "eval_tasks", "dtype", "agent_kwargs", "common_kwargs"):
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+    if args.agents:
+        values["agents"] = tuple(a.strip() for a in args.agents.split(","))
+    if args.seeds:
+        values["seeds"] = tuple(int(s) for s in args.seeds.split(","))
+    if args.budget:
+        values.update(_parse_budget(args.budget))
+    values["out_dir"] = args.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    return CompareConfig(**values)
+
+
+def _parse_budget(text: str) -> dict[str, Any]:
+    text = text.strip().lower()
+    if text.endswith("s"):
+        return {"budget_s": float(text[:-1]), "updates": 0}
+    if text.endswith("m"):
+        return {"budget_s": 60 * float(text[:-1]), "updates": 0}
+    if text.endswith("u"):
+        return {"updates": int(text[:-1]), "budget_s": 0.0}
+    raise SystemExit(f"--budget must look like '300s', '5m' or '40u'; got {text!r}")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    command = "mpo-gym " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
+    if args.resume:
+        command = json.loads((Path(args.resume) / "compare.json").read_text()).get("command", command)
+    out = compare(cfg, command=command)
+    print(f"\nreport: {out / 'report.md'}\ncurves: {out / 'curves.png'}")
+    print((out / "summary.txt").read_text())
+    return 0

@@ -1,0 +1,199 @@
+"""The comparison report: ``report.md``, ``curves.png``, combined ``metrics.jsonl``, ``summary.txt``."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["paired_gain", "wilson_interval", "write_report"]
+
+MPO_DIAGNOSTICS = (
+    "mpo/clipfrac_united",
+    "mpo/clipfrac_token",
+    "mpo/ratio_var_united",
+    "mpo/ratio_var_token",
+    "mpo/clip_disagreement",
+)
+
+
+def wilson_interval(successes: float, n: float, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial proportion."""
+    if n <= 0:
+        return (float("nan"), float("nan"))
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def paired_gain(before: list[int], after: list[int], z: float = 1.96) -> tuple[float, float]:
+    """Mean per-task gain (after − before on the same tasks) and its 95% half-width."""
+    diff = np.asarray(after, dtype=float) - np.asarray(before, dtype=float)
+    if diff.size < 2:
+        return (float(diff.mean()) if diff.size else float("nan"), float("nan"))
+    return float(diff.mean()), float(z * diff.std(ddof=1) / math.sqrt(diff.size))
+
+
+def _read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_report(cfg: Any, out: Path, summaries: dict[tuple[str, int], dict[str, Any]], before: dict[str, Any] | None, command: str) -> None:
+    """Write every report artefact into ``out``."""
+    runs = {key: _read_metrics(Path(cfg.run_config(*key).out_dir)) for key in summaries}
+    with (out / "metrics.jsonl").open("w") as f:
+        for (agent, seed), rows in runs.items():
+            for row in rows:
+                f.write(json.dumps({"agent": agent, "seed": seed, **row}) + "\n")
+    _plot(cfg, runs, out / "curves.png")
+    table = _results_table(cfg, summaries, before)
+    text = "\n".join(
+        [
+            "# Agent comparison",
+            "",
+            f"Env `{cfg.env}` {json.dumps(cfg.env_kwargs)}, model `{cfg.model}`, seeds {list(cfg.seeds)}, "
+            f"budget per run: {_budget(cfg)}, {cfg.num_envs} episodes per update, dtype {cfg.dtype}.",
+            "",
+            "## Held-out greedy accuracy before and after",
+            "",
+            f"Same {cfg.eval_tasks} held-out tasks (the env's test split, disjoint from training prompts) for every run.",
+            "Intervals are 95%: Wilson for an accuracy, paired over tasks for a gain.",
+            "",
+            *table,
+            "",
+            _verdict(cfg, summaries, before),
+            "",
+            "## MPO diagnostics (mean over updates)",
+            "",
+            *_diagnostics_table(cfg, runs),
+            "",
+            "## Cost",
+            "",
+            *_cost_table(cfg, summaries, runs),
+            "",
+            "![curves](curves.png)",
+            "",
+            "## Reproduce",
+            "",
+            "```bash",
+            command or "mpo-gym compare --resume " + str(out),
+            "```",
+            "",
+        ]
+    )
+    (out / "report.md").write_text(text)
+    (out / "summary.txt").write_text("\n".join(table) + "\n")
+
+
+def _budget(cfg: Any) -> str:
+    parts = []
+    if cfg.budget_s:
+        parts.append(f"{cfg.budget_s:.0f} s of training wall-clock")
+    if cfg.updates:
+        parts.append(f"{cfg.updates} updates")
+    return " or ".join(parts)
+
+
+def _results_table(cfg: Any, summaries: dict[tuple[str, int], dict[str, Any]], before: dict[str, Any] | None) -> list[str]:
+    rows = ["| agent | seed | updates | before | after (95% CI) | gain (95% CI) |", "|---|---|---|---|---|---|"]
+    b_acc = before["accuracy"] if before else float("nan")
+    for agent in cfg.agents:
+        gains = []
+        for seed in cfg.seeds:
+            s = summaries[(agent, seed)]
+            after = s.get("eval_after") or {}
+            acc, n = after.get("accuracy", float("nan")), after.get("n", 0)
+            lo, hi = wilson_interval(acc * n, n)
+            gain, half = paired_gain(before["outcomes"], after["outcomes"]) if before and after else (float("nan"),) * 2
+            gains.append(gain)
+            rows.append(f"| {agent} | {seed} | {s['updates']} | {b_acc:.3f} | {acc:.3f} [{lo:.3f}, {hi:.3f}] | {gain:+.3f} ± {half:.3f} |")
+        if len(cfg.seeds) > 1:
+            spread = np.std(gains, ddof=1)
+            rows.append(f"| **{agent} mean** | {len(cfg.seeds)} seeds | | {b_acc:.3f} | | **{np.mean(gains):+.3f}** (seed sd {spread:.3f}) |")
+    return rows
+
+
+def _verdict(cfg: Any, summaries: dict[tuple[str, int], dict[str, Any]], before: dict[str, Any] | None) -> str:
+    if not before:
+        return ""
+    lines = []
+    for agent in cfg.agents:
+        gains = []
+        significant = 0
+        for seed in cfg.seeds:
+            after = summaries[(agent, seed)].get("eval_after") or {}
+            if "outcomes" in after:
+                gain, half = paired_gain(before["outcomes"], after["outcomes"])
+                gains.append(gain)
+                significant += gain - half > 0
+        if not gains:
+            continue
+        mean = float(np.mean(gains))
+        word = "beat" if mean > 0 else "did not beat"
+        lines.append(
+            f"- **{agent}** {word} the untrained model on average ({mean:+.3f}); "
+            f"{significant} of {len(gains)} seeds improved by more than their 95% interval."
+        )
+    return "\n".join(lines)
+
+
+def _diagnostics_table(cfg: Any, runs: dict[tuple[str, int], list[dict[str, Any]]]) -> list[str]:
+    rows = ["| agent | seed | " + " | ".join(k.split("/")[1] for k in MPO_DIAGNOSTICS) + " |", "|---|---|" + "---|" * len(MPO_DIAGNOSTICS)]
+    found = False
+    for (agent, seed), history in runs.items():
+        if not any(MPO_DIAGNOSTICS[0] in r for r in history):
+            continue
+        found = True
+        means = [np.mean([r[k] for r in history if k in r]) for k in MPO_DIAGNOSTICS]
+        rows.append(f"| {agent} | {seed} | " + " | ".join(f"{m:.4f}" for m in means) + " |")
+    return rows if found else ["No MPO run in this comparison."]
+
+
+def _cost_table(cfg: Any, summaries: dict[tuple[str, int], dict[str, Any]], runs: dict[tuple[str, int], list[dict[str, Any]]]) -> list[str]:
+    rows = ["| agent | seed | updates | train s | s/update | peak RSS MB | wall s (incl. eval, load) |", "|---|---|---|---|---|---|---|"]
+    for (agent, seed), s in summaries.items():
+        per = s["train_seconds"] / max(s["updates"], 1)
+        rows.append(
+            f"| {agent} | {seed} | {s['updates']} | {s['train_seconds']:.0f} | {per:.1f} | "
+            f"{s.get('peak_rss_mb', float('nan')):.0f} | {s.get('wall_seconds', float('nan')):.0f} |"
+        )
+    return rows
+
+
+def _plot(cfg: Any, runs: dict[tuple[str, int], list[dict[str, Any]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for agent in cfg.agents:
+        histories = [[r for r in runs[(agent, s)] if "charts/reward" in r] for s in cfg.seeds]
+        n = min((len(h) for h in histories), default=0)
+        if n == 0:
+            continue
+        reward = np.array([[r["charts/reward"] for r in h[:n]] for h in histories])  # [S, n]
+        times = np.array([[r["time"] for r in h[:n]] for h in histories]).mean(0)  # [n]
+        steps = np.arange(1, n + 1)
+        mean, lo, hi = reward.mean(0), reward.min(0), reward.max(0)
+        for ax, x in zip(axes, (steps, times)):
+            (line,) = ax.plot(x, mean, label=agent)
+            if len(cfg.seeds) > 1:
+                ax.fill_between(x, lo, hi, alpha=0.2, color=line.get_color())
+    for ax, label in zip(axes, ("update", "training wall-clock (s)")):
+        ax.set_xlabel(label)
+        ax.set_ylabel("train reward (mean over batch)")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    title = f"{cfg.env}: mean over {len(cfg.seeds)} seed(s)" + (", band = min..max" if len(cfg.seeds) > 1 else "")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
