@@ -122,7 +122,16 @@ def _assigned_value(rel: Rel) -> Any:
     return None
 
 
+def _collapse(rel: Rel) -> Rel:
+    """``x = 2 + 3 = 5`` -> ``x = 5`` (an assignment chain keeps its ends)."""
+    value = _assigned_value(rel)
+    if value is None or len(rel.parts) == 2:
+        return rel
+    return Rel(("=",), (rel.parts[0], value))
+
+
 def _rel_equiv(gold: Rel, pred: Rel, rel_tol: float) -> bool:
+    gold, pred = _collapse(gold), _collapse(pred)
     if gold.ops != pred.ops and not (len(set(gold.ops)) == 1 and gold.ops == pred.ops[::-1]):
         return False
     if len(gold.parts) != len(pred.parts):

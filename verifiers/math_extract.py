@@ -20,7 +20,7 @@ _FINAL_RE = re.compile(
     r"(?:final\s+answer|the\s+answer)\s*(?:is|:)\s*:?\s*(.+?)\s*$", re.I | re.M
 )
 _ANSWER_LINE_RE = re.compile(r"^[\s*#>_]*answer[\s*_]*[:：][\s*_]*(.+?)\s*$", re.I | re.M)
-_PROSE_RE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{2,}[\s,.;:]+[a-zA-Z]{2,}(?![a-zA-Z]*\})")
+_PROSE_RE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{2,}[\s,.;:'’]+[a-zA-Z]{1,}(?![a-zA-Z]*\})")
 
 
 def last_boxed(text: str) -> tuple[str | None, bool]:
@@ -47,8 +47,6 @@ def _braced(text: str, i: int) -> str | None:
     depth = 0
     for j in range(i, len(text)):
         ch = text[j]
-        if ch == "\\":
-            continue
         if ch == "{" and (j == 0 or text[j - 1] != "\\"):
             depth += 1
         elif ch == "}" and text[j - 1] != "\\":
@@ -116,7 +114,7 @@ _REPLACEMENTS = [
     (r"\\(?:big|Big|bigg|Bigg)[lr]?(?![a-zA-Z])", ""),
     (r"\\left\s*\.|\\right\s*\.", ""),
     (r"\\(?:left|right)(?![a-zA-Z])", ""),
-    (r"\\[!,;:> ]|\\q?quad(?![a-zA-Z])|~", " "),
+    (r"(?<!\\)\\[!,;:> ]|\\q?quad(?![a-zA-Z])|~", " "),
     (r"\\(?:leqslant|leq|le)(?![a-zA-Z])|≤|<=", r"\\leq "),
     (r"\\(?:geqslant|geq|ge)(?![a-zA-Z])|≥|>=", r"\\geq "),
     (r"\\(?:neq|ne)(?![a-zA-Z])|≠|!=", r"\\neq "),

@@ -107,6 +107,8 @@ def _outer_pair(s: str) -> tuple[str, str, str] | None:
 
 
 def _closes_at_end(s: str) -> bool:
+    if s.startswith("\\{"):
+        s = s[1:]
     depths = _depths(s)
     return all(d > 0 for d in depths[1:]) and depths[-1] == 1
 
@@ -142,8 +144,14 @@ def parse_node(s: str, depth: int = 0) -> Any:
     return _bracketed_or_scalar(s, depth)
 
 
+_NAME_RE = re.compile(r"[A-Za-z](?:_\{?[A-Za-z0-9]+\}?)?(?:\([^()]*\))?")
+
+
 def _relation(parts: list[str], ops: list[str], depth: int) -> Rel:
+    """A relation chain; a left side like ``k``, ``x_1`` or ``f(3)`` is kept as a name."""
     nodes = [parse_node(p, depth + 1) for p in parts]
+    if _NAME_RE.fullmatch(parts[0].strip()) and "(" in parts[0]:
+        nodes[0] = Expr(sympy.Symbol(parts[0].strip()))
     if any(op in (">", ">=") for op in ops):
         if not all(op in (">", ">=") for op in ops):
             raise ParseFailure("mixed inequality directions")

@@ -1,0 +1,334 @@
+r"""Regression table for ``MathVerifier``: (family, reference, response, expected status).
+
+Grow it from real runs: ``mpo-gym audit-math FILE.jsonl`` prints disagreements with
+math-verify; a confirmed false negative or false positive becomes a row here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from mpo_gym.verifiers import MathVerifier
+
+C, I, N = "correct", "incorrect", "no_answer"
+
+LONG_SELF_CORRECTION = r"""We need the sum of the roots of $x^2 - 5x + 6 = 0$.
+By Vieta the sum is $-\frac{b}{a}$. Wait, $b = -5$, so the sum is $-(-5)/1 = 5$.
+Hmm, let me double-check by factoring: $(x-2)(x-3) = 0$, roots $2$ and $3$, sum $5$.
+At first I thought the answer was $\boxed{6}$, but that was the product.
+So the final answer is $\boxed{5}$."""
+
+SEVERAL_BOXES = r"""First part: $a = \boxed{3}$. Second part: $b = \boxed{4}$.
+Therefore $a^2 + b^2 = 25$ and the hypotenuse is $\boxed{5}$."""
+
+TRUNCATED = r"""Let us compute step by step. $2 + 2 = 4$, then $4 \times 3 = 12$.
+So the answer is $\boxed{12"""
+
+QWEN_STYLE = r"""To solve the problem, we first find the area of the rectangle.
+
+1. The length is $8$ cm and the width is $5$ cm.
+2. The area is $8 \times 5 = 40$ square centimeters.
+
+Thus, the area of the rectangle is \(\boxed{40 \text{ cm}^2}\)."""
+
+GSM8K_STYLE = """Natalia sold 48/2 = 24 clips in May.
+Natalia sold 48+24 = 72 clips altogether in April and May.
+#### 72"""
+
+FINAL_ANSWER_STYLE = r"""The discriminant is $b^2 - 4ac = 16 - 12 = 4$, so there are two roots,
+$x = \frac{-4 \pm 2}{2}$, i.e. $-1$ and $-3$.
+
+The final answer is $-1, -3$. I hope it is correct."""
+
+NUMBERS_IN_PROSE = "I computed 17 first, then 42, then 99 and I am not sure which is right."
+
+CASES: list[tuple[str, str, str, str]] = [
+    # -- extraction ------------------------------------------------------------------------
+    ("extract", "5", LONG_SELF_CORRECTION, C),
+    ("extract", "6", LONG_SELF_CORRECTION, I),
+    ("extract", "5", SEVERAL_BOXES, C),
+    ("extract", "3", SEVERAL_BOXES, I),
+    ("extract", "12", TRUNCATED, N),
+    ("extract", "40", QWEN_STYLE, C),
+    ("extract", "72", GSM8K_STYLE, C),
+    ("extract", "24", GSM8K_STYLE, I),
+    ("extract", "-1, -3", FINAL_ANSWER_STYLE, C),
+    ("extract", "-3, -1", FINAL_ANSWER_STYLE, C),
+    ("extract", "-1", FINAL_ANSWER_STYLE, I),
+    ("extract", "42", NUMBERS_IN_PROSE, N),
+    ("extract", "17", NUMBERS_IN_PROSE, N),
+    ("extract", "7", "Answer: 7", C),
+    ("extract", "7", "**Answer:** $7$", C),
+    ("extract", "7", "So the answer is 7.", C),
+    ("extract", "7", "Therefore the final answer is: $\\boxed{7}$", C),
+    ("extract", "7", "\\fbox{7}", C),
+    ("extract", "7", "\\boxed 7", C),
+    ("extract", "7", "$\\boxed{\\boxed{7}}$", C),
+    ("extract", "7", "7", C),
+    ("extract", "7", "  $7$  ", C),
+    ("extract", "7", "", N),
+    ("extract", "7", "I don't know.", N),
+    ("extract", "7", "The answer is \\boxed{}", N),
+    ("extract", "7", "We get 3 + 4 = 7 after simplifying the expression above", N),
+    ("extract", "\\frac{1}{2}", "Answer: $\\frac{1}{2}$.", C),
+    ("extract", "8", "#### 8", C),
+    ("extract", "8", "The final answer is $8$. I hope it is correct.", C),
+    ("extract", "8", "The answer is 9.\nWait, I made an error. The answer is 8.", C),
+    ("extract", "9", "The answer is 9.\nWait, I made an error. The answer is 8.", I),
+    # -- integers and simple numbers ------------------------------------------------------
+    ("number", "12", "\\boxed{12}", C),
+    ("number", "12", "\\boxed{012}", C),
+    ("number", "12", "\\boxed{12.0}", C),
+    ("number", "12", "\\boxed{13}", I),
+    ("number", "-4", "\\boxed{-4}", C),
+    ("number", "-4", "\\boxed{4}", I),
+    ("number", "0", "\\boxed{0}", C),
+    ("number", "0", "\\boxed{-0}", C),
+    ("number", "0", "\\boxed{0.0001}", I),
+    ("number", "1000", "\\boxed{1,000}", C),
+    ("number", "1000", "\\boxed{1{,}000}", C),
+    ("number", "1000000", "\\boxed{1,000,000}", C),
+    ("number", "1000", "\\boxed{1\\,000}", C),
+    ("number", "1000", "\\boxed{100}", I),
+    ("number", "1500", "\\boxed{1.5 \\times 10^{3}}", C),
+    ("number", "1500", "\\boxed{1.5e3}", C),
+    ("number", "15000", "\\boxed{1.5 \\times 10^{3}}", I),
+    ("number", "2^{100}", "\\boxed{1267650600228229401496703205376}", C),
+    ("number", "2^{100}", "\\boxed{1267650600228229401496703205377}", I),
+    ("number", "10", "\\boxed{\\$10}", C),
+    ("number", "10", "\\boxed{10 dollars}", C),
+    # -- fractions, decimals, mixed numbers ------------------------------------------------
+    ("fraction", "\\frac{1}{2}", "\\boxed{\\dfrac{1}{2}}", C),
+    ("fraction", "\\frac{1}{2}", "\\boxed{\\tfrac12}", C),
+    ("fraction", "\\frac{1}{2}", "\\boxed{1/2}", C),
+    ("fraction", "\\frac{1}{2}", "\\boxed{0.5}", C),
+    ("fraction", "\\frac{1}{2}", "\\boxed{2/4}", C),
+    ("fraction", "\\frac{1}{2}", "\\boxed{\\frac{2}{1}}", I),
+    ("fraction", "\\frac{1}{3}", "\\boxed{0.3333333}", C),
+    ("fraction", "\\frac{1}{3}", "\\boxed{0.333}", I),
+    ("fraction", "\\frac{1}{3}", "\\boxed{0.34}", I),
+    ("fraction", "-\\frac{3}{4}", "\\boxed{\\frac{-3}{4}}", C),
+    ("fraction", "-\\frac{3}{4}", "\\boxed{-0.75}", C),
+    ("fraction", "-\\frac{3}{4}", "\\boxed{\\frac{3}{4}}", I),
+    ("fraction", "\\frac{5}{2}", "\\boxed{2\\frac{1}{2}}", C),
+    ("fraction", "\\frac{5}{2}", "\\boxed{2.5}", C),
+    ("fraction", "\\frac{7}{3}", "\\boxed{2\\frac{1}{3}}", C),
+    ("fraction", "3.14", "\\boxed{\\pi}", I),
+    ("fraction", "0.25", "\\boxed{\\frac14}", C),
+    # -- radicals and constants --------------------------------------------------------------
+    ("radical", "\\frac{\\sqrt{2}}{2}", "\\boxed{\\frac{1}{\\sqrt{2}}}", C),
+    ("radical", "2\\sqrt{3}", "\\boxed{\\sqrt{12}}", C),
+    ("radical", "2\\sqrt{3}", "\\boxed{2*sqrt(3)}", C),
+    ("radical", "2\\sqrt{3}", "\\boxed{3\\sqrt{2}}", I),
+    ("radical", "\\sqrt[3]{8}", "\\boxed{2}", C),
+    ("radical", "\\sqrt{2}", "\\boxed{\\sqrt2}", C),
+    ("radical", "\\sqrt{2}", "\\boxed{1.41421356}", C),
+    ("radical", "\\sqrt{2}", "\\boxed{1.41}", I),
+    ("radical", "5\\sqrt{2} - 1", "\\boxed{-1 + 5\\sqrt{2}}", C),
+    ("radical", "\\pi", "\\boxed{\\pi}", C),
+    ("radical", "2\\pi", "\\boxed{6.283185307}", C),
+    ("radical", "\\frac{\\pi}{2}", "\\boxed{\\pi/2}", C),
+    ("radical", "\\frac{\\pi}{2}", "\\boxed{\\frac{\\pi}{3}}", I),
+    ("radical", "\\infty", "\\boxed{\\infty}", C),
+    ("radical", "\\infty", "\\boxed{-\\infty}", I),
+    ("radical", "e^2", "\\boxed{e^{2}}", C),
+    ("radical", "\\ln 2", "\\boxed{\\ln(2)}", C),
+    ("radical", "\\binom{5}{2}", "\\boxed{10}", C),
+    ("radical", "5!", "\\boxed{120}", C),
+    # -- algebra ------------------------------------------------------------------------------
+    ("algebra", "x+1", "\\boxed{1+x}", C),
+    ("algebra", "x^2-1", "\\boxed{(x-1)(x+1)}", C),
+    ("algebra", "x^2-1", "\\boxed{(x-1)^2}", I),
+    ("algebra", "2x", "\\boxed{x+x}", C),
+    ("algebra", "\\frac{x}{2}", "\\boxed{0.5x}", C),
+    ("algebra", "x^2", "\\boxed{x**2}", C),
+    ("algebra", "x^2", "\\boxed{x^3}", I),
+    ("algebra", "\\frac{1}{x+1}", "\\boxed{(x+1)^{-1}}", C),
+    ("algebra", "\\sin^2 x + \\cos^2 x", "\\boxed{1}", C),
+    ("algebra", "a+b", "\\boxed{a+c}", I),
+    ("algebra", "3x+2y", "\\boxed{2y+3x}", C),
+    ("algebra", "n(n+1)/2", "\\boxed{\\frac{n^2+n}{2}}", C),
+    ("algebra", "t", "\\boxed{x}", I),
+    ("algebra", "A", "\\boxed{a}", I),
+    # -- percentages, units, degrees ---------------------------------------------------------
+    ("percent", "50\\%", "\\boxed{50\\%}", C),
+    ("percent", "50\\%", "\\boxed{50}", C),
+    ("percent", "50\\%", "\\boxed{0.5}", C),
+    ("percent", "50", "\\boxed{50\\%}", C),
+    ("percent", "0.5", "\\boxed{50\\%}", C),
+    ("percent", "50", "\\boxed{0.5}", I),
+    ("percent", "12.5\\%", "\\boxed{12.5}", C),
+    ("percent", "50\\%", "\\boxed{5\\%}", I),
+    ("units", "12", "\\boxed{12 \\text{ cm}}", C),
+    ("units", "12", "\\boxed{12\\,\\mathrm{cm}}", C),
+    ("units", "12", "\\boxed{12\\text{ meters}^2}", C),
+    ("units", "40", "\\boxed{40\\mbox{ square units}}", C),
+    ("units", "12", "\\boxed{13 \\text{ cm}}", I),
+    ("units", "5", "\\boxed{5 apples}", C),
+    ("degrees", "30^\\circ", "\\boxed{30}", C),
+    ("degrees", "30", "\\boxed{30^{\\circ}}", C),
+    ("degrees", "30^\\circ", "\\boxed{30°}", C),
+    ("degrees", "30^\\circ", "\\boxed{\\frac{\\pi}{6}}", C),
+    ("degrees", "30^\\circ", "\\boxed{60^\\circ}", I),
+    ("degrees", "\\frac{\\pi}{6}", "\\boxed{30^\\circ}", C),
+    # -- plus-minus and multiple answers --------------------------------------------------
+    ("pm", "1 \\pm \\sqrt{2}", "\\boxed{1+\\sqrt{2}, 1-\\sqrt{2}}", C),
+    ("pm", "1+\\sqrt{2}, 1-\\sqrt{2}", "\\boxed{1 \\pm \\sqrt{2}}", C),
+    ("pm", "1 \\pm \\sqrt{2}", "\\boxed{1+\\sqrt{2}}", I),
+    ("pm", "\\pm 3", "\\boxed{3, -3}", C),
+    ("pm", "\\pm 3", "\\boxed{3}", I),
+    ("multi", "2, 3", "\\boxed{3, 2}", C),
+    ("multi", "2, 3", "\\boxed{2}", I),
+    ("multi", "2, 3", "\\boxed{2, 3, 4}", I),
+    ("multi", "2, 3", "\\boxed{x=2 \\text{ or } x=3}", C),
+    ("multi", "2, 3", "\\boxed{x = 2, x = 3}", C),
+    ("multi", "2, 3", "\\boxed{2 and 3}", C),
+    ("multi", "\\sqrt{67}", "\\boxed{\\sqrt{67}, -\\sqrt{85}}", I),
+    ("multi", "1, 1, 2", "\\boxed{1, 2, 2}", I),
+    # -- tuples, intervals, sets ---------------------------------------------------------------
+    ("tuple", "(1, 2)", "\\boxed{(1,2)}", C),
+    ("tuple", "(1, 2)", "\\boxed{(2,1)}", I),
+    ("tuple", "\\left( 3, \\frac{\\pi}{2} \\right)", "\\boxed{(3, \\pi/2)}", C),
+    ("tuple", "(3, \\frac{\\pi}{2})", "\\boxed{(3, \\frac{\\pi}{3})}", I),
+    ("tuple", "(1, 2, 3)", "\\boxed{(1, 2, 3)}", C),
+    ("tuple", "(1, 2, 3)", "\\boxed{(1, 2)}", I),
+    ("tuple", "(1,-2)", "\\boxed{\\left(1,-2\\right)}", C),
+    ("interval", "(0, 9)", "\\boxed{[0, 9)}", I),
+    ("interval", "[0, 9)", "\\boxed{[0, 9)}", C),
+    ("interval", "[0, 9)", "\\boxed{[0, 9]}", I),
+    ("interval", "(-\\infty, 2]", "\\boxed{(-\\infty, 2]}", C),
+    ("interval", "(-\\infty, 2]", "\\boxed{(-\\infty, 2)}", I),
+    ("interval", "[1, 100]", "\\boxed{[1,100]}", C),
+    ("interval", "(-\\infty, 0) \\cup (1, \\infty)", "\\boxed{(1,\\infty)\\cup(-\\infty,0)}", C),
+    ("interval", "(-\\infty, 0) \\cup (1, \\infty)", "\\boxed{(-\\infty,0)}", I),
+    ("interval", "x > 2", "\\boxed{(2, \\infty)}", C),
+    ("interval", "x \\ge 2", "\\boxed{(2, \\infty)}", I),
+    ("interval", "x \\ge 2", "\\boxed{[2, \\infty)}", C),
+    ("interval", "1 < x \\le 3", "\\boxed{(1, 3]}", C),
+    ("interval", "(2, \\infty)", "\\boxed{x > 2}", I),
+    ("interval", "[-2, 5]", "\\boxed{x \\in [-2, 5]}", C),
+    ("set", "\\{1, 2\\}", "\\boxed{\\{2, 1\\}}", C),
+    ("set", "\\{1, 2\\}", "\\boxed{\\{1, 3\\}}", I),
+    ("set", "\\{1, 2\\}", "\\boxed{1, 2}", C),
+    ("set", "\\{1, 2, 3\\}", "\\boxed{\\{1, 2\\}}", I),
+    # -- matrices ------------------------------------------------------------------------------
+    ("matrix", "\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}",
+     "\\boxed{\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}}", C),
+    ("matrix", "\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}",
+     "\\boxed{\\begin{bmatrix}1&2\\\\3&4\\end{bmatrix}}", C),
+    ("matrix", "\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}",
+     "\\boxed{\\begin{pmatrix}1&3\\\\2&4\\end{pmatrix}}", I),
+    ("matrix", "\\begin{pmatrix} 1/5 \\\\ -18/5 \\end{pmatrix}",
+     "\\boxed{\\begin{pmatrix} 0.2 \\\\ -3.6 \\end{pmatrix}}", C),
+    ("matrix", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\boxed{(1, 2)}", C),
+    ("matrix", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\boxed{(2, 1)}", I),
+    ("matrix", "\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}",
+     "\\boxed{\\begin{pmatrix}1&2&3&4\\end{pmatrix}}", I),
+    # -- equations and inequalities ----------------------------------------------------------
+    ("relation", "2", "\\boxed{x=2}", C),
+    ("relation", "x=2", "\\boxed{2}", C),
+    ("relation", "k=1", "\\boxed{1}", C),
+    ("relation", "2", "\\boxed{x=3}", I),
+    ("relation", "0", "\\boxed{a+3z=0}", I),
+    ("relation", "a+3z=0", "\\boxed{0}", I),
+    ("relation", "y=2x+1", "\\boxed{2x+1=y}", C),
+    ("relation", "y=2x+1", "\\boxed{y=1+2x}", C),
+    ("relation", "y=2x+1", "\\boxed{y=2x-1}", I),
+    ("relation", "y = 2x + 1", "\\boxed{y - 2x - 1 = 0}", C),
+    ("relation", "x + y = 5", "\\boxed{x - y = 5}", I),
+    ("relation", "a < b", "\\boxed{b > a}", C),
+    ("relation", "a < b", "\\boxed{a > b}", I),
+    ("relation", "a < b", "\\boxed{a \\le b}", I),
+    ("relation", "x \\le 3", "\\boxed{3 \\geq x}", C),
+    ("relation", "f(3) = 5", "\\boxed{5}", C),
+    ("relation", "x = 5", "\\boxed{x = 2 + 3 = 5}", C),
+    ("relation", "2", "\\boxed{y = 2}", C),
+    # -- words ---------------------------------------------------------------------------------
+    ("text", "\\text{Monday}", "\\boxed{\\text{monday}}", C),
+    ("text", "\\text{Monday}", "\\boxed{Monday}", C),
+    ("text", "\\text{Monday}", "\\boxed{Tuesday}", I),
+    ("text", "\\text{(A)}", "\\boxed{A}", C),
+    ("text", "\\text{(A)}", "\\boxed{B}", I),
+    ("text", "\\text{even}", "\\boxed{\\text{odd}}", I),
+    ("text", "\\text{no}", "\\boxed{\\text{on}}", I),
+    # -- hostile and injected text ----------------------------------------------------------
+    ("hostile", "3", "\\boxed{__import__('os').system('echo pwned')}", I),
+    ("hostile", "3", "\\boxed{eval('1+2')}", I),
+    ("hostile", "3", "\\boxed{().__class__.__bases__[0].__subclasses__()}", I),
+    ("hostile", "3", "\\boxed{lambda: 3}", I),
+    ("hostile", "3", "\\boxed{3 or 4 or 5}", I),
+    ("hostile", "3", "\\boxed{x}", I),
+    ("hostile", "3", "\\boxed{3, 4, 5, 6, 7}", I),
+    ("hostile", "3", "\\boxed{[1, 5]}", I),
+    ("hostile", "3", "\\boxed{\\text{any number}}", I),
+]
+
+RESPONSES = {"long", "several", "truncated"}
+
+
+@pytest.fixture(scope="module")
+def verifier():
+    return MathVerifier(timeout_s=10.0)
+
+
+@pytest.fixture(scope="module")
+def verdicts(verifier):
+    return verifier.verify_batch([c[2] for c in CASES], [c[1] for c in CASES])
+
+
+def test_table_is_big_and_covers_the_families():
+    assert len(CASES) >= 150
+    families = {c[0] for c in CASES}
+    for fam in ("extract", "number", "fraction", "radical", "algebra", "percent", "units",
+                "degrees", "pm", "multi", "tuple", "interval", "set", "matrix", "relation",
+                "text", "hostile"):
+        assert fam in families
+
+
+@pytest.mark.parametrize("index", range(len(CASES)), ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_regression_case(index, verdicts):
+    family, reference, response, expected = CASES[index]
+    v = verdicts[index]
+    assert v.status == expected, (family, reference, response[-80:], v)
+    assert v.reward == (1.0 if expected == C else 0.0)
+
+
+def test_zero_false_positives(verdicts):
+    false_pos = [c for c, v in zip(CASES, verdicts) if v.correct and c[3] != C]
+    assert false_pos == []
+
+
+def test_batch_equals_one_by_one(verifier, verdicts):
+    for case, batch_v in list(zip(CASES, verdicts))[::7]:
+        assert verifier.verify(case[2], case[1]) == batch_v
+
+
+MATH500 = Path(os.environ.get("MPO_GYM_SHARED", "/work/shared")) / "data/math500/test.jsonl"
+
+
+@pytest.mark.skipif(not MATH500.exists(), reason="MATH-500 copy not available")
+def test_math500_gold_solutions_verify(verifier):
+    """Every MATH-500 reference solution verifies against its answer (gold self-check)."""
+    rows = [json.loads(line) for line in MATH500.read_text().splitlines()]
+    verdicts = verifier.verify_batch([r["solution"] for r in rows], [r["answer"] for r in rows])
+    assert [v.status for v in verdicts].count("correct") == len(rows)
+
+
+@pytest.mark.skipif(not MATH500.exists(), reason="MATH-500 copy not available")
+def test_math500_shifted_answers_are_rejected(verifier):
+    """Pairing each solution with the next problem's answer is wrong unless the answers agree."""
+    rows = [json.loads(line) for line in MATH500.read_text().splitlines()][:200]
+    golds = [rows[(i + 1) % len(rows)]["answer"] for i in range(len(rows))]
+    verdicts = verifier.verify_batch([r["solution"] for r in rows], golds)
+    hits = [(g, r["answer"]) for g, r, v in zip(golds, rows, verdicts) if v.correct]
+    assert all(_same_value(g, a) for g, a in hits), hits
+    assert all(v.status in ("correct", "incorrect") for v in verdicts)
+
+
+def _same_value(gold: str, answer: str) -> bool:
+    """Shifted pairs whose answers really are equal (checked by hand)."""
+    return (gold, answer) in {("x=5", "5"), ("7", "7"), ("3", "3")} or gold == answer
