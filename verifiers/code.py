@@ -107,7 +107,8 @@ class CodeVerifier:
     Args:
         timeout_s: wall-clock limit per check (all tests of one response together).
         concurrency: checks running at once (threads, each driving sandbox processes);
-            default: number of CPUs.
+            default: twice the number of CPUs, since part of each check is spent waiting on
+            process and namespace set-up rather than computing.
         limits: sandbox resource limits; ``cpu_s`` defaults to ``ceil(timeout_s) + 1``.
         unsafe: allow running without namespace isolation when ``bwrap`` is missing.
             Only for trusted code; see ``sandbox.py``.
@@ -127,7 +128,7 @@ class CodeVerifier:
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive; got {timeout_s}")
         self.timeout_s = float(timeout_s)
-        self.concurrency = max(1, int(concurrency or os.cpu_count() or 2))
+        self.concurrency = max(1, int(concurrency or 2 * (os.cpu_count() or 1)))
         if limits is None:
             limits = Limits(cpu_s=int(timeout_s) + 2)
         self.sandbox = Sandbox(limits, unsafe=unsafe, cgroups=cgroups, seccomp=seccomp)

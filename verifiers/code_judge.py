@@ -31,7 +31,13 @@ def sanitize(text: str, limit: int = DETAIL) -> str:
 
 
 def _show(value: Any) -> str:
-    text = repr(value)  # our own primitive, rebuilt by decode()
+    """Short repr of one of *our* primitives (rebuilt by ``decode``, never a child object)."""
+    if type(value) is int and value.bit_length() > 4000:
+        return f"<int of {value.bit_length()} bits>"
+    try:
+        text = repr(value)
+    except ValueError:  # an int inside a container beyond the str-conversion digit limit
+        text = f"<{type(value).__name__} too large to show>"
     return text if len(text) <= SHOW else text[: SHOW - 3] + "..."
 
 

@@ -22,9 +22,14 @@ verdict itself.
 
 from __future__ import annotations
 
-import json
+import marshal
 import os
 import sys
+
+try:  # the C string quoter; importing ``json`` itself costs more than the rest of start-up
+    from _json import encode_basestring_ascii as _quote
+except ImportError:  # pragma: no cover - CPython always has it
+    from json.encoder import py_encode_basestring_ascii as _quote
 
 MAX_DEPTH = 100
 MAX_NODES = 1_000_000
@@ -128,13 +133,31 @@ def _describe_exception(exc: BaseException) -> list:
     return [_type_name(type(exc)), message[:2000]]
 
 
+def dumps(obj: object) -> str:
+    """Minimal JSON writer for the runner's own messages (dict/list/str/int/bool/None)."""
+    kind = type(obj)
+    if kind is str:
+        return _quote(obj)
+    if obj is None:
+        return "null"
+    if kind is bool:
+        return "true" if obj else "false"
+    if kind is int:
+        return int.__repr__(obj)
+    if kind is dict:
+        return "{" + ", ".join(_quote(str(k)) + ": " + dumps(v) for k, v in obj.items()) + "}"
+    if kind is list or kind is tuple:
+        return "[" + ", ".join(dumps(v) for v in obj) + "]"
+    raise TypeError(f"cannot write {_type_name(kind)} to the channel")
+
+
 class Channel:
     """Writes JSON lines to a file descriptor with the runner's own references."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self._write = os.write
-        self._dumps = json.dumps
+        self._dumps = dumps
 
     def send(self, message: dict) -> None:
         data = (self._dumps(message) + "\n").encode("utf-8", "surrogatepass")
@@ -158,6 +181,8 @@ class LineReader:
             if len(self.buffer) > MAX_LINE:
                 raise ValueError("message too long")
         line, _, self.buffer = self.buffer.partition(b"\n")
+        import json
+
         return json.loads(line)
 
 
@@ -341,8 +366,8 @@ def _finish() -> None:
 def main(argv: list) -> None:
     """Entry point inside the sandbox."""
     payload_path, channel = argv[1], Channel(int(argv[2]))
-    with open(payload_path, encoding="utf-8") as handle:
-        payload = json.load(handle)
+    with open(payload_path, "rb") as handle:
+        payload = marshal.load(handle)  # written by the parent: trusted direction only
     set_limits(payload["limits"])
     os.chdir(payload["workdir"])
     extra = [int(a) for a in argv[3:]]

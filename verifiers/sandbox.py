@@ -7,8 +7,8 @@ Layers (each assumes the ones above it failed; :func:`probe` reports which are a
 2. **Resources**: ``RLIMIT_AS/CPU/FSIZE/NOFILE/CORE`` set by the runner before untrusted code
    starts; a per-run pids + memory cgroup (v1 or v2) when ``/sys/fs/cgroup`` is writable.
 3. **Namespaces and filesystem** (``bwrap``): new user/pid/net/ipc/uts/cgroup namespaces (no
-   network at all), read-only ``/usr``, private ``/proc`` and ``/dev``, a size-capped private
-   tmpfs ``/tmp``, the run's files read-only at ``/task``, uid 65534, cleared environment,
+   network at all), read-only ``/usr``, private ``/proc`` and ``/dev``, size-capped private
+   tmpfs ``/tmp`` and ``/dev/shm``, the run's files read-only at ``/task``, uid 65534, cleared environment,
    ``--die-with-parent``, ``--new-session``, no further user namespaces, and the *system*
    interpreter ``/usr/bin/python3 -I -S`` (never the caller's virtualenv). When we are root,
    ``bwrap`` itself is started as uid 65534 (``setpriv``), so the sandbox is not root on the
@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
+import marshal
 import os
 import selectors
 import shutil
@@ -58,6 +58,7 @@ from .sandbox_layers import (
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 NOBODY = 65534
+SCRATCH_PREFIX = "mpo-gym-sbx-"  # + pid + random, under tempfile.gettempdir()
 _RUNNER_SOURCE = (Path(__file__).with_name("code_runner.py")).read_bytes()
 
 
@@ -202,7 +203,7 @@ def _bwrap_args(caps: Capabilities, scratch: str | None, tmpfs_mb: int) -> list[
         elif os.path.isdir(path):
             args += ["--ro-bind", path, path]
     args += ["--proc", "/proc", "--dev", "/dev", "--size", str(tmpfs_mb << 20), "--tmpfs",
-             "/tmp", "--chdir", "/tmp"]
+             "/tmp", "--size", str(tmpfs_mb << 20), "--tmpfs", "/dev/shm", "--chdir", "/tmp"]
     if scratch:
         args += ["--ro-bind", scratch, "/task"]
     return args
@@ -287,11 +288,11 @@ class Sandbox:
               pipes: Sequence[int] = ()) -> SandboxProcess:
         """Start ``code_runner.py`` on ``payload``; ``pipes`` are extra fds passed through.
 
-        The runner receives ``payload`` (plus ``limits``, ``workdir``) as ``/task/payload.json``
+        The runner receives ``payload`` (plus ``limits``, ``workdir``) as ``/task/payload.bin`` (marshal)
         and ``files`` beside it. Never raises for sandbox problems: a failed start is
         reported in ``result.failure`` by :func:`collect`.
         """
-        scratch = tempfile.mkdtemp(prefix="mpo-gym-sbx-")
+        scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
         proc, cgroup, channel_r, streams = None, None, -1, {}
         owned = list(pipes)  # closed here exactly once, whatever happens
         try:
@@ -344,7 +345,7 @@ class Sandbox:
         return read_end
 
     def _write_scratch(self, scratch: str, payload: dict, files: dict[str, bytes]) -> None:
-        entries = {"runner.py": _RUNNER_SOURCE, "payload.json": json.dumps(payload).encode()}
+        entries = {"runner.py": _RUNNER_SOURCE, "payload.bin": marshal.dumps(payload, 4)}
         entries.update(files)
         for name, data in entries.items():
             with open(os.path.join(scratch, name), "wb") as handle:
@@ -357,7 +358,7 @@ class Sandbox:
 
     def _argv(self, scratch: str, task: str, extra_fds: list[int], seccomp_fd: int | None
               ) -> list[str]:
-        runner = [self.caps.python, "-I", "-S", f"{task}/runner.py", f"{task}/payload.json",
+        runner = [self.caps.python, "-I", "-S", f"{task}/runner.py", f"{task}/payload.bin",
                   *(str(fd) for fd in extra_fds if fd != seccomp_fd)]
         if not self.caps.bwrap:
             return runner
