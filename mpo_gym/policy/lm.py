@@ -262,14 +262,16 @@ class LMPolicy(nn.Module):
         """Sample one block per env from a batch of ``ReasoningEnv`` observations.
 
         See :meth:`BlockSampler.act` for the contract. The first call (or any call after
-        :meth:`end`) starts a new batch from the observations' prompts; ``kwargs``
+        :meth:`end`) starts a new batch from the observations (prompt and any response so far
+        are prefilled); ``kwargs``
         (``seed``, ``temperature``, ``top_p``, ``greedy``) apply when a batch starts.
         """
         from .sampling import BlockSampler, obs_rows
 
         if self._sampler is None:
             rows = obs_rows(obs)
-            self._sampler = BlockSampler(self, [r[0] for r in rows], **kwargs)
+            self._sampler = BlockSampler(self, [r[0] for r in rows], responses=[r[1] for r in rows],
+                                         **kwargs)
         blocks, logprobs = self._sampler.act(obs, block_size, done=done)
         return (blocks, logprobs) if return_logprobs else blocks
 

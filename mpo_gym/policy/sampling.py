@@ -42,11 +42,14 @@ class BlockSampler:
         seed: seeds the sampler's own ``torch.Generator`` (ignored if ``generator`` is given).
         generator: a ``torch.Generator`` to draw from (global RNG is never used).
         temperature, top_p, greedy: the sampling distribution.
+        responses: optional response tokens already produced per row (prefilled with the
+            prompt; e.g. to resume episodes from observations).
     """
 
     def __init__(self, policy: Any, prompts: Sequence[Sequence[int]], *, seed: int | None = None,
                  generator: torch.Generator | None = None, temperature: float = 1.0,
-                 top_p: float = 1.0, greedy: bool = False):
+                 top_p: float = 1.0, greedy: bool = False,
+                 responses: Sequence[Sequence[int]] | None = None):
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("need at least one prompt, each with at least one token")
         if temperature <= 0 and not greedy:
@@ -63,7 +66,7 @@ class BlockSampler:
             generator.manual_seed(int(seed) if seed is not None else int(torch.seed() % 2**63))
         self.generator = generator
         self.prompts = [list(map(int, p)) for p in prompts]
-        self.responses: list[list[int]] = [[] for _ in prompts]
+        self.responses = [list(map(int, r)) for r in (responses or [[] for _ in prompts])]
         self.finished = np.zeros(len(prompts), dtype=bool)
         self._cache_kw, self._keep_kw = _forward_kwarg_names(self.lm)
         self._prefill()
@@ -75,10 +78,11 @@ class BlockSampler:
 
     @torch.no_grad()
     def _prefill(self) -> None:
-        width = max(len(p) for p in self.prompts)
+        seqs = [p + r for p, r in zip(self.prompts, self.responses)]
+        width = max(len(p) for p in seqs)
         ids = torch.full((self.batch_size, width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((self.batch_size, width), dtype=torch.long)
-        for i, p in enumerate(self.prompts):
+        for i, p in enumerate(seqs):
             ids[i, width - len(p):] = torch.tensor(p)
             mask[i, width - len(p):] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)  # [B, Lp]

