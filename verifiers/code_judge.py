@@ -61,6 +61,8 @@ def _fatal(result: SandboxResult, timeout_s: float, what: str = "") -> Verdict |
     if result.timed_out:
         return Verdict(0.0, "timeout", None, f"exceeded the {timeout_s:g} s wall-clock limit{what}")
     code = result.returncode
+    if code is not None and code > 128 and not result.channel:
+        code = 128 - code  # bwrap's init reports a child killed by signal N as 128 + N
     if code is not None and code < 0:
         sig = -code
         if sig == signal.SIGXCPU:

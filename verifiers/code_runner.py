@@ -59,6 +59,8 @@ def encode(value: object, _depth: int = 0, _count: list | None = None) -> dict:
         raise EncodeError("value too large or too deeply nested")
     kind = type(value)
     tag = _SCALARS.get(kind) or _CONTAINERS.get(kind)
+    if tag is None and _is_stdlib_mapping(kind):
+        tag = "dict"  # encoded from the dict's own storage; the subclass's methods are not used
     if tag is None:
         raise EncodeError(f"unsupported type {_type_name(kind)}")
     if tag == "none":
@@ -80,6 +82,15 @@ def encode(value: object, _depth: int = 0, _count: list | None = None) -> dict:
         return {"t": tag, "v": [[encode(k, _depth + 1, count), encode(v, _depth + 1, count)]
                                 for k, v in items]}
     return {"t": tag, "v": [encode(v, _depth + 1, count) for v in list(value)]}
+
+
+def _is_stdlib_mapping(kind: type) -> bool:
+    """``collections.Counter``/``OrderedDict``/``defaultdict``: sent as plain dicts."""
+    try:
+        return (issubclass(kind, dict) and type.__dict__["__module__"].__get__(kind) == "collections"
+                and _type_name(kind) in ("Counter", "OrderedDict", "defaultdict"))
+    except Exception:
+        return False
 
 
 def decode(obj: object, _depth: int = 0) -> object:

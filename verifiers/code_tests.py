@@ -196,7 +196,7 @@ def mbpp_plan(test_list: tuple[str, ...], setup: str) -> CallPlan | ScriptPlan:
     except SyntaxError as exc:
         raise ValueError(f"MBPP test code does not parse: {exc}") from exc
     proxies = _proxy_names(trees, setup_tree)
-    fallback = ScriptPlan(setup, tuple(test_list), proxies)
+    fallback = ScriptPlan(setup, tuple(test_list), proxies, _module_imports(trees, setup_tree))
     if setup.strip() or not test_list:
         return fallback
     cases = []
@@ -204,7 +204,7 @@ def mbpp_plan(test_list: tuple[str, ...], setup: str) -> CallPlan | ScriptPlan:
         for tree, source in zip(trees, test_list):
             if len(tree.body) != 1 or not isinstance(tree.body[0], ast.Assert):
                 return fallback
-            case = _assert_case(tree.body[0], set(proxies), source.strip())
+            case = _assert_case(tree.body[0], None, source.strip())
             if case is not None:
                 cases.append(case)
     except _NotLiteral:
@@ -212,8 +212,18 @@ def mbpp_plan(test_list: tuple[str, ...], setup: str) -> CallPlan | ScriptPlan:
     return CallPlan(tuple(cases)) if cases else fallback
 
 
-def _proxy_names(trees: list[ast.Module], setup: ast.Module) -> tuple[str, ...]:
-    """Called names that neither Python nor the setup code define: the submission's."""
+def _module_imports(trees: list[ast.Module], setup: ast.Module) -> str:
+    """Imports for modules the tests use without importing (``sys.getsizeof(...)``): in the
+    original harness they came from the submission's namespace, which the test process does
+    not share."""
+    defined = _defined_names(setup)
+    modules = sorted({node.value.id for tree in trees for node in ast.walk(tree)
+                      if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                      and node.value.id not in defined})
+    return "".join(f"try:\n    import {m}\nexcept ImportError:\n    pass\n" for m in modules)
+
+
+def _defined_names(setup: ast.Module) -> set[str]:
     defined = set(dir(builtins))
     for node in ast.walk(setup):
         if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)):
@@ -222,6 +232,12 @@ def _proxy_names(trees: list[ast.Module], setup: ast.Module) -> tuple[str, ...]:
             defined.add(node.id)
         elif isinstance(node, ast.alias):
             defined.add((node.asname or node.name).split(".")[0])
+    return defined
+
+
+def _proxy_names(trees: list[ast.Module], setup: ast.Module) -> tuple[str, ...]:
+    """Called names that neither Python nor the setup code define: the submission's."""
+    defined = _defined_names(setup)
     called = []
     for tree in trees:
         for node in ast.walk(tree):
@@ -234,15 +250,18 @@ def _proxy_names(trees: list[ast.Module], setup: ast.Module) -> tuple[str, ...]:
 def values_equal(expected: Any, got: Any, abs_tol: float | None = None) -> bool:
     """Typed equality of two *primitive* values built by us (never child objects).
 
-    Types must match exactly (``True`` is not ``1``, ``1`` is not ``1.0``), except that a
-    float expectation accepts an equal int. Floats compare with a small relative/absolute
-    tolerance; NaN never equals anything. ``abs_tol`` switches to ``abs(got - expected) <
+    Types must match exactly (``True`` is not ``1``, a ``tuple`` is not a ``list``), except
+    that ints and floats compare by value, as the dataset's ``==`` does (``240 == 240.0``);
+    anything involving a float uses a small relative/absolute tolerance, and NaN never equals
+    anything. ``bool`` is never a number here. ``abs_tol`` switches to ``abs(got - expected) <
     abs_tol`` for int/float values, as in the test it came from.
     """
     if abs_tol is not None:
         return type(got) in (int, float) and _finite_close(got, expected, abs_tol)
-    if type(expected) is float and type(got) in (float, int):
-        return math.isclose(got, expected, rel_tol=REL_TOL, abs_tol=ABS_TOL)
+    if type(expected) is int and type(got) is int:
+        return expected == got
+    if type(expected) in (int, float) and type(got) in (int, float):
+        return _floats_close(float(expected), float(got))
     if type(expected) is not type(got):
         return False
     if type(expected) is complex:
@@ -254,6 +273,13 @@ def values_equal(expected: Any, got: Any, abs_tol: float | None = None) -> bool:
     if type(expected) in (set, frozenset):
         return {_key(v) for v in expected} == {_key(v) for v in got}
     return expected == got
+
+
+def _floats_close(expected: float, got: float) -> bool:
+    try:
+        return math.isclose(got, expected, rel_tol=REL_TOL, abs_tol=ABS_TOL)
+    except OverflowError:
+        return False
 
 
 def _finite_close(got: float, expected: float, tol: float) -> bool:

@@ -8,8 +8,8 @@ Layers (each assumes the ones above it failed; :func:`probe` reports which are a
    starts; a per-run pids + memory cgroup (v1 or v2) when ``/sys/fs/cgroup`` is writable.
 3. **Namespaces and filesystem** (``bwrap``): new user/pid/net/ipc/uts/cgroup namespaces (no
    network at all), read-only ``/usr``, private ``/proc`` and ``/dev``, size-capped private
-   tmpfs ``/tmp`` and ``/dev/shm``, the run's files read-only at ``/task``, uid 65534, cleared environment,
-   ``--die-with-parent``, ``--new-session``, no further user namespaces, and the *system*
+   tmpfs ``/tmp`` and ``/dev/shm``, the run's files read-only at ``/task``, uid 65534, a
+   cleared environment, ``--die-with-parent``, ``--new-session``, no further user namespaces, and the *system*
    interpreter ``/usr/bin/python3 -I -S`` (never the caller's virtualenv). When we are root,
    ``bwrap`` itself is started as uid 65534 (``setpriv``), so the sandbox is not root on the
    host even through the user namespace.
