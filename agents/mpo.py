@@ -176,7 +176,7 @@ class MPOAgent(PPOAgent):
             loss.backward()
             torch.nn.utils.clip_grad_norm_(policy.mtp_parameters(), 1.0)
             optimizer.step()
-            history.append({"warmup/loss": float(loss), **{k: float(v) for k, v in metrics.items()}})
+            history.append({"warmup/loss": float(loss.detach()), **{k: float(v) for k, v in metrics.items()}})
         return history
 
     def _solution_batch(self, env: Any, policy: Any) -> tuple[torch.Tensor, torch.Tensor, int]:

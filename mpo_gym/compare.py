@@ -43,6 +43,7 @@ class CompareConfig:
         common_kwargs: config overrides applied to every agent that has the field.
         dtype: ``"bfloat16"`` or ``"float32"``.
         checkpoint_every: updates between checkpoints (for resume).
+        threads: torch CPU threads per run (0: torch's default; 1 is fastest for tiny models).
         out_dir: the run folder.
     """
 
@@ -59,6 +60,7 @@ class CompareConfig:
     common_kwargs: dict[str, Any] = field(default_factory=dict)
     dtype: str = "bfloat16"
     checkpoint_every: int = 10
+    threads: int = 0
     out_dir: str = ""
 
     def __post_init__(self) -> None:
@@ -88,6 +90,7 @@ class CompareConfig:
             model=self.model, dtype=self.dtype, num_envs=self.num_envs, updates=self.updates,
             time_budget_s=self.budget_s, eval_tasks=self.eval_tasks, seed=seed,
             out_dir=str(Path(self.out_dir) / f"{agent}-s{seed}"), checkpoint_every=self.checkpoint_every,
+            threads=self.threads,
         )
 
 
@@ -115,6 +118,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_envs": 8,
         "eval_tasks": 4,
         "dtype": "float32",
+        "threads": 1,
         "agent_kwargs": {"grpo": {"group_size": 4}, "mpo": {"mpo_k": 3, "warmup_steps": 2}},
         "common_kwargs": {"lr": 1e-3, "minibatch_size": 8, "micro_batch_size": 8},
     },
@@ -138,24 +142,25 @@ def _run_one(cfg_json: str, result_path: str) -> None:
 
 def _shared_before(cfg: CompareConfig, out: Path) -> dict[str, Any]:
     """Held-out accuracy of the untrained model, computed once (every agent starts from it)."""
+    import dataclasses as dc
+    import gc
+
+    import torch
+
+    from .trainer import evaluate_held_out, make_policy
+
     path = out / "eval_before.json"
     if path.exists():
         return json.loads(path.read_text())
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(1) as pool:
-        before = pool.apply(_eval_before_child, (json.dumps(_train_dict(cfg.run_config(cfg.agents[0], cfg.seeds[0]))),))
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    train_cfg = dc.replace(cfg.run_config(cfg.agents[0], cfg.seeds[0]), agent="grpo", agent_kwargs={})
+    policy = make_policy(train_cfg)
+    before = evaluate_held_out(train_cfg, policy)
+    del policy
+    gc.collect()
     path.write_text(json.dumps(before, indent=2))
     return before
-
-
-def _eval_before_child(cfg_json: str) -> dict[str, Any]:
-    import dataclasses as dc
-
-    from .trainer import TrainConfig, evaluate_held_out, make_policy
-
-    cfg = TrainConfig(**json.loads(cfg_json))
-    cfg = dc.replace(cfg, agent="grpo", agent_kwargs={})
-    return evaluate_held_out(cfg, make_policy(cfg))
 
 
 def _train_dict(train_cfg: Any) -> dict[str, Any]:

@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# Tiny test models run far faster on one thread (no OpenMP spin-waiting, and CI cores are few);
+# subprocesses started by tests inherit this.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import gymnasium as gym
 import pytest

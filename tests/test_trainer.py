@@ -1,0 +1,93 @@
+"""Trainer: run folder contents, exact resume, NaN guard, generated CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mpo_gym.trainer import TrainConfig, train
+
+
+def tiny_cfg(tmp_path, **kwargs):
+    base = dict(
+        env="mpo_gym/Toy-v0", model="tiny", agent="ppo", dtype="float32", num_envs=4, updates=2,
+        eval_tasks=4, eval_batch=4, out_dir=str(tmp_path / "run"),
+        agent_kwargs={"lr": 1e-3, "minibatch_size": 4, "micro_batch_size": 2},
+    )
+    base.update(kwargs)
+    return TrainConfig(**base)
+
+
+def test_run_folder_contents(tmp_path):
+    result = train(tiny_cfg(tmp_path), progress=False)
+    out = result.out_dir
+    config = json.loads((out / "config.json").read_text())
+    assert config["resolved_agent_config"]["lr"] == 1e-3 and config["resolved_env_kwargs"]["tokenizer"] == "char"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    for key in ("charts/reward", "losses/policy", "losses/value", "losses/clipfrac", "losses/approx_kl", "verdicts/correct"):
+        assert key in rows[0]
+    evals = json.loads((out / "eval.json").read_text())
+    assert set(evals) >= {"before", "after"} and 0 <= evals["after"]["accuracy"] <= 1
+    assert (out / "checkpoint" / "policy.pt").exists() and (out / "checkpoint" / "state.pt").exists()
+
+
+@pytest.mark.parametrize("agent", ["ppo", "mpo"])
+def test_resume_is_bit_exact(tmp_path, agent):
+    extra = {"mpo_k": 3, "warmup_steps": 1, "warmup_batch_size": 2} if agent == "mpo" else {}
+    kwargs = {"lr": 1e-3, "minibatch_size": 4, "micro_batch_size": 2, **extra}
+    straight = tiny_cfg(tmp_path / "a", agent=agent, updates=3, eval_tasks=0, agent_kwargs=kwargs)
+    train(straight, progress=False)
+    first = tiny_cfg(tmp_path / "b", agent=agent, updates=1, eval_tasks=0, agent_kwargs=kwargs)
+    train(first, progress=False)
+    resumed = tiny_cfg(tmp_path / "b", agent=agent, updates=3, eval_tasks=0, agent_kwargs=kwargs)
+    train(resumed, progress=False)
+    a = torch.load(tmp_path / "a" / "run" / "checkpoint" / "policy.pt")
+    b = torch.load(tmp_path / "b" / "run" / "checkpoint" / "policy.pt")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    rows_a = (tmp_path / "a" / "run" / "metrics.jsonl").read_text().splitlines()
+    rows_b = (tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()
+    strip = [{k: v for k, v in json.loads(r).items() if k != "time"} for r in rows_a]
+    assert strip == [{k: v for k, v in json.loads(r).items() if k != "time"} for r in rows_b]
+
+
+def test_non_finite_loss_stops_with_a_clear_message(tmp_path, monkeypatch):
+    from mpo_gym.agents import PPOAgent
+
+    def broken(self, mb):
+        loss, metrics = original(self, mb)
+        return loss * float("nan"), metrics
+
+    original = PPOAgent.loss
+    monkeypatch.setattr(PPOAgent, "loss", broken)
+    with pytest.raises(SystemExit, match="non-finite"):
+        train(tiny_cfg(tmp_path, eval_tasks=0), progress=False)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="no field"):
+        TrainConfig(agent="grpo", agent_kwargs={"mpo_k": 3})
+    with pytest.raises(ValueError, match="unknown agent"):
+        TrainConfig(agent="dqn")
+
+
+def test_train_cli(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "mpo_gym", "train", "--agent", "grpo", "--env", "mpo_gym/Toy-v0", "--model", "tiny",
+         "--dtype", "float32", "--num-envs", "4", "--group-size", "2", "--updates", "1", "--eval-tasks", "2",
+         "--lr", "0.001", "--minibatch-size", "4", "--micro-batch-size", "4", "--out-dir", str(tmp_path / "cli")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout)["updates"] == 1
+    bad = subprocess.run(
+        [sys.executable, "-m", "mpo_gym", "train", "--agent", "grpo", "--mpo-k", "3", "--model", "tiny"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert bad.returncode != 0 and "not an option" in bad.stderr
