@@ -134,8 +134,8 @@ def test_fork_bomb_is_contained_by_the_pids_cgroup():
     result = box.run(_call(code), timeout_s=10)
     [forked] = _values(result)
     assert forked < 32 and result.pids_limited
-    assert not glob.glob("/sys/fs/cgroup/*/mpo_gym_%d_*" % os.getpid())
-    assert not glob.glob("/sys/fs/cgroup/mpo_gym_%d_*" % os.getpid())
+    assert not glob.glob(f"/sys/fs/cgroup/*/mpo_gym_{os.getpid()}_*")
+    assert not glob.glob(f"/sys/fs/cgroup/mpo_gym_{os.getpid()}_*")
 
 
 @needs_bwrap
