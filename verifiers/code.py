@@ -67,8 +67,7 @@ def assemble(code: str, reference: dict) -> str:
     if not entry_point or "test" not in reference:
         return code
     if re.search(rf"^(async\s+)?def\s+{re.escape(entry_point)}\s*\(", code, re.M):
-        imports = [ln for ln in (prompt or "").splitlines()
-                   if ln.startswith(("import ", "from "))]
+        imports = [ln for ln in (prompt or "").splitlines() if ln.startswith(("import ", "from "))]
         return "\n".join(imports + [code])
     if not prompt:
         return code
@@ -90,8 +89,10 @@ def validate_reference(reference: Any) -> str:
             return "mbpp"
         cases = reference.get("stdio")
         if isinstance(cases, (list, tuple)) and all(
-            isinstance(c, dict) and isinstance(c.get("input"), str)
-            and isinstance(c.get("output"), str) for c in cases
+            isinstance(c, dict)
+            and isinstance(c.get("input"), str)
+            and isinstance(c.get("output"), str)
+            for c in cases
         ):
             return "stdio"
     keys = sorted(reference) if isinstance(reference, dict) else type(reference).__name__
@@ -106,10 +107,11 @@ class CodeVerifier:
 
     Args:
         timeout_s: wall-clock limit per check (all tests of one response together).
-        concurrency: checks running at once (threads, each driving sandbox processes);
-            default: twice the number of CPUs, since part of each check is spent waiting on
-            process and namespace set-up rather than computing.
-        limits: sandbox resource limits; ``cpu_s`` defaults to ``ceil(timeout_s) + 1``.
+        concurrency: checks running at once; default: twice the number of CPUs, since part
+            of each check waits on process and namespace set-up rather than computing. The
+            pool is threads, each driving its own sandbox processes: the isolation is the
+            subprocess, so a worker *process* pool would add a hop without adding safety.
+        limits: sandbox resource limits; by default ``Limits(cpu_s=int(timeout_s) + 2)``.
         unsafe: allow running without namespace isolation when ``bwrap`` is missing.
             Only for trusted code; see ``sandbox.py``.
         cgroups, seccomp: use those layers when available.
@@ -117,14 +119,28 @@ class CodeVerifier:
     Raises:
         SandboxUnavailableError: at construction, when no strong isolation is available and
             ``unsafe`` is false.
+        ValueError: from ``verify``/``verify_batch`` for a malformed *reference* (a caller
+            bug); nothing in a *response* makes them raise.
 
-    Does not: give partial credit, install packages in the sandbox (only the system Python's
-    standard library is importable), or compare non-primitive return values.
+    Does not: give partial credit; make third-party packages importable in the sandbox (only
+    the system Python's standard library); compare return values that are not plain
+    primitives (``int``, ``float``, ``str``, ``bytes``, ``bool``, ``None``, ``complex``,
+    ``list``, ``tuple``, ``set``, ``frozenset``, ``dict``; ``Counter``/``OrderedDict``/
+    ``defaultdict`` are sent as dicts); pass objects other than primitives as arguments;
+    let tests observe mutation of their arguments (each call receives fresh copies) - so
+    MBPP rows that build instances of the solution's own classes cannot pass.
     """
 
-    def __init__(self, *, timeout_s: float = 5.0, concurrency: int | None = None,
-                 limits: Limits | None = None, unsafe: bool = False, cgroups: bool = True,
-                 seccomp: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        timeout_s: float = 5.0,
+        concurrency: int | None = None,
+        limits: Limits | None = None,
+        unsafe: bool = False,
+        cgroups: bool = True,
+        seccomp: bool = True,
+    ) -> None:
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive; got {timeout_s}")
         self.timeout_s = float(timeout_s)
@@ -152,8 +168,10 @@ class CodeVerifier:
         _check_lengths(responses, references)
         shapes = [validate_reference(r) for r in references]
         pool = self._executor()
-        futures = [pool.submit(self._verify_one, resp, ref, shape)
-                   for resp, ref, shape in zip(responses, references, shapes)]
+        futures = [
+            pool.submit(self._verify_one, resp, ref, shape)
+            for resp, ref, shape in zip(responses, references, shapes)
+        ]
         return [f.result() for f in futures]
 
     def close(self) -> None:
@@ -172,13 +190,17 @@ class CodeVerifier:
     def _executor(self) -> ThreadPoolExecutor:
         with self._pool_lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="code-verifier")
+                self._pool = ThreadPoolExecutor(
+                    self.concurrency, thread_name_prefix="code-verifier"
+                )
             return self._pool
 
     def _verify_one(self, response: str, reference: dict, shape: str) -> Verdict:
         try:
             if not isinstance(response, str):
-                return Verdict(0.0, "no_answer", None, f"response is {type(response).__name__}, not str")
+                return Verdict(
+                    0.0, "no_answer", None, f"response is {type(response).__name__}, not str"
+                )
             code = assemble(extract_code(response), reference)
             if not code.strip():
                 return Verdict(0.0, "no_answer", None, "no code in the response")
@@ -186,14 +208,17 @@ class CodeVerifier:
                 deadline = time.monotonic() + self.timeout_s
                 return self._dispatch(code, reference, shape, deadline)
         except Exception as exc:  # a bug of ours: report it, never raise into the trainer
-            return Verdict(0.0, "error", None, sanitize(f"verifier error: {type(exc).__name__}: {exc}"))
+            return Verdict(
+                0.0, "error", None, sanitize(f"verifier error: {type(exc).__name__}: {exc}")
+            )
 
     def _dispatch(self, code: str, reference: dict, shape: str, deadline: float) -> Verdict:
         if shape == "stdio":
             return self._judge.stdio(code, reference["stdio"], deadline, self.timeout_s)
         if shape == "humaneval":
-            plan = humaneval_plan(reference["test"], reference["entry_point"],
-                                  reference.get("prompt") or "")
+            plan = humaneval_plan(
+                reference["test"], reference["entry_point"], reference.get("prompt") or ""
+            )
         else:
             plan = mbpp_plan(tuple(reference["test_list"]), reference.get("test_setup_code") or "")
         if isinstance(plan, CallPlan):

@@ -25,8 +25,10 @@ DETAIL = 1000  # characters of a whole detail
 
 def sanitize(text: str, limit: int = DETAIL) -> str:
     """Printable, truncated text for a verdict detail (no terminal escape sequences)."""
-    out = "".join(c if (c.isprintable() or c == "\n") else f"\\x{ord(c) & 0xFF:02x}"
-                  for c in text[: limit * 2])
+    out = "".join(
+        c if (c.isprintable() or c == "\n") else f"\\x{ord(c) & 0xFF:02x}"
+        for c in text[: limit * 2]
+    )
     return out if len(out) <= limit else out[: limit - 3] + "..."
 
 
@@ -69,8 +71,10 @@ def _fatal(result: SandboxResult, timeout_s: float, what: str = "") -> Verdict |
             return Verdict(0.0, "timeout", None, f"CPU time limit (SIGXCPU){what}")
         if sig == signal.SIGXFSZ:
             return _error(f"file size limit (SIGXFSZ){what}")
-        return _error(f"crash: killed by {signal.Signals(sig).name if sig in signal.valid_signals() else sig}{what}"
-                      + _stderr_tail(result))
+        return _error(
+            f"crash: killed by {signal.Signals(sig).name if sig in signal.valid_signals() else sig}{what}"
+            + _stderr_tail(result)
+        )
     return None
 
 
@@ -121,24 +125,38 @@ class Judge:
     def _compare_calls(plan: CallPlan, messages: list[dict], result: SandboxResult) -> Verdict:
         n = len(plan.cases)
         expected_shape = [m.get("i") for m in messages[:n]] == list(range(n))
-        if len(messages) != n + 1 or not expected_shape or messages[n] != {"status": "done", "n": n}:
-            return _error("the runner did not report every test (exit code "
-                          f"{result.returncode}){_stderr_tail(result)}")
+        if (
+            len(messages) != n + 1
+            or not expected_shape
+            or messages[n] != {"status": "done", "n": n}
+        ):
+            return _error(
+                "the runner did not report every test (exit code "
+                f"{result.returncode}){_stderr_tail(result)}"
+            )
         for index, (case, message) in enumerate(zip(plan.cases, messages)):
             where = f"test {index + 1}/{n}: {case.source[:SHOW]}"
             if "exc" in message:
                 return _raised(where, message["exc"])
             if "bad" in message:
-                return Verdict(0.0, "incorrect", None,
-                               sanitize(f"{where}: returned a non-primitive value: {message['bad']}"))
+                return Verdict(
+                    0.0,
+                    "incorrect",
+                    None,
+                    sanitize(f"{where}: returned a non-primitive value: {message['bad']}"),
+                )
             try:
                 got = decode(message.get("ok"))
             except (ValueError, TypeError, RecursionError, OverflowError) as exc:
                 return _error(f"{where}: malformed result value ({exc})")
             if not values_equal(case.expected, got, case.abs_tol):
                 tol = f" (within {case.abs_tol:g})" if case.abs_tol is not None else ""
-                return Verdict(0.0, "incorrect", None, sanitize(
-                    f"{where}: expected {_show(case.expected)}{tol}, got {_show(got)}"))
+                return Verdict(
+                    0.0,
+                    "incorrect",
+                    None,
+                    sanitize(f"{where}: expected {_show(case.expected)}{tol}, got {_show(got)}"),
+                )
         return Verdict(1.0, "correct", None, f"passed {n} tests")
 
     def script(self, code: str, plan: ScriptPlan, deadline: float, timeout_s: float) -> Verdict:
@@ -146,14 +164,23 @@ class Judge:
         req_r, req_w = os.pipe()
         resp_r, resp_w = os.pipe()
         server = self.sandbox.start({"mode": "serve", "code": code}, pipes=[req_r, resp_w])
-        tests = self.sandbox.start({"mode": "tests", "setup": plan.setup, "tests": list(plan.tests),
-                                    "proxies": list(plan.proxies), "prelude": plan.prelude}, pipes=[req_w, resp_r])
+        tests = self.sandbox.start(
+            {
+                "mode": "tests",
+                "setup": plan.setup,
+                "tests": list(plan.tests),
+                "proxies": list(plan.proxies),
+                "prelude": plan.prelude,
+            },
+            pipes=[req_w, resp_r],
+        )
         served, tested = collect([server, tests], deadline)
         return _with_code(self._script_verdict(plan, served, tested, timeout_s), code)
 
     @staticmethod
-    def _script_verdict(plan: ScriptPlan, served: SandboxResult, tested: SandboxResult,
-                        timeout_s: float) -> Verdict:
+    def _script_verdict(
+        plan: ScriptPlan, served: SandboxResult, tested: SandboxResult, timeout_s: float
+    ) -> Verdict:
         for result in (served, tested):
             if result.failure:
                 return _error(f"sandbox failure: {result.failure}")
@@ -165,8 +192,9 @@ class Judge:
         fatal = _fatal(served, timeout_s, " (submission process)")
         test_msgs = _lines(tested.channel)
         if test_msgs is None or len(test_msgs) != 1:
-            return fatal or _error("the test process did not report a result"
-                                   + _stderr_tail(tested))
+            return fatal or _error(
+                "the test process did not report a result" + _stderr_tail(tested)
+            )
         outcome = test_msgs[0]
         if outcome.get("status") == "pass" and not served.overflow and not served.oom_killed:
             return Verdict(1.0, "correct", None, f"passed ({outcome.get('calls')} calls)")
@@ -177,8 +205,10 @@ class Judge:
         error = outcome.get("error") or ["?", ""]
         index = outcome.get("index")
         test = plan.tests[index] if isinstance(index, int) and 0 <= index < len(plan.tests) else ""
-        detail = (f"test {index + 1 if isinstance(index, int) else '?'}/{len(plan.tests)}: "
-                  f"{str(outcome.get('line') or test)[:SHOW]}: {error[0]}: {str(error[1])[:SHOW]}")
+        detail = (
+            f"test {index + 1 if isinstance(index, int) else '?'}/{len(plan.tests)}: "
+            f"{str(outcome.get('line') or test)[:SHOW]}: {error[0]}: {str(error[1])[:SHOW]}"
+        )
         if outcome.get("last_call"):
             detail += f"; last call: {outcome['last_call']}"
         return Verdict(0.0, "incorrect", None, sanitize(detail))
@@ -186,8 +216,9 @@ class Judge:
     def stdio(self, code: str, cases: Sequence[dict], deadline: float, timeout_s: float) -> Verdict:
         """Run the program once per case (fresh sandbox each) and compare stdout here."""
         for index, case in enumerate(cases):
-            run = self.sandbox.start({"mode": "stdio", "code": code},
-                                     files={"input": case["input"].encode("utf-8")})
+            run = self.sandbox.start(
+                {"mode": "stdio", "code": code}, files={"input": case["input"].encode("utf-8")}
+            )
             result = collect([run], deadline)[0]
             where = f" (case {index + 1}/{len(cases)})"
             verdict = self._stdio_case(result, case["output"], timeout_s, where)
@@ -196,30 +227,41 @@ class Judge:
         return _with_code(Verdict(1.0, "correct", None, f"passed {len(cases)} cases"), code)
 
     @staticmethod
-    def _stdio_case(result: SandboxResult, expected: str, timeout_s: float, where: str
-                    ) -> Verdict | None:
+    def _stdio_case(
+        result: SandboxResult, expected: str, timeout_s: float, where: str
+    ) -> Verdict | None:
         fatal = _fatal(result, timeout_s, where)
         if fatal is not None:
             return fatal
         messages = _lines(result.channel)
         if not messages or len(messages) != 1:
-            return _error(f"the program exited without reporting{where} (exit code "
-                          f"{result.returncode}){_stderr_tail(result)}")
+            return _error(
+                f"the program exited without reporting{where} (exit code "
+                f"{result.returncode}){_stderr_tail(result)}"
+            )
         status = messages[0]
         if status.get("status") == "exception":
             error = status.get("error") or ["?", "", None]
             if str(error[0]) in ("SyntaxError", "IndentationError", "TabError", "MemoryError"):
                 return _load_error({"error": error})
-            return Verdict(0.0, "incorrect", None, sanitize(
-                f"runtime error{where}: {error[0]}: {str(error[1])[:SHOW]}"))
+            return Verdict(
+                0.0,
+                "incorrect",
+                None,
+                sanitize(f"runtime error{where}: {error[0]}: {str(error[1])[:SHOW]}"),
+            )
         if status.get("status") == "exit":
             return Verdict(0.0, "incorrect", None, f"exit status {status.get('code')}{where}")
         if status.get("status") != "ok":
             return _error(f"malformed result channel{where}")
         got = result.stdout.decode("utf-8", "surrogateescape")
         if normalize_output(got) != normalize_output(expected):
-            return Verdict(0.0, "incorrect", None, sanitize(
-                f"wrong output{where}: expected {_show(expected)}, got {_show(got)}"))
+            return Verdict(
+                0.0,
+                "incorrect",
+                None,
+                sanitize(f"wrong output{where}: expected {_show(expected)}, got {_show(got)}"),
+            )
         return None
 
 

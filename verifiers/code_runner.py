@@ -79,16 +79,21 @@ def encode(value: object, _depth: int = 0, _count: list | None = None) -> dict:
         return {"t": tag, "v": bytes.hex(value)}
     if tag == "dict":
         items = list(dict.items(value))
-        return {"t": tag, "v": [[encode(k, _depth + 1, count), encode(v, _depth + 1, count)]
-                                for k, v in items]}
+        return {
+            "t": tag,
+            "v": [[encode(k, _depth + 1, count), encode(v, _depth + 1, count)] for k, v in items],
+        }
     return {"t": tag, "v": [encode(v, _depth + 1, count) for v in list(value)]}
 
 
 def _is_stdlib_mapping(kind: type) -> bool:
     """``collections.Counter``/``OrderedDict``/``defaultdict``: sent as plain dicts."""
     try:
-        return (issubclass(kind, dict) and type.__dict__["__module__"].__get__(kind) == "collections"
-                and _type_name(kind) in ("Counter", "OrderedDict", "defaultdict"))
+        return (
+            issubclass(kind, dict)
+            and type.__dict__["__module__"].__get__(kind) == "collections"
+            and _type_name(kind) in ("Counter", "OrderedDict", "defaultdict")
+        )
     except Exception:
         return False
 
@@ -115,8 +120,11 @@ def decode(obj: object, _depth: int = 0) -> object:
     if type(raw) is not list:
         raise ValueError(f"malformed typed value with tag {tag!r}")
     if tag == "dict":
-        pairs = [(decode(p[0], _depth + 1), decode(p[1], _depth + 1)) for p in raw
-                 if type(p) is list and len(p) == 2]
+        pairs = [
+            (decode(p[0], _depth + 1), decode(p[1], _depth + 1))
+            for p in raw
+            if type(p) is list and len(p) == 2
+        ]
         if len(pairs) != len(raw):
             raise ValueError("malformed dict")
         return dict(pairs)
@@ -173,7 +181,7 @@ class Channel:
     def send(self, message: dict) -> None:
         data = (self._dumps(message) + "\n").encode("utf-8", "surrogatepass")
         while data:
-            data = data[self._write(self.fd, data):]
+            data = data[self._write(self.fd, data) :]
 
 
 class LineReader:
@@ -201,8 +209,14 @@ def set_limits(limits: dict) -> None:
     """Apply ``RLIMIT_*`` values (bytes, seconds, counts) before any untrusted code runs."""
     import resource
 
-    names = {"as": "RLIMIT_AS", "cpu": "RLIMIT_CPU", "fsize": "RLIMIT_FSIZE",
-             "nofile": "RLIMIT_NOFILE", "core": "RLIMIT_CORE", "nproc": "RLIMIT_NPROC"}
+    names = {
+        "as": "RLIMIT_AS",
+        "cpu": "RLIMIT_CPU",
+        "fsize": "RLIMIT_FSIZE",
+        "nofile": "RLIMIT_NOFILE",
+        "core": "RLIMIT_CORE",
+        "nproc": "RLIMIT_NPROC",
+    }
     for key, value in limits.items():
         which = getattr(resource, names[key])
         resource.setrlimit(which, (value, value))
@@ -261,7 +275,9 @@ def _load_or_report(payload: dict, channel: Channel, name: str) -> dict:
     except BaseException as exc:
         kind, message = _describe_exception(exc)
         line = getattr(exc, "lineno", None)
-        channel.send({"status": "load_error", "error": [kind, message, line if type(line) is int else None]})
+        channel.send(
+            {"status": "load_error", "error": [kind, message, line if type(line) is int else None]}
+        )
         _finish()
     raise AssertionError("unreachable")
 
@@ -278,7 +294,9 @@ def make_proxy(name: str, requests: Channel, responses: LineReader, log: list):
         try:
             encoded = [name, encode(list(args)), encode(dict(kwargs))]
         except EncodeError as exc:
-            raise TypeError(f"argument of {name}() cannot be sent to the submission: {exc}") from None
+            raise TypeError(
+                f"argument of {name}() cannot be sent to the submission: {exc}"
+            ) from None
         requests.send({"call": encoded})
         reply = responses.read()
         if reply is None:
@@ -287,10 +305,14 @@ def make_proxy(name: str, requests: Channel, responses: LineReader, log: list):
         if "ok" in reply:
             return decode(reply["ok"])
         if "bad" in reply:
-            raise SubmissionError(f"{name} returned a value that is not a plain primitive: {reply['bad']}")
+            raise SubmissionError(
+                f"{name} returned a value that is not a plain primitive: {reply['bad']}"
+            )
         kind, message = reply["exc"][0], reply["exc"][1]
         error = getattr(builtins, str(kind), None)
-        if not (isinstance(error, type) and issubclass(error, Exception)) or issubclass(error, AssertionError):
+        if not (isinstance(error, type) and issubclass(error, Exception)) or issubclass(
+            error, AssertionError
+        ):
             error = SubmissionError
         raise error(f"{kind}: {message}")
 
@@ -317,9 +339,15 @@ def run_tests(payload: dict, channel: Channel, req_fd: int, resp_fd: int) -> Non
         try:
             exec(compile(test, f"<test {index}>", "exec"), namespace)
         except BaseException as exc:
-            channel.send({"status": "fail", "index": index, "error": _describe_exception(exc),
-                          "line": _failing_line(exc, payload["setup"], test),
-                          "last_call": _last_call(log)})
+            channel.send(
+                {
+                    "status": "fail",
+                    "index": index,
+                    "error": _describe_exception(exc),
+                    "line": _failing_line(exc, payload["setup"], test),
+                    "last_call": _last_call(log),
+                }
+            )
             return
     channel.send({"status": "pass", "calls": len(log)})
 

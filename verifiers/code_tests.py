@@ -85,7 +85,9 @@ def _call_parts(node: ast.AST, names: set[str] | None) -> tuple[str, tuple, dict
         raise _NotLiteral
     if names is not None and node.func.id not in names:
         raise _NotLiteral
-    if any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords):
+    if any(isinstance(a, ast.Starred) for a in node.args) or any(
+        k.arg is None for k in node.keywords
+    ):
         raise _NotLiteral
     args = tuple(_literal(a) for a in node.args)
     kwargs = {k.arg: _literal(k.value) for k in node.keywords}
@@ -115,16 +117,22 @@ def _is_candidate(node: ast.Call, names: set[str] | None) -> bool:
     return isinstance(node.func, ast.Name) and (names is None or node.func.id in names)
 
 
-def _tolerance_case(left: ast.AST, right: ast.AST, names: set[str] | None,
-                    source: str) -> CallCase:
+def _tolerance_case(left: ast.AST, right: ast.AST, names: set[str] | None, source: str) -> CallCase:
     """``abs(f(x) - y) < tol`` (or ``abs(y - f(x))``)."""
-    if not (isinstance(left, ast.Call) and isinstance(left.func, ast.Name)
-            and left.func.id == "abs" and len(left.args) == 1
-            and isinstance(left.args[0], ast.BinOp) and isinstance(left.args[0].op, ast.Sub)):
+    if not (
+        isinstance(left, ast.Call)
+        and isinstance(left.func, ast.Name)
+        and left.func.id == "abs"
+        and len(left.args) == 1
+        and isinstance(left.args[0], ast.BinOp)
+        and isinstance(left.args[0].op, ast.Sub)
+    ):
         raise _NotLiteral
     tol = _literal(right)
     diff = left.args[0]
-    call, other = (diff.left, diff.right) if isinstance(diff.left, ast.Call) else (diff.right, diff.left)
+    call, other = (
+        (diff.left, diff.right) if isinstance(diff.left, ast.Call) else (diff.right, diff.left)
+    )
     name, args, kwargs = _call_parts(call, names)
     expected = _literal(other)
     if type(tol) not in (int, float) or type(expected) not in (int, float):
@@ -217,9 +225,16 @@ def _module_imports(trees: list[ast.Module], setup: ast.Module) -> str:
     original harness they came from the submission's namespace, which the test process does
     not share."""
     defined = _defined_names(setup)
-    modules = sorted({node.value.id for tree in trees for node in ast.walk(tree)
-                      if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-                      and node.value.id not in defined})
+    modules = sorted(
+        {
+            node.value.id
+            for tree in trees
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id not in defined
+        }
+    )
     return "".join(f"try:\n    import {m}\nexcept ImportError:\n    pass\n" for m in modules)
 
 
@@ -301,6 +316,10 @@ def _dicts_equal(expected: dict, got: dict) -> bool:
 def _key(value: Any) -> Any:
     """A hashable form that keeps the type, so ``1``, ``True`` and ``1.0`` stay distinct."""
     if type(value) in (tuple, frozenset):
-        return (type(value).__name__, tuple(sorted((_key(v) for v in value), key=repr))
-                if type(value) is frozenset else tuple(_key(v) for v in value))
+        return (
+            type(value).__name__,
+            tuple(sorted((_key(v) for v in value), key=repr))
+            if type(value) is frozenset
+            else tuple(_key(v) for v in value),
+        )
     return (type(value).__name__, value)

@@ -34,7 +34,6 @@ What this does **not** protect against:
 from __future__ import annotations
 
 import contextlib
-import functools
 import marshal
 import os
 import selectors
@@ -42,22 +41,36 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .sandbox_layers import (
-    CgroupLayout,
-    RunCgroup,
-    detect_cgroups,
-    seccomp_program,
-    seccomp_supported,
+from .sandbox_layers import RunCgroup, seccomp_program
+from .sandbox_probe import (
+    NOBODY,
+    SYSTEM_PYTHON,
+    Capabilities,
+    bwrap_args,
+    drop_privileges,
+    probe,
 )
 
-SYSTEM_PYTHON = "/usr/bin/python3"
-NOBODY = 65534
+__all__ = [
+    "NOBODY",
+    "SCRATCH_PREFIX",
+    "SYSTEM_PYTHON",
+    "Capabilities",
+    "Limits",
+    "Sandbox",
+    "SandboxProcess",
+    "SandboxResult",
+    "SandboxUnavailableError",
+    "collect",
+    "probe",
+    "run_in_sandbox",
+]
+
 SCRATCH_PREFIX = "mpo-gym-sbx-"  # + pid + random, under tempfile.gettempdir()
 _RUNNER_SOURCE = (Path(__file__).with_name("code_runner.py")).read_bytes()
 
@@ -92,121 +105,13 @@ class Limits:
 
     def rlimits(self) -> dict[str, int]:
         """The ``RLIMIT_*`` values the runner applies, in bytes/seconds/counts."""
-        return {"as": self.memory_mb << 20, "cpu": self.cpu_s, "fsize": self.fsize_mb << 20,
-                "nofile": self.nofile, "core": 0}
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """Which isolation layers work on this machine (see :func:`probe`).
-
-    Attributes:
-        bwrap: path of a working ``bwrap``, or ``None``.
-        setpriv: path of ``setpriv`` used to start ``bwrap`` as uid 65534 (root only).
-        cgroups: writable pids+memory cgroup layout, or ``None``.
-        seccomp: whether a seccomp filter can be installed through ``bwrap``.
-        python: the interpreter used inside the sandbox.
-        problems: why a layer is missing, for the user.
-    """
-
-    bwrap: str | None
-    setpriv: str | None
-    cgroups: CgroupLayout | None
-    seccomp: bool
-    python: str
-    problems: tuple[str, ...] = ()
-
-    @property
-    def strong(self) -> bool:
-        """Namespace + filesystem isolation is available (required for untrusted code)."""
-        return self.bwrap is not None
-
-    def layers(self) -> list[str]:
-        """Names of the active layers, weakest first."""
-        active = ["verdict-protocol", "process-group+deadline", "rlimits"]
-        if self.cgroups:
-            active.append(self.cgroups.describe())
-        if self.bwrap:
-            active.append("bwrap-namespaces(no-net,ro-fs,tmpfs,uid-65534)")
-            if self.setpriv:
-                active.append("host-uid-65534")
-            if self.seccomp:
-                active.append("seccomp")
-        return active
-
-
-_PROBE_LOCK = threading.Lock()
-
-
-@functools.lru_cache(maxsize=1)
-def _cached_probe() -> Capabilities:
-    problems: list[str] = []
-    python = SYSTEM_PYTHON if os.access(SYSTEM_PYTHON, os.X_OK) else ""
-    if not python:
-        problems.append(f"{SYSTEM_PYTHON} not found")
-    setpriv = shutil.which("setpriv") if os.geteuid() == 0 else None
-    bwrap = shutil.which("bwrap")
-    if bwrap is None:
-        problems.append("bwrap not installed (Debian/Ubuntu: apt-get install bubblewrap)")
-    elif python and not _bwrap_works(bwrap, setpriv, python, problems):
-        if setpriv and _bwrap_works(bwrap, None, python, problems):
-            setpriv = None
-        else:
-            bwrap = None
-    cgroups = detect_cgroups()
-    if cgroups is None:
-        problems.append("no writable pids+memory cgroup under /sys/fs/cgroup")
-    seccomp = bool(bwrap) and seccomp_supported()
-    return Capabilities(bwrap, setpriv if bwrap else None, cgroups, seccomp, python,
-                        tuple(problems))
-
-
-def probe(refresh: bool = False) -> Capabilities:
-    """Detect the isolation layers available here (cached; ``refresh=True`` re-detects)."""
-    with _PROBE_LOCK:
-        if refresh:
-            _cached_probe.cache_clear()
-        return _cached_probe()
-
-
-def _bwrap_works(bwrap: str, setpriv: str | None, python: str, problems: list[str]) -> bool:
-    caps = Capabilities(bwrap, setpriv, None, False, python)
-    argv = _drop_privileges(caps) + [bwrap, *_bwrap_args(caps, None, 8)] + [python, "-I", "-S",
-                                                                           "-c", "print(6 * 7)"]
-    try:
-        done = subprocess.run(argv, capture_output=True, timeout=20, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.SubprocessError) as exc:
-        problems.append(f"bwrap failed to start: {exc}")
-        return False
-    if done.stdout.strip() != b"42":
-        problems.append(f"bwrap does not work here: {done.stderr.decode(errors='replace')[-300:]}")
-        return False
-    return True
-
-
-def _drop_privileges(caps: Capabilities) -> list[str]:
-    if not caps.setpriv:
-        return []
-    return [caps.setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-            "--inh-caps=-all"]
-
-
-def _bwrap_args(caps: Capabilities, scratch: str | None, tmpfs_mb: int) -> list[str]:
-    args = ["--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
-            "--new-session", "--clearenv", "--uid", str(NOBODY), "--gid", str(NOBODY),
-            "--hostname", "sandbox", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME",
-            "/tmp", "--setenv", "LANG", "C.UTF-8", "--ro-bind", "/usr", "/usr"]
-    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
-        path = "/" + name
-        if os.path.islink(path):
-            args += ["--symlink", os.readlink(path), path]
-        elif os.path.isdir(path):
-            args += ["--ro-bind", path, path]
-    args += ["--proc", "/proc", "--dev", "/dev", "--size", str(tmpfs_mb << 20), "--tmpfs",
-             "/tmp", "--size", str(tmpfs_mb << 20), "--tmpfs", "/dev/shm", "--chdir", "/tmp"]
-    if scratch:
-        args += ["--ro-bind", scratch, "/task"]
-    return args
+        return {
+            "as": self.memory_mb << 20,
+            "cpu": self.cpu_s,
+            "fsize": self.fsize_mb << 20,
+            "nofile": self.nofile,
+            "core": 0,
+        }
 
 
 @dataclass
@@ -263,8 +168,14 @@ class Sandbox:
         SandboxUnavailableError: no strong layer is available and ``unsafe`` is false.
     """
 
-    def __init__(self, limits: Limits | None = None, *, unsafe: bool = False,
-                 cgroups: bool = True, seccomp: bool = True) -> None:
+    def __init__(
+        self,
+        limits: Limits | None = None,
+        *,
+        unsafe: bool = False,
+        cgroups: bool = True,
+        seccomp: bool = True,
+    ) -> None:
         found = probe()
         if not found.python:
             raise SandboxUnavailableError(f"{SYSTEM_PYTHON} is required inside the sandbox")
@@ -276,16 +187,23 @@ class Sandbox:
             )
         self.limits = limits or Limits()
         self.unsafe = unsafe and not found.strong
-        self.caps = Capabilities(found.bwrap, found.setpriv, found.cgroups if cgroups else None,
-                                 found.seccomp and seccomp, found.python, found.problems)
+        self.caps = Capabilities(
+            found.bwrap,
+            found.setpriv,
+            found.cgroups if cgroups else None,
+            found.seccomp and seccomp,
+            found.python,
+            found.problems,
+        )
         self._seccomp = seccomp_program() if self.caps.seccomp else b""
 
     def layers(self) -> list[str]:
         """The isolation layers this sandbox applies."""
         return self.caps.layers() if not self.unsafe else self.caps.layers() + ["UNSAFE-MODE"]
 
-    def start(self, payload: dict, *, files: dict[str, bytes] | None = None,
-              pipes: Sequence[int] = ()) -> SandboxProcess:
+    def start(
+        self, payload: dict, *, files: dict[str, bytes] | None = None, pipes: Sequence[int] = ()
+    ) -> SandboxProcess:
         """Start ``code_runner.py`` on ``payload``; ``pipes`` are extra fds passed through.
 
         The runner receives ``payload`` (plus ``limits``, ``workdir``) as ``/task/payload.bin`` (marshal)
@@ -298,7 +216,7 @@ class Sandbox:
         try:
             task = "/task" if self.caps.bwrap else scratch
             workdir = "/tmp" if self.caps.bwrap else os.path.join(scratch, "work")
-            full = {**payload, "limits": self.limits.rlimits(), "workdir": workdir}
+            full = {**payload, "limits": self._rlimits(), "workdir": workdir}
             for name in files or {}:
                 full[f"{name}_path"] = f"{task}/{name}"
             self._write_scratch(scratch, full, files or {})
@@ -311,14 +229,25 @@ class Sandbox:
             argv = self._argv(scratch, task, extra_fds, seccomp_r)
             if self.caps.cgroups:
                 memory = (self.limits.memory_mb + self.limits.tmpfs_mb + 64) << 20
-                cgroup = RunCgroup(self.caps.cgroups, pids_max=self.limits.pids,
-                                   memory_bytes=memory)
+                cgroup = RunCgroup(
+                    self.caps.cgroups, pids_max=self.limits.pids, memory_bytes=memory
+                )
                 argv = cgroup.wrap(argv)
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, pass_fds=extra_fds,
-                                    start_new_session=True, env=self._env(), cwd=scratch)
-            streams = {"stdout": proc.stdout.fileno(), "stderr": proc.stderr.fileno(),
-                       "channel": channel_r}
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=extra_fds,
+                start_new_session=True,
+                env=self._env(),
+                cwd=scratch,
+            )
+            streams = {
+                "stdout": proc.stdout.fileno(),
+                "stderr": proc.stderr.fileno(),
+                "channel": channel_r,
+            }
         except Exception as exc:  # report, never raise into the verifier
             run = SandboxProcess(proc, {}, {}, cgroup, scratch, time.monotonic())
             run.result.failure = f"sandbox failed to start: {type(exc).__name__}: {exc}"
@@ -329,9 +258,20 @@ class Sandbox:
             for fd in owned:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        caps = {"stdout": self.limits.output_bytes, "stderr": self.limits.output_bytes,
-                "channel": self.limits.channel_bytes}
+        caps = {
+            "stdout": self.limits.output_bytes,
+            "stderr": self.limits.output_bytes,
+            "channel": self.limits.channel_bytes,
+        }
         return SandboxProcess(proc, streams, caps, cgroup, scratch, time.monotonic())
+
+    def _rlimits(self) -> dict[str, int]:
+        limits = self.limits.rlimits()
+        if self.caps.cgroups is None and self.caps.setpriv:
+            # No pids cgroup: bound fork bombs by the sandbox's host uid (65534) instead. The
+            # count is shared by all concurrent sandboxes, hence the headroom.
+            limits["nproc"] = self.limits.pids * 16
+        return limits
 
     def _seccomp_fd(self, owned: list[int]) -> int | None:
         if not self._seccomp:
@@ -356,30 +296,44 @@ class Sandbox:
         elif self.caps.setpriv:
             os.chmod(scratch, 0o755)
 
-    def _argv(self, scratch: str, task: str, extra_fds: list[int], seccomp_fd: int | None
-              ) -> list[str]:
-        runner = [self.caps.python, "-I", "-S", f"{task}/runner.py", f"{task}/payload.bin",
-                  *(str(fd) for fd in extra_fds if fd != seccomp_fd)]
+    def _argv(
+        self, scratch: str, task: str, extra_fds: list[int], seccomp_fd: int | None
+    ) -> list[str]:
+        runner = [
+            self.caps.python,
+            "-I",
+            "-S",
+            f"{task}/runner.py",
+            f"{task}/payload.bin",
+            *(str(fd) for fd in extra_fds if fd != seccomp_fd),
+        ]
         if not self.caps.bwrap:
             return runner
-        args = _bwrap_args(self.caps, scratch, self.limits.tmpfs_mb)
+        args = bwrap_args(self.caps, scratch, self.limits.tmpfs_mb)
         if seccomp_fd is not None:
             args += ["--seccomp", str(seccomp_fd)]
-        return _drop_privileges(self.caps) + [self.caps.bwrap, *args, *runner]
+        return drop_privileges(self.caps) + [self.caps.bwrap, *args, *runner]
 
     @staticmethod
     def _env() -> dict[str, str]:
         return {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
 
-    def run(self, payload: dict, *, timeout_s: float, files: dict[str, bytes] | None = None
-            ) -> SandboxResult:
+    def run(
+        self, payload: dict, *, timeout_s: float, files: dict[str, bytes] | None = None
+    ) -> SandboxResult:
         """Start and collect one run with a wall-clock limit of ``timeout_s``."""
         run = self.start(payload, files=files)
         return collect([run], time.monotonic() + timeout_s)[0]
 
 
-def run_in_sandbox(payload: dict, *, timeout_s: float = 5.0, limits: Limits | None = None,
-                   files: dict[str, bytes] | None = None, unsafe: bool = False) -> SandboxResult:
+def run_in_sandbox(
+    payload: dict,
+    *,
+    timeout_s: float = 5.0,
+    limits: Limits | None = None,
+    files: dict[str, bytes] | None = None,
+    unsafe: bool = False,
+) -> SandboxResult:
     """One-shot convenience: build a :class:`Sandbox` and run ``payload`` in it."""
     return Sandbox(limits, unsafe=unsafe).run(payload, timeout_s=timeout_s, files=files)
 
@@ -420,6 +374,8 @@ def _pump(runs: Sequence[SandboxProcess], deadline: float) -> None:
                     selector.unregister(key.fd)
                     open_fds -= 1
                     continue
+                if len(run.buffers[name]) > run.caps[name]:
+                    continue  # already over the cap and killed: drain until EOF
                 run.buffers[name] += chunk
                 if len(run.buffers[name]) > run.caps[name]:
                     run.result.overflow = run.result.overflow or name

@@ -116,8 +116,9 @@ class RunCgroup:
 
     def wrap(self, argv: list[str]) -> list[str]:
         """Prefix ``argv`` with a shell that joins this cgroup and then ``exec``s it."""
-        joins = " && ".join(f"echo $$ > {shlex.quote(os.path.join(d, 'cgroup.procs'))}"
-                            for d in self.dirs)
+        joins = " && ".join(
+            f"echo $$ > {shlex.quote(os.path.join(d, 'cgroup.procs'))}" for d in self.dirs
+        )
         return ["/bin/sh", "-c", f'{joins} && exec "$@"', "sh", *argv]
 
     def pids(self) -> list[int]:
@@ -196,14 +197,39 @@ def _counter(path: str, key: str) -> int:
 _AUDIT_ARCH_X86_64 = 0xC000003E
 _X32_BIT = 0x40000000
 _DENY_X86_64 = {
-    "ptrace": 101, "syslog": 103, "personality": 135, "pivot_root": 155, "chroot": 161,
-    "acct": 163, "mount": 165, "umount2": 166, "swapon": 167, "swapoff": 168, "reboot": 169,
-    "init_module": 175, "delete_module": 176, "kexec_load": 246, "add_key": 248,
-    "request_key": 249, "keyctl": 250, "unshare": 272, "perf_event_open": 298,
-    "name_to_handle_at": 303, "open_by_handle_at": 304, "setns": 308,
-    "process_vm_readv": 310, "process_vm_writev": 311, "finit_module": 313,
-    "kexec_file_load": 320, "bpf": 321, "userfaultfd": 323, "io_uring_setup": 425,
-    "fsopen": 430, "fsmount": 432, "open_tree": 428, "move_mount": 429,
+    "ptrace": 101,
+    "syslog": 103,
+    "personality": 135,
+    "pivot_root": 155,
+    "chroot": 161,
+    "acct": 163,
+    "mount": 165,
+    "umount2": 166,
+    "swapon": 167,
+    "swapoff": 168,
+    "reboot": 169,
+    "init_module": 175,
+    "delete_module": 176,
+    "kexec_load": 246,
+    "add_key": 248,
+    "request_key": 249,
+    "keyctl": 250,
+    "unshare": 272,
+    "perf_event_open": 298,
+    "name_to_handle_at": 303,
+    "open_by_handle_at": 304,
+    "setns": 308,
+    "process_vm_readv": 310,
+    "process_vm_writev": 311,
+    "finit_module": 313,
+    "kexec_file_load": 320,
+    "bpf": 321,
+    "userfaultfd": 323,
+    "io_uring_setup": 425,
+    "fsopen": 430,
+    "fsmount": 432,
+    "open_tree": 428,
+    "move_mount": 429,
 }
 _SOCKET, _CLONE, _CLONE3 = 41, 56, 435
 _DENIED_FAMILIES = (2, 10, 17)  # AF_INET, AF_INET6, AF_PACKET
@@ -225,18 +251,34 @@ def seccomp_program() -> bytes:
     """
     if not seccomp_supported():
         raise OSError(f"no seccomp syscall table for {platform.machine()}")
-    ops: list[tuple] = [("ld", 4), ("jeq", _AUDIT_ARCH_X86_64, None, "kill"), ("ld", 0),
-                        ("jge", _X32_BIT, "eperm", None)]
+    ops: list[tuple] = [
+        ("ld", 4),
+        ("jeq", _AUDIT_ARCH_X86_64, None, "kill"),
+        ("ld", 0),
+        ("jge", _X32_BIT, "eperm", None),
+    ]
     ops += [("jeq", nr, "eperm", None) for nr in sorted(_DENY_X86_64.values())]
-    ops += [("jeq", _SOCKET, "socket", None), ("jeq", _CLONE, "clone", None),
-            ("jeq", _CLONE3, "enosys", None), ("ret", _RET_ALLOW)]
+    ops += [
+        ("jeq", _SOCKET, "socket", None),
+        ("jeq", _CLONE, "clone", None),
+        ("jeq", _CLONE3, "enosys", None),
+        ("ret", _RET_ALLOW),
+    ]
     ops += [("label", "socket"), ("ld", 16)]
     ops += [("jeq", family, "eperm", None) for family in _DENIED_FAMILIES]
-    ops += [("ret", _RET_ALLOW), ("label", "clone"), ("ld", 16),
-            ("jset", _NAMESPACE_FLAGS, "eperm", None), ("ret", _RET_ALLOW),
-            ("label", "eperm"), ("ret", _RET_ERRNO | _EPERM),
-            ("label", "enosys"), ("ret", _RET_ERRNO | _ENOSYS),
-            ("label", "kill"), ("ret", _RET_KILL)]
+    ops += [
+        ("ret", _RET_ALLOW),
+        ("label", "clone"),
+        ("ld", 16),
+        ("jset", _NAMESPACE_FLAGS, "eperm", None),
+        ("ret", _RET_ALLOW),
+        ("label", "eperm"),
+        ("ret", _RET_ERRNO | _EPERM),
+        ("label", "enosys"),
+        ("ret", _RET_ERRNO | _ENOSYS),
+        ("label", "kill"),
+        ("ret", _RET_KILL),
+    ]
     return _assemble(ops)
 
 

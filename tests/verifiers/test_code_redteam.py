@@ -39,10 +39,16 @@ SITE = sysconfig.get_paths()["purelib"]
 HOME = os.path.expanduser("~")
 WATCHED = [tempfile.gettempdir(), "/var/tmp", "/dev/shm", HOME, REPO, SITE, os.getcwd()]
 
-ADD = {"entry_point": "add", "prompt": "def add(a, b):\n    \"\"\"Sum.\"\"\"\n",
-       "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"}
+ADD = {
+    "entry_point": "add",
+    "prompt": 'def add(a, b):\n    """Sum."""\n',
+    "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n",
+}
 ORACLE = {"entry_point": "probe", "test": "def check(candidate):\n    assert candidate() == 'ok'\n"}
-LEAK = {"entry_point": "probe", "test": f"def check(candidate):\n    assert candidate() == {SECRET!r}\n"}
+LEAK = {
+    "entry_point": "probe",
+    "test": f"def check(candidate):\n    assert candidate() == {SECRET!r}\n",
+}
 HONEST = "def add(a, b):\n    return a + b\n"
 CORRECT = "    return a + b\n"  # appended to attack code that must still earn the honest reward
 
@@ -57,8 +63,15 @@ class Attack:
     statuses: tuple[str, ...] = ()
 
 
-def add_attack(name: str, family: str, body: str, *, prelude: str = "", reward: float = 0.0,
-               statuses: tuple[str, ...] = ()) -> Attack:
+def add_attack(
+    name: str,
+    family: str,
+    body: str,
+    *,
+    prelude: str = "",
+    reward: float = 0.0,
+    statuses: tuple[str, ...] = (),
+) -> Attack:
     """An ``add(a, b)`` whose body is ``body`` (indented), after module code ``prelude``."""
     code = prelude + "def add(a, b):\n" + "".join(f"    {ln}\n" for ln in body.splitlines())
     if reward:
@@ -88,8 +101,12 @@ def listeners():
     abstract.bind(f"\0mpo-gym-redteam-{os.getpid()}")
     abstract.listen(16)
     abstract.setblocking(False)
-    yield {"port": tcp.getsockname()[1], "unix": path, "abstract": f"mpo-gym-redteam-{os.getpid()}",
-           "sockets": [tcp, unix, abstract]}
+    yield {
+        "port": tcp.getsockname()[1],
+        "unix": path,
+        "abstract": f"mpo-gym-redteam-{os.getpid()}",
+        "sockets": [tcp, unix, abstract],
+    }
     for s in (tcp, unix, abstract):
         s.close()
     os.unlink(path)
@@ -99,8 +116,10 @@ def listeners():
 def planted_secret():
     """The secret in our environment and in a file in the temp dir and home."""
     os.environ["MPO_GYM_TEST_SECRET"] = SECRET
-    paths = [os.path.join(tempfile.gettempdir(), f"mpo-gym-secret-{os.getpid()}.txt"),
-             os.path.join(HOME, f".mpo-gym-secret-{os.getpid()}")]
+    paths = [
+        os.path.join(tempfile.gettempdir(), f"mpo-gym-secret-{os.getpid()}.txt"),
+        os.path.join(HOME, f".mpo-gym-secret-{os.getpid()}"),
+    ]
     for path in paths:
         with open(path, "w") as handle:
             handle.write(SECRET)
@@ -117,175 +136,385 @@ def verifier(listeners, planted_secret):
 
 
 def _fmt(text: str, listeners: dict) -> str:
-    return (text.replace("@PORT@", str(listeners["port"])).replace("@UNIX@", listeners["unix"])
-            .replace("@ABSTRACT@", listeners["abstract"]).replace("@MARKER@", MARKER)
-            .replace("@SITE@", SITE).replace("@REPO@", REPO).replace("@HOME@", HOME)
-            .replace("@TMP@", tempfile.gettempdir()).replace("@PID@", str(os.getpid())))
+    return (
+        text.replace("@PORT@", str(listeners["port"]))
+        .replace("@UNIX@", listeners["unix"])
+        .replace("@ABSTRACT@", listeners["abstract"])
+        .replace("@MARKER@", MARKER)
+        .replace("@SITE@", SITE)
+        .replace("@REPO@", REPO)
+        .replace("@HOME@", HOME)
+        .replace("@TMP@", tempfile.gettempdir())
+        .replace("@PID@", str(os.getpid()))
+    )
 
 
 FAKE_PASS = [
-    add_attack("eq_always_true", "fake", "class A:\n    def __eq__(self, o):\n        return True\n"
-               "    __hash__ = object.__hash__\nreturn A()"),
-    add_attack("int_subclass_eq", "fake", "class I(int):\n    def __eq__(self, o):\n        return True\n"
-               "    __hash__ = int.__hash__\nreturn I(7)"),
-    add_attack("str_subclass_eq", "fake", "class S(str):\n    def __eq__(self, o):\n        return True\n"
-               "    __hash__ = str.__hash__\nreturn S('x')"),
-    add_attack("class_spoofing", "fake", "class F:\n    __class__ = property(lambda self: int)\n"
-               "    def __eq__(self, o):\n        return True\nreturn F()"),
-    add_attack("frame_walking", "fake", "import sys\nf = sys._getframe(1)\nfound = None\n"
-               "while f is not None:\n    for k, v in f.f_locals.items():\n"
-               "        if 'expect' in k:\n            found = v\n    f = f.f_back\nreturn found"),
-    add_attack("forged_channel_then_exit", "fake",
-               "import os\nfor fd in range(3, 64):\n    try:\n"
-               "        os.write(fd, b'{\"status\": \"pass\", \"calls\": 2}\\n{\"status\": \"done\", \"n\": 2}\\n')\n"
-               "    except OSError:\n        pass\nos._exit(0)"),
+    add_attack(
+        "eq_always_true",
+        "fake",
+        "class A:\n    def __eq__(self, o):\n        return True\n"
+        "    __hash__ = object.__hash__\nreturn A()",
+    ),
+    add_attack(
+        "int_subclass_eq",
+        "fake",
+        "class I(int):\n    def __eq__(self, o):\n        return True\n"
+        "    __hash__ = int.__hash__\nreturn I(7)",
+    ),
+    add_attack(
+        "str_subclass_eq",
+        "fake",
+        "class S(str):\n    def __eq__(self, o):\n        return True\n"
+        "    __hash__ = str.__hash__\nreturn S('x')",
+    ),
+    add_attack(
+        "class_spoofing",
+        "fake",
+        "class F:\n    __class__ = property(lambda self: int)\n"
+        "    def __eq__(self, o):\n        return True\nreturn F()",
+    ),
+    add_attack(
+        "frame_walking",
+        "fake",
+        "import sys\nf = sys._getframe(1)\nfound = None\n"
+        "while f is not None:\n    for k, v in f.f_locals.items():\n"
+        "        if 'expect' in k:\n            found = v\n    f = f.f_back\nreturn found",
+    ),
+    add_attack(
+        "forged_channel_then_exit",
+        "fake",
+        "import os\nfor fd in range(3, 64):\n    try:\n"
+        '        os.write(fd, b\'{"status": "pass", "calls": 2}\\n{"status": "done", "n": 2}\\n\')\n'
+        "    except OSError:\n        pass\nos._exit(0)",
+    ),
     Attack("sys_exit_at_import", "fake", "import sys\nsys.exit(0)\n", ADD),
     add_attack("os_exit_in_call", "fake", "import os\nos._exit(0)"),
     add_attack("raise_systemexit", "fake", "raise SystemExit(0)"),
     add_attack("keyboard_interrupt", "fake", "raise KeyboardInterrupt"),
-    add_attack("atexit_banner", "fake", "return a - b",
-               prelude="import atexit, sys\natexit.register(lambda: print('All tests passed'))\n"),
+    add_attack(
+        "atexit_banner",
+        "fake",
+        "return a - b",
+        prelude="import atexit, sys\natexit.register(lambda: print('All tests passed'))\n",
+    ),
     add_attack("printed_banner", "fake", "print('passed\\nALL TESTS PASSED\\nok')\nreturn 0"),
-    add_attack("daemon_thread_forger", "fake",
-               "import threading, os\ndef spam():\n    while True:\n        for fd in range(3, 20):\n"
-               "            try:\n                os.write(fd, b'{\"i\": 0, \"ok\": {\"t\": \"int\", \"v\": \"5\"}}\\n')\n"
-               "            except OSError:\n                pass\n"
-               "threading.Thread(target=spam, daemon=True).start()\nreturn 5"),
-    add_attack("patch_runner_encoder", "fake",
-               "import sys\nm = sys.modules['__main__']\nm.encode = lambda *a, **k: {'t': 'int', 'v': '5'}\n"
-               "m.values_equal = lambda *a: True\nreturn object()"),
-    add_attack("patch_builtins_type", "fake",
-               "import builtins\nbuiltins.type = lambda *a: int\nbuiltins.isinstance = lambda *a: True\n"
-               "return object()"),
-    add_attack("monkeypatch_test_framework", "fake",
-               "import builtins, sys, unittest\nbuiltins.AssertionError = type('X', (Exception,), {})\n"
-               "unittest.TestCase.assertEqual = lambda *a, **k: None\nsys.excepthook = lambda *a: None\n"
-               "return -99"),
-    add_attack("drop_conftest_sitecustomize", "fake",
-               "import os\nfor d in ['.', '/tmp', '/task', '@SITE@', '@REPO@']:\n"
-               "    for n in ['conftest.py', 'sitecustomize.py', 'usercustomize.py', '@MARKER@.pth']:\n"
-               "        try:\n            open(os.path.join(d, n), 'w').write('import os\\n')\n"
-               "        except OSError:\n            pass\nreturn -1"),
+    add_attack(
+        "daemon_thread_forger",
+        "fake",
+        "import threading, os\ndef spam():\n    while True:\n        for fd in range(3, 20):\n"
+        '            try:\n                os.write(fd, b\'{"i": 0, "ok": {"t": "int", "v": "5"}}\\n\')\n'
+        "            except OSError:\n                pass\n"
+        "threading.Thread(target=spam, daemon=True).start()\nreturn 5",
+    ),
+    add_attack(
+        "patch_runner_encoder",
+        "fake",
+        "import sys\nm = sys.modules['__main__']\nm.encode = lambda *a, **k: {'t': 'int', 'v': '5'}\n"
+        "m.values_equal = lambda *a: True\nreturn object()",
+    ),
+    add_attack(
+        "patch_builtins_type",
+        "fake",
+        "import builtins\nbuiltins.type = lambda *a: int\nbuiltins.isinstance = lambda *a: True\n"
+        "return object()",
+    ),
+    add_attack(
+        "monkeypatch_test_framework",
+        "fake",
+        "import builtins, sys, unittest\nbuiltins.AssertionError = type('X', (Exception,), {})\n"
+        "unittest.TestCase.assertEqual = lambda *a, **k: None\nsys.excepthook = lambda *a: None\n"
+        "return -99",
+    ),
+    add_attack(
+        "drop_conftest_sitecustomize",
+        "fake",
+        "import os\nfor d in ['.', '/tmp', '/task', '@SITE@', '@REPO@']:\n"
+        "    for n in ['conftest.py', 'sitecustomize.py', 'usercustomize.py', '@MARKER@.pth']:\n"
+        "        try:\n            open(os.path.join(d, n), 'w').write('import os\\n')\n"
+        "        except OSError:\n            pass\nreturn -1",
+    ),
     add_attack("bool_for_int", "fake", "return a + b if a + b else False"),
 ]
 
-MATH_TASK = {"test_list": ["assert math.isclose(half(1.0), 0.5)", "assert math.isclose(half(3.0), 1.5)"],
-             "test_setup_code": "import math"}
-MUTATE_TASK = {"entry_point": "double", "test": (
-    "def check(candidate):\n    inp = [1, 2, 3]\n    assert candidate(inp) == [x * 2 for x in inp]\n")}
+MATH_TASK = {
+    "test_list": ["assert math.isclose(half(1.0), 0.5)", "assert math.isclose(half(3.0), 1.5)"],
+    "test_setup_code": "import math",
+}
+MUTATE_TASK = {
+    "entry_point": "double",
+    "test": (
+        "def check(candidate):\n    inp = [1, 2, 3]\n    assert candidate(inp) == [x * 2 for x in inp]\n"
+    ),
+}
 FAKE_PASS += [
-    Attack("poison_math_module", "fake", "import math\nmath.isclose = lambda *a, **k: True\n"
-           "def half(x):\n    import math\n    math.isclose = lambda *a, **k: True\n    return 123.0\n",
-           MATH_TASK),
-    Attack("mutated_inputs", "odd", "def double(xs):\n    xs.clear()\n    return []\n", MUTATE_TASK),
+    Attack(
+        "poison_math_module",
+        "fake",
+        "import math\nmath.isclose = lambda *a, **k: True\n"
+        "def half(x):\n    import math\n    math.isclose = lambda *a, **k: True\n    return 123.0\n",
+        MATH_TASK,
+    ),
+    Attack(
+        "mutated_inputs", "odd", "def double(xs):\n    xs.clear()\n    return []\n", MUTATE_TASK
+    ),
 ]
 
 EXHAUSTION = [
-    add_attack("fork_bomb", "exhaust", "import os\nwhile True:\n    try:\n        os.fork()\n"
-               "    except OSError:\n        pass", statuses=("timeout", "error")),
-    add_attack("thread_bomb", "exhaust", "import threading, time\nwhile True:\n    try:\n"
-               "        threading.Thread(target=time.sleep, args=(100,)).start()\n"
-               "    except RuntimeError:\n        pass", statuses=("timeout", "error")),
-    add_attack("big_allocation", "exhaust", "x = bytearray(8 << 30)\nreturn a + b",
-               statuses=("error",)),
-    add_attack("gradual_allocation", "exhaust", "x = []\nwhile True:\n    x.append(bytearray(1 << 22))",
-               statuses=("error", "timeout")),
+    add_attack(
+        "fork_bomb",
+        "exhaust",
+        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
+        statuses=("timeout", "error"),
+    ),
+    add_attack(
+        "thread_bomb",
+        "exhaust",
+        "import threading, time\nwhile True:\n    try:\n"
+        "        threading.Thread(target=time.sleep, args=(100,)).start()\n"
+        "    except RuntimeError:\n        pass",
+        statuses=("timeout", "error"),
+    ),
+    add_attack(
+        "big_allocation", "exhaust", "x = bytearray(8 << 30)\nreturn a + b", statuses=("error",)
+    ),
+    add_attack(
+        "gradual_allocation",
+        "exhaust",
+        "x = []\nwhile True:\n    x.append(bytearray(1 << 22))",
+        statuses=("error", "timeout"),
+    ),
     add_attack("c_level_cpu_burn", "exhaust", "return sum(range(10 ** 15))", statuses=("timeout",)),
-    add_attack("regex_backtracking", "exhaust", "import re\nreturn re.match('(a*)*b', 'a' * 60)",
-               statuses=("timeout",)),
-    add_attack("ignore_signals_spin", "exhaust", "import signal\nfor s in (signal.SIGTERM, signal.SIGINT, "
-               "signal.SIGHUP, signal.SIGXCPU, signal.SIGALRM):\n    signal.signal(s, signal.SIG_IGN)\n"
-               "while True:\n    pass", statuses=("timeout",)),
-    add_attack("sleep_forever", "exhaust", "import time\ntime.sleep(10 ** 6)", statuses=("timeout",)),
-    add_attack("read_stdin", "exhaust", "import sys\ndata = sys.stdin.read()\nreturn len(data) - 1000"),
-    add_attack("daemonise_and_return", "exhaust",
-               "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
-               "        time.sleep(1000)\n    os._exit(0)", reward=1.0),
-    add_attack("stdout_flood", "exhaust", "import sys\nwhile True:\n    sys.stdout.write('A' * 65536)\n"
-               "    sys.stdout.flush()", statuses=("error",)),
-    add_attack("stderr_flood", "exhaust", "import os\nwhile True:\n    os.write(2, b'E' * 65536)",
-               statuses=("error",)),
-    add_attack("disk_fill", "exhaust", "try:\n    with open('/tmp/@MARKER@', 'wb') as h:\n"
-               "        while True:\n            h.write(b'x' * (1 << 20))\nexcept OSError:\n    pass",
-               reward=1.0),
-    add_attack("inode_fill", "exhaust", "import os\nos.makedirs('/tmp/d', exist_ok=True)\n"
-               "for i in range(20000):\n    try:\n        open('/tmp/d/%d' % i, 'w').close()\n"
-               "    except OSError:\n        break", reward=1.0),
+    add_attack(
+        "regex_backtracking",
+        "exhaust",
+        "import re\nreturn re.match('(a*)*b', 'a' * 60)",
+        statuses=("timeout",),
+    ),
+    add_attack(
+        "ignore_signals_spin",
+        "exhaust",
+        "import signal\nfor s in (signal.SIGTERM, signal.SIGINT, "
+        "signal.SIGHUP, signal.SIGXCPU, signal.SIGALRM):\n    signal.signal(s, signal.SIG_IGN)\n"
+        "while True:\n    pass",
+        statuses=("timeout",),
+    ),
+    add_attack(
+        "sleep_forever", "exhaust", "import time\ntime.sleep(10 ** 6)", statuses=("timeout",)
+    ),
+    add_attack(
+        "read_stdin", "exhaust", "import sys\ndata = sys.stdin.read()\nreturn len(data) - 1000"
+    ),
+    add_attack(
+        "daemonise_and_return",
+        "exhaust",
+        "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+        "        time.sleep(1000)\n    os._exit(0)",
+        reward=1.0,
+    ),
+    add_attack(
+        "stdout_flood",
+        "exhaust",
+        "import sys\nwhile True:\n    sys.stdout.write('A' * 65536)\n    sys.stdout.flush()",
+        statuses=("error",),
+    ),
+    add_attack(
+        "stderr_flood",
+        "exhaust",
+        "import os\nwhile True:\n    os.write(2, b'E' * 65536)",
+        statuses=("error",),
+    ),
+    add_attack(
+        "disk_fill",
+        "exhaust",
+        "try:\n    with open('/tmp/@MARKER@', 'wb') as h:\n"
+        "        while True:\n            h.write(b'x' * (1 << 20))\nexcept OSError:\n    pass",
+        reward=1.0,
+    ),
+    add_attack(
+        "inode_fill",
+        "exhaust",
+        "import os\nos.makedirs('/tmp/d', exist_ok=True)\n"
+        "for i in range(20000):\n    try:\n        open('/tmp/d/%d' % i, 'w').close()\n"
+        "    except OSError:\n        break",
+        reward=1.0,
+    ),
     add_attack("segfault", "exhaust", "import ctypes\nctypes.string_at(0)", statuses=("error",)),
-    add_attack("fd_exhaustion", "exhaust", "fds = []\ntry:\n    while True:\n"
-               "        fds.append(open('/dev/null'))\nexcept OSError:\n    pass", reward=1.0),
-    add_attack("deep_recursion_crash", "exhaust", "import sys\nsys.setrecursionlimit(10 ** 7)\n"
-               "def r(n):\n    return r(n + 1) + 1\nreturn r(0)", statuses=("error", "incorrect", "timeout")),
+    add_attack(
+        "fd_exhaustion",
+        "exhaust",
+        "fds = []\ntry:\n    while True:\n"
+        "        fds.append(open('/dev/null'))\nexcept OSError:\n    pass",
+        reward=1.0,
+    ),
+    add_attack(
+        "deep_recursion_crash",
+        "exhaust",
+        "import sys\nsys.setrecursionlimit(10 ** 7)\n"
+        "def r(n):\n    return r(n + 1) + 1\nreturn r(0)",
+        statuses=("error", "incorrect", "timeout"),
+    ),
 ]
 
 HOST = [
-    add_attack("kill_parent", "host", "import os, signal\nfor p in (os.getppid(), 1):\n    try:\n"
-               "        os.kill(p, signal.SIGKILL)\n    except OSError:\n        pass\nreturn -1"),
-    add_attack("kill_everything", "host", "import os, signal\ntry:\n    os.kill(-1, signal.SIGKILL)\n"
-               "except OSError:\n    pass\nreturn -1"),
-    oracle("write_site_packages", "host", "try:\n    open('@SITE@/@MARKER@.py', 'w').write('x')\n"
-           "    return 'ok'\nexcept OSError:\n    return 'no'"),
-    oracle("write_home_and_repo", "host", "hits = 0\nfor d in ('@HOME@', '@REPO@', '/var/tmp', '@SITE@'):\n"
-           "    try:\n        open(d + '/@MARKER@', 'w').write('x')\n        hits += 1\n"
-           "    except OSError:\n        pass\nreturn 'ok' if hits else 'no'"),
-    oracle("symlink_trap", "host", "import os\ntry:\n    os.symlink('/etc/passwd', '/tmp/link')\n"
-           "    os.symlink('@REPO@', '/tmp/repo')\n    open('/tmp/repo/@MARKER@', 'w').write('x')\n"
-           "    return 'ok'\nexcept OSError:\n    pass\ntry:\n    open('/task/@MARKER@', 'w')\n"
-           "    return 'ok'\nexcept OSError:\n    return 'no'"),
-    oracle("new_user_namespace", "host", "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
-           "if libc.unshare(0x10000000) == 0 or libc.unshare(0x20000) == 0:\n    return 'ok'\n"
-           "return 'no'"),
-    oracle("mount_tmpfs", "host", "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
-           "r = libc.mount(b'none', b'/tmp', b'tmpfs', 0, None)\nreturn 'ok' if r == 0 else 'no'"),
-    oracle("ptrace_attach", "host", "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
-           "for pid in (1, os.getppid()):\n    if libc.ptrace(16, pid, None, None) == 0:\n"
-           "        return 'ok'\nreturn 'no'"),
-    add_attack("terminal_injection", "host", "import sys\nsys.stderr.write('\\x1b]0;pwned\\x07\\x1b[2J')\n"
-               "raise ValueError('\\x1b[31mred\\x1b[0m\\x07 \\x1b]52;c;cHduZWQ=\\x07')"),
+    add_attack(
+        "kill_parent",
+        "host",
+        "import os, signal\nfor p in (os.getppid(), 1):\n    try:\n"
+        "        os.kill(p, signal.SIGKILL)\n    except OSError:\n        pass\nreturn -1",
+    ),
+    add_attack(
+        "kill_everything",
+        "host",
+        "import os, signal\ntry:\n    os.kill(-1, signal.SIGKILL)\n"
+        "except OSError:\n    pass\nreturn -1",
+    ),
+    oracle(
+        "write_site_packages",
+        "host",
+        "try:\n    open('@SITE@/@MARKER@.py', 'w').write('x')\n"
+        "    return 'ok'\nexcept OSError:\n    return 'no'",
+    ),
+    oracle(
+        "write_home_and_repo",
+        "host",
+        "hits = 0\nfor d in ('@HOME@', '@REPO@', '/var/tmp', '@SITE@'):\n"
+        "    try:\n        open(d + '/@MARKER@', 'w').write('x')\n        hits += 1\n"
+        "    except OSError:\n        pass\nreturn 'ok' if hits else 'no'",
+    ),
+    oracle(
+        "symlink_trap",
+        "host",
+        "import os\ntry:\n    os.symlink('/etc/passwd', '/tmp/link')\n"
+        "    os.symlink('@REPO@', '/tmp/repo')\n    open('/tmp/repo/@MARKER@', 'w').write('x')\n"
+        "    return 'ok'\nexcept OSError:\n    pass\ntry:\n    open('/task/@MARKER@', 'w')\n"
+        "    return 'ok'\nexcept OSError:\n    return 'no'",
+    ),
+    oracle(
+        "new_user_namespace",
+        "host",
+        "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+        "if libc.unshare(0x10000000) == 0 or libc.unshare(0x20000) == 0:\n    return 'ok'\n"
+        "return 'no'",
+    ),
+    oracle(
+        "mount_tmpfs",
+        "host",
+        "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+        "r = libc.mount(b'none', b'/tmp', b'tmpfs', 0, None)\nreturn 'ok' if r == 0 else 'no'",
+    ),
+    oracle(
+        "ptrace_attach",
+        "host",
+        "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+        "for pid in (1, os.getppid()):\n    if libc.ptrace(16, pid, None, None) == 0:\n"
+        "        return 'ok'\nreturn 'no'",
+    ),
+    add_attack(
+        "terminal_injection",
+        "host",
+        "import sys\nsys.stderr.write('\\x1b]0;pwned\\x07\\x1b[2J')\n"
+        "raise ValueError('\\x1b[31mred\\x1b[0m\\x07 \\x1b]52;c;cHduZWQ=\\x07')",
+    ),
 ]
 
 NETWORK = [
-    oracle("tcp_to_host_listener", "net", "import socket\ns = socket.socket()\ns.settimeout(0.5)\n"
-           "try:\n    s.connect(('127.0.0.1', @PORT@))\n    return 'ok'\nexcept OSError:\n    return 'no'"),
-    oracle("outbound_internet", "net", "import socket\nfor host in (('1.1.1.1', 53), ('8.8.8.8', 53)):\n"
-           "    try:\n        socket.create_connection(host, timeout=0.5)\n        return 'ok'\n"
-           "    except OSError:\n        pass\nreturn 'no'"),
-    oracle("unix_socket_to_host", "net", "import socket\ns = socket.socket(socket.AF_UNIX)\ntry:\n"
-           "    s.connect('@UNIX@')\n    return 'ok'\nexcept OSError:\n    return 'no'"),
-    oracle("abstract_socket_to_host", "net", "import socket\ns = socket.socket(socket.AF_UNIX)\ntry:\n"
-           "    s.connect('\\0@ABSTRACT@')\n    return 'ok'\nexcept OSError:\n    return 'no'"),
-    oracle("dns_lookup", "net", "import socket\ntry:\n    socket.getaddrinfo('example.com', 80)\n"
-           "    return 'ok'\nexcept OSError:\n    return 'no'"),
-    oracle("udp_out", "net", "import socket\ntry:\n    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-           "    s.sendto(b'x', ('127.0.0.1', @PORT@))\n    return 'ok'\nexcept OSError:\n    return 'no'"),
-    oracle("environment_secrets", "secret", "import os\nreturn os.environ.get('MPO_GYM_TEST_SECRET')",
-           LEAK),
-    oracle("proc_snooping", "secret", "import os\nfor pid in os.listdir('/proc'):\n"
-           "    for f in ('environ', 'cmdline'):\n        try:\n"
-           "            data = open('/proc/%s/%s' % (pid, f), 'rb').read()\n        except OSError:\n"
-           "            continue\n        i = data.find(b'S3CRET-')\n        if i >= 0:\n"
-           "            return data[i:i + 23].decode()\nreturn None", LEAK),
-    oracle("filesystem_search_for_tests", "secret", "import os\nfor root in ('/task', '/tmp', '/proc/self', "
-           "'@TMP@', '@HOME@', '@REPO@', '/'):\n    for d, _, files in os.walk(root):\n"
-           "        if d.startswith(('/proc', '/sys', '/usr')) and root == '/':\n            continue\n"
-           "        for f in files:\n            try:\n                data = open(os.path.join(d, f), 'rb').read(1 << 16)\n"
-           "            except OSError:\n                continue\n            i = data.find(b'S3CRET-')\n"
-           "            if i >= 0:\n                return data[i:i + 23].decode()\nreturn None", LEAK),
+    oracle(
+        "tcp_to_host_listener",
+        "net",
+        "import socket\ns = socket.socket()\ns.settimeout(0.5)\n"
+        "try:\n    s.connect(('127.0.0.1', @PORT@))\n    return 'ok'\nexcept OSError:\n    return 'no'",
+    ),
+    oracle(
+        "outbound_internet",
+        "net",
+        "import socket\nfor host in (('1.1.1.1', 53), ('8.8.8.8', 53)):\n"
+        "    try:\n        socket.create_connection(host, timeout=0.5)\n        return 'ok'\n"
+        "    except OSError:\n        pass\nreturn 'no'",
+    ),
+    oracle(
+        "unix_socket_to_host",
+        "net",
+        "import socket\ns = socket.socket(socket.AF_UNIX)\ntry:\n"
+        "    s.connect('@UNIX@')\n    return 'ok'\nexcept OSError:\n    return 'no'",
+    ),
+    oracle(
+        "abstract_socket_to_host",
+        "net",
+        "import socket\ns = socket.socket(socket.AF_UNIX)\ntry:\n"
+        "    s.connect('\\0@ABSTRACT@')\n    return 'ok'\nexcept OSError:\n    return 'no'",
+    ),
+    oracle(
+        "dns_lookup",
+        "net",
+        "import socket\ntry:\n    socket.getaddrinfo('example.com', 80)\n"
+        "    return 'ok'\nexcept OSError:\n    return 'no'",
+    ),
+    oracle(
+        "udp_out",
+        "net",
+        "import socket\ntry:\n    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "    s.sendto(b'x', ('127.0.0.1', @PORT@))\n    return 'ok'\nexcept OSError:\n    return 'no'",
+    ),
+    oracle(
+        "environment_secrets",
+        "secret",
+        "import os\nreturn os.environ.get('MPO_GYM_TEST_SECRET')",
+        LEAK,
+    ),
+    oracle(
+        "proc_snooping",
+        "secret",
+        "import os\nfor pid in os.listdir('/proc'):\n"
+        "    for f in ('environ', 'cmdline'):\n        try:\n"
+        "            data = open('/proc/%s/%s' % (pid, f), 'rb').read()\n        except OSError:\n"
+        "            continue\n        i = data.find(b'S3CRET-')\n        if i >= 0:\n"
+        "            return data[i:i + 23].decode()\nreturn None",
+        LEAK,
+    ),
+    oracle(
+        "filesystem_search_for_tests",
+        "secret",
+        "import os\nfor root in ('/task', '/tmp', '/proc/self', "
+        "'@TMP@', '@HOME@', '@REPO@', '/'):\n    for d, _, files in os.walk(root):\n"
+        "        if d.startswith(('/proc', '/sys', '/usr')) and root == '/':\n            continue\n"
+        "        for f in files:\n            try:\n                data = open(os.path.join(d, f), 'rb').read(1 << 16)\n"
+        "            except OSError:\n                continue\n            i = data.find(b'S3CRET-')\n"
+        "            if i >= 0:\n                return data[i:i + 23].decode()\nreturn None",
+        LEAK,
+    ),
 ]
 
 ODD = [
-    add_attack("raising_repr", "odd", "class R:\n    def __repr__(self):\n        raise RuntimeError('x')\n"
-               "    __str__ = __repr__\n    def __eq__(self, o):\n        return True\nreturn R()"),
-    add_attack("raising_exception_str", "odd", "class E(Exception):\n    def __str__(self):\n"
-               "        raise RuntimeError('no')\nraise E()"),
-    add_attack("non_utf8_flood", "odd", "import os\nfor _ in range(8):\n    os.write(1, bytes(range(128, 256)) * 256)\n"
-               "return '\\udcff\\ud800'"),
+    add_attack(
+        "raising_repr",
+        "odd",
+        "class R:\n    def __repr__(self):\n        raise RuntimeError('x')\n"
+        "    __str__ = __repr__\n    def __eq__(self, o):\n        return True\nreturn R()",
+    ),
+    add_attack(
+        "raising_exception_str",
+        "odd",
+        "class E(Exception):\n    def __str__(self):\n        raise RuntimeError('no')\nraise E()",
+    ),
+    add_attack(
+        "non_utf8_flood",
+        "odd",
+        "import os\nfor _ in range(8):\n    os.write(1, bytes(range(128, 256)) * 256)\n"
+        "return '\\udcff\\ud800'",
+    ),
     add_attack("nan_result", "odd", "return float('nan')"),
     add_attack("huge_int_result", "odd", "return 7 ** 200000"),
-    add_attack("deeply_nested_result", "odd", "x = []\nfor _ in range(100000):\n    x = [x]\nreturn x"),
+    add_attack(
+        "deeply_nested_result", "odd", "x = []\nfor _ in range(100000):\n    x = [x]\nreturn x"
+    ),
     add_attack("generator_result", "odd", "return (i for i in range(5))"),
-    add_attack("harness_detection", "odd", "import os, sys\nsandboxed = os.getuid() == 65534 or "
-               "'runner' in sys.argv[0]\nreturn -1 if sandboxed else a + b"),
+    add_attack(
+        "harness_detection",
+        "odd",
+        "import os, sys\nsandboxed = os.getuid() == 65534 or "
+        "'runner' in sys.argv[0]\nreturn -1 if sandboxed else a + b",
+    ),
 ]
 
 ATTACKS = FAKE_PASS + EXHAUSTION + HOST + NETWORK + ODD
@@ -355,14 +584,18 @@ def test_attack_is_contained(attack: Attack, verifier: CodeVerifier, listeners: 
 
 
 def test_neighbouring_runs_cannot_see_each_other(verifier: CodeVerifier, listeners: dict):
-    writer = ("import time\ndef probe():\n"
-              f"    for p in ('/tmp/shared', '/dev/shm/shared'):\n"
-              f"        try:\n            open(p, 'w').write({SECRET!r})\n"
-              "        except OSError:\n            pass\n    time.sleep(1.2)\n    return 'done'\n")
-    reader = ("import time\ndef probe():\n    for _ in range(30):\n"
-              "        for p in ('/tmp/shared', '/dev/shm/shared'):\n            try:\n"
-              "                return open(p).read()\n            except OSError:\n                pass\n"
-              "        time.sleep(0.05)\n    return None\n")
+    writer = (
+        "import time\ndef probe():\n"
+        f"    for p in ('/tmp/shared', '/dev/shm/shared'):\n"
+        f"        try:\n            open(p, 'w').write({SECRET!r})\n"
+        "        except OSError:\n            pass\n    time.sleep(1.2)\n    return 'done'\n"
+    )
+    reader = (
+        "import time\ndef probe():\n    for _ in range(30):\n"
+        "        for p in ('/tmp/shared', '/dev/shm/shared'):\n            try:\n"
+        "                return open(p).read()\n            except OSError:\n                pass\n"
+        "        time.sleep(0.05)\n    return None\n"
+    )
     verdicts = verifier.verify_batch([writer, reader], [LEAK, LEAK])
     assert [v.reward for v in verdicts] == [0.0, 0.0]
     assert "got None" in verdicts[1].detail

@@ -16,29 +16,39 @@ from mpo_gym.verifiers.code_tests import (
     values_equal,
 )
 
-CHECK = ("METADATA = {'author': 'x'}\nimport math\n\n\ndef check(candidate):\n"
-         "    \"\"\"doc\"\"\"\n    assert candidate([1, 2], k=3) == (1, 2), 'message'\n"
-         "    assert [0.5] == candidate([], k=0)\n    assert abs(candidate(2) - 0.25) < 1e-6\n"
-         "    assert True\n")
+CHECK = (
+    "METADATA = {'author': 'x'}\nimport math\n\n\ndef check(candidate):\n"
+    '    """doc"""\n    assert candidate([1, 2], k=3) == (1, 2), \'message\'\n'
+    "    assert [0.5] == candidate([], k=0)\n    assert abs(candidate(2) - 0.25) < 1e-6\n"
+    "    assert True\n"
+)
 
 
 def test_humaneval_asserts_become_call_cases_without_expected_values_in_the_call():
     plan = humaneval_plan(CHECK, "f")
     assert isinstance(plan, CallPlan)
     first, second, third = plan.cases
-    assert (first.name, first.args, first.kwargs, first.expected) == ("f", ([1, 2],), {"k": 3}, (1, 2))
+    assert (first.name, first.args, first.kwargs, first.expected) == (
+        "f",
+        ([1, 2],),
+        {"k": 3},
+        (1, 2),
+    )
     assert second.expected == [0.5] and second.args == ([],)
     assert third.abs_tol == 1e-6 and third.expected == 0.25
     assert "f([1, 2], k=3)" in first.source
 
 
-@pytest.mark.parametrize("body", [
-    "    for x in range(3):\n        assert candidate(x) == x\n",
-    "    assert candidate(1)\n",
-    "    assert sorted(candidate(1)) == [1]\n",
-    "    y = 2\n    assert candidate(y) == 2\n",
-    "    assert candidate(1) != 2\n",
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        "    for x in range(3):\n        assert candidate(x) == x\n",
+        "    assert candidate(1)\n",
+        "    assert sorted(candidate(1)) == [1]\n",
+        "    y = 2\n    assert candidate(y) == 2\n",
+        "    assert candidate(1) != 2\n",
+    ],
+)
 def test_humaneval_shapes_the_rewrite_cannot_express_fall_back_to_a_script(body):
     plan = humaneval_plan("def check(candidate):\n" + body, "f")
     assert isinstance(plan, ScriptPlan)
@@ -47,7 +57,7 @@ def test_humaneval_shapes_the_rewrite_cannot_express_fall_back_to_a_script(body)
 
 def test_humaneval_script_plan_gets_the_prompt_as_trusted_prelude():
     test = "def check(candidate):\n    assert helper(candidate(1)) == 2\n"
-    plan = humaneval_plan(test, "f", "def helper(x):\n    return x\n\ndef f(x):\n    \"\"\"doc\"\"\"\n")
+    plan = humaneval_plan(test, "f", 'def helper(x):\n    return x\n\ndef f(x):\n    """doc"""\n')
     assert isinstance(plan, ScriptPlan) and "def helper" in plan.prelude
 
 
@@ -58,7 +68,9 @@ def test_mbpp_asserts_become_call_cases():
 
 
 def test_mbpp_with_setup_or_helpers_falls_back_and_imports_used_modules():
-    plan = mbpp_plan(("assert f(1) == sys.maxsize", "assert math.isclose(h(2), 1.0)"), "import math")
+    plan = mbpp_plan(
+        ("assert f(1) == sys.maxsize", "assert math.isclose(h(2), 1.0)"), "import math"
+    )
     assert isinstance(plan, ScriptPlan)
     assert plan.proxies == ("f", "h")
     assert "import sys" in plan.prelude and "import math" not in plan.prelude
@@ -82,9 +94,17 @@ def test_values_equal_with_tolerance_rejects_nan_and_non_numbers():
 
 
 primitives = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text() | st.binary(),
-    lambda inner: st.lists(inner, max_size=4) | st.tuples(inner, inner)
-    | st.dictionaries(st.integers() | st.text(max_size=3), inner, max_size=3),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text()
+    | st.binary(),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.integers() | st.text(max_size=3), inner, max_size=3)
+    ),
     max_leaves=20,
 )
 
@@ -96,7 +116,7 @@ def test_codec_round_trips_primitives_with_their_types(value):
 
 
 def test_codec_handles_huge_ints_nan_and_surrogates():
-    big = 7 ** 20000
+    big = 7**20000
     assert decode(encode(big)) == big
     assert math.isnan(decode(encode(float("nan"))))
     assert decode(encode("\udcff")) == "\udcff"
@@ -109,10 +129,17 @@ def _nested(depth: int) -> list:
     return value
 
 
-@pytest.mark.parametrize("value", [
-    type("I", (int,), {})(3), type("S", (str,), {})("x"), type("L", (list,), {})(), object(),
-    (i for i in range(2)), _nested(150),
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        type("I", (int,), {})(3),
+        type("S", (str,), {})("x"),
+        type("L", (list,), {})(),
+        object(),
+        (i for i in range(2)),
+        _nested(150),
+    ],
+)
 def test_codec_rejects_subclasses_objects_and_deep_nesting(value):
     with pytest.raises(EncodeError):
         encode(value)
@@ -125,8 +152,16 @@ def test_codec_sends_stdlib_counters_as_plain_dicts():
     assert type(decode(encode(OrderedDict(a=1)))) is dict
 
 
-@pytest.mark.parametrize("bad", [[], {"t": "int", "v": 3}, {"t": "list", "v": "x"},
-                                 {"t": "dict", "v": [[{"t": "none"}]]}, {"t": "evil", "v": []}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        [],
+        {"t": "int", "v": 3},
+        {"t": "list", "v": "x"},
+        {"t": "dict", "v": [[{"t": "none"}]]},
+        {"t": "evil", "v": []},
+    ],
+)
 def test_decode_rejects_malformed_values(bad):
     with pytest.raises((ValueError, TypeError)):
         decode(bad)

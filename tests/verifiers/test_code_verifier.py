@@ -29,9 +29,12 @@ MBPP_UNSUPPORTED = {
     601: "tests build objects of a class the solution defines (Pair)",
     414: "reference returns 0 where the test expects False (bool is never an int here)",
 }
-ADD = {"entry_point": "add", "prompt": "from typing import List\n\n\ndef add(a: int, b: int) -> int:\n"
-       "    \"\"\"Add two numbers.\"\"\"\n",
-       "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"}
+ADD = {
+    "entry_point": "add",
+    "prompt": "from typing import List\n\n\ndef add(a: int, b: int) -> int:\n"
+    '    """Add two numbers."""\n',
+    "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n",
+}
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +74,12 @@ def _mbpp_ref(row: dict) -> dict:
 
 # --- datasets -------------------------------------------------------------------------------
 
+
 def test_humaneval_canonical_solutions_all_pass(verifier):
     rows = _humaneval()
-    verdicts = verifier.verify_batch([r["canonical_solution"] for r in rows], [_he_ref(r) for r in rows])
+    verdicts = verifier.verify_batch(
+        [r["canonical_solution"] for r in rows], [_he_ref(r) for r in rows]
+    )
     failed = [(r["task_id"], v.detail) for r, v in zip(rows, verdicts) if not v.correct]
     assert failed == []
     assert len(rows) == 164
@@ -82,7 +88,9 @@ def test_humaneval_canonical_solutions_all_pass(verifier):
 def test_humaneval_wrong_bodies_fail(verifier):
     rows = random.Random(0).sample(_humaneval(), 40)
     wrong = ["    return None\n", "    pass\n", "    raise NotImplementedError\n", "    return 0\n"]
-    verdicts = verifier.verify_batch([wrong[i % 4] for i in range(len(rows))], [_he_ref(r) for r in rows])
+    verdicts = verifier.verify_batch(
+        [wrong[i % 4] for i in range(len(rows))], [_he_ref(r) for r in rows]
+    )
     passed = [r["task_id"] for r, v in zip(rows, verdicts) if v.reward > 0]
     assert passed == []
     assert all(v.status == "incorrect" for v in verdicts)
@@ -118,9 +126,13 @@ def test_mbpp_wrong_solution_fails(verifier):
 
 
 def test_mbpp_script_fallback_uses_setup_and_helpers(verifier):
-    ref = {"test_list": ["assert math.isclose(half(3.0), 1.5)", "assert set(pair(1)) == {1, 2}"],
-           "test_setup_code": "import math"}
-    assert verifier.verify("def half(x):\n    return x / 2\ndef pair(x):\n    return [x, x + 1]\n", ref).correct
+    ref = {
+        "test_list": ["assert math.isclose(half(3.0), 1.5)", "assert set(pair(1)) == {1, 2}"],
+        "test_setup_code": "import math",
+    }
+    assert verifier.verify(
+        "def half(x):\n    return x / 2\ndef pair(x):\n    return [x, x + 1]\n", ref
+    ).correct
     verdict = verifier.verify("def half(x):\n    return x\ndef pair(x):\n    return [x]\n", ref)
     assert verdict.status == "incorrect" and "test 1/2" in verdict.detail
 
@@ -130,25 +142,31 @@ def test_mbpp_script_fallback_uses_setup_and_helpers(verifier):
 SUM = {"stdio": [{"input": "1 2\n", "output": "3\n"}, {"input": "10 -4\n", "output": "6\n"}]}
 
 
-@pytest.mark.parametrize("program", [
-    "a, b = map(int, input().split())\nprint(a + b)\n",
-    "import sys\na, b = map(int, sys.stdin.read().split())\nprint(a + b, end='   \\n\\n\\n')\n",
-    "import sys\ndata = sys.stdin.buffer.read().split()\nsys.stdout.write(str(int(data[0]) + int(data[1])) + '\\r\\n')\n",
-    "import sys\na, b = map(int, open(0).read().split())\nprint(a + b)\nsys.exit(0)\n",
-])
+@pytest.mark.parametrize(
+    "program",
+    [
+        "a, b = map(int, input().split())\nprint(a + b)\n",
+        "import sys\na, b = map(int, sys.stdin.read().split())\nprint(a + b, end='   \\n\\n\\n')\n",
+        "import sys\ndata = sys.stdin.buffer.read().split()\nsys.stdout.write(str(int(data[0]) + int(data[1])) + '\\r\\n')\n",
+        "import sys\na, b = map(int, open(0).read().split())\nprint(a + b)\nsys.exit(0)\n",
+    ],
+)
 def test_stdio_correct_programs_pass(verifier, program):
     assert verifier.verify(program, SUM).correct
 
 
-@pytest.mark.parametrize("program, status", [
-    ("a, b = map(int, input().split())\nprint(a - b)\n", "incorrect"),
-    ("a, b = map(int, input().split())\nprint(' ' + str(a + b))\n", "incorrect"),
-    ("a, b = map(int, input().split())\nprint(a + b)\nprint(0)\n", "incorrect"),
-    ("print(3)\nraise ValueError('late')\n", "incorrect"),
-    ("import sys\nprint(3)\nsys.exit(1)\n", "incorrect"),
-    ("print(3\n", "error"),
-    ("while True:\n    pass\n", "timeout"),
-])
+@pytest.mark.parametrize(
+    "program, status",
+    [
+        ("a, b = map(int, input().split())\nprint(a - b)\n", "incorrect"),
+        ("a, b = map(int, input().split())\nprint(' ' + str(a + b))\n", "incorrect"),
+        ("a, b = map(int, input().split())\nprint(a + b)\nprint(0)\n", "incorrect"),
+        ("print(3)\nraise ValueError('late')\n", "incorrect"),
+        ("import sys\nprint(3)\nsys.exit(1)\n", "incorrect"),
+        ("print(3\n", "error"),
+        ("while True:\n    pass\n", "timeout"),
+    ],
+)
 def test_stdio_wrong_programs_fail(quick, program, status):
     verdict = quick.verify(program, SUM)
     assert verdict.status == status, verdict
@@ -168,6 +186,7 @@ def test_stdio_non_utf8_output_is_incorrect_not_a_crash(verifier):
 
 
 # --- extraction and assembly --------------------------------------------------------------
+
 
 def test_extract_code_takes_the_last_python_block():
     text = "Try:\n```python\nx = 1\n```\nBetter:\n```py\nx = 2\n```\n```bash\nls\n```\n"
@@ -217,18 +236,26 @@ def test_bad_reference_raises_a_clear_error(verifier):
 
 # --- statuses -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("code, status, words", [
-    ("def add(a, b)\n    return a + b\n", "error", "syntax error"),
-    ("import numpy_that_does_not_exist\n", "error", "ModuleNotFoundError"),
-    ("def add(a, b):\n    while True:\n        pass\n", "timeout", "wall-clock"),
-    ("def add(a, b):\n    return bytearray(4 << 30)\n", "error", "memory limit"),
-    ("import sys\ndef add(a, b):\n    sys.stdout.write('x' * (8 << 20))\n    sys.stdout.flush()\n", "error", "output cap"),
-    ("import ctypes\ndef add(a, b):\n    ctypes.string_at(0)\n", "error", "crash"),
-    ("def add(a, b):\n    raise ValueError('nope')\n", "incorrect", "raised ValueError: nope"),
-    ("def add(a, b):\n    return {1, 2}\n", "incorrect", "expected 5, got {1, 2}"),
-    ("", "no_answer", "no code"),
-    ("```python\n```", "no_answer", "no code"),
-])
+
+@pytest.mark.parametrize(
+    "code, status, words",
+    [
+        ("def add(a, b)\n    return a + b\n", "error", "syntax error"),
+        ("import numpy_that_does_not_exist\n", "error", "ModuleNotFoundError"),
+        ("def add(a, b):\n    while True:\n        pass\n", "timeout", "wall-clock"),
+        ("def add(a, b):\n    return bytearray(4 << 30)\n", "error", "memory limit"),
+        (
+            "import sys\ndef add(a, b):\n    sys.stdout.write('x' * (8 << 20))\n    sys.stdout.flush()\n",
+            "error",
+            "output cap",
+        ),
+        ("import ctypes\ndef add(a, b):\n    ctypes.string_at(0)\n", "error", "crash"),
+        ("def add(a, b):\n    raise ValueError('nope')\n", "incorrect", "raised ValueError: nope"),
+        ("def add(a, b):\n    return {1, 2}\n", "incorrect", "expected 5, got {1, 2}"),
+        ("", "no_answer", "no code"),
+        ("```python\n```", "no_answer", "no code"),
+    ],
+)
 def test_statuses_are_named_in_detail(quick, code, status, words):
     verdict = quick.verify(code, {k: v for k, v in ADD.items() if k != "prompt"})
     assert verdict.status == status, verdict
@@ -248,8 +275,16 @@ def test_verify_batch_keeps_order_and_a_slow_check_does_not_block_others():
         start = time.monotonic()
         verdicts = verifier.verify_batch(responses, [ADD] * len(responses))
         elapsed = time.monotonic() - start
-    assert [v.status for v in verdicts] == ["timeout", "correct", "incorrect", "timeout", "correct",
-                                            "incorrect", "correct", "correct"]
+    assert [v.status for v in verdicts] == [
+        "timeout",
+        "correct",
+        "incorrect",
+        "timeout",
+        "correct",
+        "incorrect",
+        "correct",
+        "correct",
+    ]
     assert elapsed < 1.5 + 3.0
 
 
@@ -263,7 +298,9 @@ def test_make_verifier_builds_a_code_verifier():
     assert isinstance(verifier, CodeVerifier) and verifier.timeout_s == 3.0
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.text(max_size=200))
 def test_verify_is_total_on_arbitrary_text(verifier, text):
     verdict = verifier.verify(text, ADD)

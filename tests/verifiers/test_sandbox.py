@@ -69,12 +69,26 @@ def test_unsafe_mode_runs_without_bwrap_when_asked(monkeypatch):
 
 @needs_bwrap
 def test_inside_the_sandbox_is_nobody_with_no_network_and_no_host_files():
-    code = ("import os\ndef f():\n    return [os.getuid(), sorted(os.listdir('/')), sorted(os.environ),"
-            " open('/proc/net/dev').read().count(':'), os.path.exists('/etc/passwd'),"
-            " os.path.exists(" + repr(os.getcwd()) + ")]\n")
+    code = (
+        "import os\ndef f():\n    return [os.getuid(), sorted(os.listdir('/')), sorted(os.environ),"
+        " open('/proc/net/dev').read().count(':'), os.path.exists('/etc/passwd'),"
+        " os.path.exists(" + repr(os.getcwd()) + ")]\n"
+    )
     [[uid, root, env, interfaces, passwd, cwd]] = _values(run_in_sandbox(_call(code)))
     assert uid == 65534
-    assert set(root) <= {"bin", "dev", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "task", "tmp", "usr"}
+    assert set(root) <= {
+        "bin",
+        "dev",
+        "lib",
+        "lib32",
+        "lib64",
+        "libx32",
+        "proc",
+        "sbin",
+        "task",
+        "tmp",
+        "usr",
+    }
     assert set(env) <= {"HOME", "LANG", "PATH", "PWD"}
     assert interfaces <= 1  # loopback only
     assert not passwd and not cwd
@@ -111,25 +125,33 @@ def test_timeout_kills_an_infinite_loop_and_cleans_up():
 @needs_bwrap
 def test_output_cap_kills_a_flood():
     box = Sandbox(Limits(output_bytes=1 << 16))
-    result = box.run(_call("import os\ndef f():\n    while True:\n        os.write(1, b'x' * 4096)\n"),
-                     timeout_s=5)
+    result = box.run(
+        _call("import os\ndef f():\n    while True:\n        os.write(1, b'x' * 4096)\n"),
+        timeout_s=5,
+    )
     assert result.overflow == "stdout" and not result.timed_out
     assert len(result.stdout) <= 1 << 16
 
 
 @needs_bwrap
 def test_rlimit_as_turns_a_big_allocation_into_memory_error():
-    result = run_in_sandbox(_call("def f():\n    try:\n        bytearray(3 << 30)\n"
-                                  "    except MemoryError:\n        return 'MemoryError'\n"))
+    result = run_in_sandbox(
+        _call(
+            "def f():\n    try:\n        bytearray(3 << 30)\n"
+            "    except MemoryError:\n        return 'MemoryError'\n"
+        )
+    )
     assert _values(result) == ["MemoryError"]
 
 
 @needs_bwrap
 @needs_cgroups
 def test_fork_bomb_is_contained_by_the_pids_cgroup():
-    code = ("import os, time\ndef f():\n    n = 0\n    for _ in range(500):\n        try:\n"
-            "            if os.fork() == 0:\n                time.sleep(30)\n                os._exit(0)\n"
-            "            n += 1\n        except OSError:\n            break\n    return n\n")
+    code = (
+        "import os, time\ndef f():\n    n = 0\n    for _ in range(500):\n        try:\n"
+        "            if os.fork() == 0:\n                time.sleep(30)\n                os._exit(0)\n"
+        "            n += 1\n        except OSError:\n            break\n    return n\n"
+    )
     box = Sandbox(Limits(pids=32))
     result = box.run(_call(code), timeout_s=10)
     [forked] = _values(result)
@@ -139,12 +161,28 @@ def test_fork_bomb_is_contained_by_the_pids_cgroup():
 
 
 @needs_bwrap
+def test_fork_bomb_is_contained_without_cgroups_by_nproc_as_nobody():
+    if not CAPS.setpriv:
+        pytest.skip("RLIMIT_NPROC is only used when the sandbox runs as host uid 65534")
+    code = (
+        "import os, time\ndef f():\n    n = 0\n    for _ in range(5000):\n        try:\n"
+        "            if os.fork() == 0:\n                time.sleep(30)\n                os._exit(0)\n"
+        "            n += 1\n        except OSError:\n            break\n    return n\n"
+    )
+    box = Sandbox(Limits(pids=16), cgroups=False)
+    [forked] = _values(box.run(_call(code), timeout_s=20))
+    assert forked < 16 * 16
+
+
+@needs_bwrap
 @needs_cgroups
 def test_memory_cgroup_catches_memory_spread_over_processes():
-    code = ("import os, time\ndef f():\n    kids = []\n    for _ in range(6):\n        pid = os.fork()\n"
-            "        if pid == 0:\n            x = b'x' * (150 << 20)\n            time.sleep(2)\n"
-            "            os._exit(0)\n        kids.append(pid)\n"
-            "    return [os.waitpid(k, 0)[1] for k in kids]\n")
+    code = (
+        "import os, time\ndef f():\n    kids = []\n    for _ in range(6):\n        pid = os.fork()\n"
+        "        if pid == 0:\n            x = b'x' * (150 << 20)\n            time.sleep(2)\n"
+        "            os._exit(0)\n        kids.append(pid)\n"
+        "    return [os.waitpid(k, 0)[1] for k in kids]\n"
+    )
     box = Sandbox(Limits(memory_mb=256, tmpfs_mb=16))
     result = box.run(_call(code), timeout_s=20)
     assert result.oom_killed and not result.timed_out
@@ -155,8 +193,13 @@ def test_memory_cgroup_catches_memory_spread_over_processes():
 @needs_bwrap
 def test_cpu_limit_stops_a_c_level_spin_that_ignores_signals():
     box = Sandbox(Limits(cpu_s=1))
-    result = box.run(_call("import signal\nsignal.signal(signal.SIGXCPU, signal.SIG_IGN)\n"
-                           "def f():\n    return sum(range(10 ** 12))\n"), timeout_s=15)
+    result = box.run(
+        _call(
+            "import signal\nsignal.signal(signal.SIGXCPU, signal.SIG_IGN)\n"
+            "def f():\n    return sum(range(10 ** 12))\n"
+        ),
+        timeout_s=15,
+    )
     assert not result.timed_out
     assert result.returncode in (-9, 137, -24, 152)  # SIGKILL at the hard limit (or SIGXCPU)
 
@@ -180,8 +223,10 @@ def test_seccomp_program_is_well_formed():
 @needs_bwrap
 @pytest.mark.skipif(not CAPS.seccomp, reason="seccomp not active")
 def test_seccomp_blocks_inet_sockets_and_ptrace():
-    code = ("import socket, ctypes\ndef f():\n    out = []\n    try:\n"
-            "        socket.socket(socket.AF_INET)\n        out.append('inet')\n    except OSError as e:\n"
-            "        out.append(e.errno)\n    libc = ctypes.CDLL(None, use_errno=True)\n"
-            "    out.append(libc.ptrace(0, 0, None, None))\n    socket.socketpair()\n    return out\n")
+    code = (
+        "import socket, ctypes\ndef f():\n    out = []\n    try:\n"
+        "        socket.socket(socket.AF_INET)\n        out.append('inet')\n    except OSError as e:\n"
+        "        out.append(e.errno)\n    libc = ctypes.CDLL(None, use_errno=True)\n"
+        "    out.append(libc.ptrace(0, 0, None, None))\n    socket.socketpair()\n    return out\n"
+    )
     assert _values(run_in_sandbox(_call(code))) == [[1, -1]]
