@@ -219,20 +219,36 @@ def _make_envs(
 
 
 def _rollout(envs, policy, indices, seed, temperature, top_p, batch_size, progress) -> list[Any]:
+    """Episodes for ``indices`` in chunks of ``len(envs)`` (rollout plays one episode per env)."""
     from .rollout import rollout
 
     greedy = temperature == 0
-    return rollout(
-        envs,
-        policy,
-        task_indices=indices,
-        seed=seed,
-        temperature=1.0 if greedy else float(temperature),
-        top_p=top_p,
-        greedy=greedy,
-        max_batch=batch_size,
-        progress=progress,
-    )
+    bar = _bar(len(indices), progress, desc=getattr(envs[0].spec, "id", "eval"))
+    episodes: list[Any] = []
+    for start in range(0, len(indices), len(envs)):
+        chunk = indices[start : start + len(envs)]
+        episodes += rollout(
+            envs[: len(chunk)],
+            policy,
+            task_indices=chunk,
+            seed=seed + start,
+            temperature=1.0 if greedy else float(temperature),
+            top_p=top_p,
+            greedy=greedy,
+            max_batch=batch_size,
+        )
+        bar.update(len(chunk))
+        bar.set_postfix(
+            correct=sum(getattr(e.verdict, "status", "") == "correct" for e in episodes)
+        )
+    bar.close()
+    return episodes
+
+
+def _bar(total: int, enabled: bool, desc: str) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="ep", disable=not enabled, dynamic_ncols=True)
 
 
 def _verdicts(episodes: Sequence[Any], env: Any) -> list[Any]:
@@ -459,10 +475,37 @@ def main_eval(argv: Sequence[str] | None = None) -> int:
 
 
 def load_policy(spec: str, dtype: str = "float32") -> Any:
-    """An :class:`~mpo_gym.policy.LMPolicy` from ``"default"``, a model folder or a checkpoint."""
+    """An :class:`~mpo_gym.policy.LMPolicy` from a model spec.
+
+    ``spec`` is ``"default"`` (the embedded model), a hub id or model folder, a folder written
+    by ``LMPolicy.save_pretrained`` (has ``policy.json``), or a training run / its
+    ``checkpoint/`` folder (``policy.pt`` next to, or one level below, the run's
+    ``config.json``), rebuilt with the run's config and then loaded.
+    """
     from .policy import LMPolicy
 
+    path = Path(spec)
+    if (path / "policy.json").is_file():
+        return LMPolicy.load_checkpoint(path, dtype=dtype)
+    for ckpt, run_dir in ((path / "checkpoint", path), (path, path.parent)):
+        if (ckpt / "policy.pt").is_file() and (run_dir / "config.json").is_file():
+            return _load_training_checkpoint(ckpt, run_dir)
     return LMPolicy.from_pretrained(spec, dtype=dtype)
+
+
+def _load_training_checkpoint(ckpt: Path, run_dir: Path) -> Any:
+    import dataclasses
+
+    import torch
+
+    from .trainer import TrainConfig, make_policy
+
+    saved = json.loads((run_dir / "config.json").read_text())
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in saved.items() if k in names})
+    policy = make_policy(cfg)
+    policy.load_state_dict(torch.load(ckpt / "policy.pt", map_location="cpu"))
+    return policy
 
 
 def _model_names(models: Sequence[str]) -> list[str]:
