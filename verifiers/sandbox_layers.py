@@ -12,6 +12,7 @@ Neither is a complete sandbox on its own; see the module docstring of ``sandbox`
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import platform
 import secrets
@@ -57,6 +58,35 @@ def detect_cgroups() -> CgroupLayout | None:
             if _enable_v2_controllers() and _can_create(layout):
                 return layout
     return None
+
+
+def remove_stale_cgroups(layout: CgroupLayout) -> int:
+    """Remove run cgroups left by processes that died mid-check; return how many went."""
+    removed = 0
+    for root in sorted(set(layout.roots.values())):
+        for path in glob.glob(os.path.join(root, "mpo_gym_*_*")):
+            owner = os.path.basename(path).split("_")[2]
+            if not owner.isdigit() or pid_alive(int(owner)):
+                continue
+            with open(os.path.join(path, "cgroup.procs")) as handle:
+                for line in handle:
+                    with contextlib.suppress(OSError, ValueError):
+                        os.kill(int(line), signal.SIGKILL)
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+                removed += 1
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (it may be someone else's after reuse)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _enable_v2_controllers() -> bool:

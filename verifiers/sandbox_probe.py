@@ -15,7 +15,7 @@ import subprocess
 import threading
 from dataclasses import dataclass
 
-from .sandbox_layers import CgroupLayout, detect_cgroups, seccomp_supported
+from .sandbox_layers import CgroupLayout, detect_cgroups, remove_stale_cgroups, seccomp_supported
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 NOBODY = 65534
@@ -79,6 +79,8 @@ def _cached_probe() -> Capabilities:
         else:
             bwrap = None
     cgroups = detect_cgroups()
+    if cgroups is not None:
+        remove_stale_cgroups(cgroups)
     if cgroups is None:
         problems.append("no writable pids+memory cgroup under /sys/fs/cgroup")
     seccomp = bool(bwrap) and seccomp_supported()

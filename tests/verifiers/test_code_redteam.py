@@ -484,6 +484,28 @@ NETWORK = [
         LEAK,
     ),
 ]
+SEARCH = (
+    "import os\nfor d, _, files in os.walk('/'):\n    if d.startswith(('/proc', '/sys', '/usr')):\n"
+    "        continue\n    for f in files:\n        try:\n"
+    "            data = open(os.path.join(d, f), 'rb').read(1 << 16)\n        except OSError:\n"
+    "            continue\n        i = data.find(b'S3CRET-')\n        if i >= 0:\n"
+    "            return data[i:i + 23].decode()\nreturn None"
+)
+LEAK_SCRIPT = {  # not rewritable into call cases: the test code runs in its own sandbox
+    "entry_point": "probe",
+    "test": f"def check(candidate):\n    secret = {SECRET!r}\n    assert candidate() == secret\n",
+}
+NETWORK += [
+    oracle("hidden_tests_in_script_mode", "secret", SEARCH, LEAK_SCRIPT),
+    Attack(
+        "stdio_hidden_output_search",
+        "secret",
+        "def probe():\n"
+        + "".join(f"    {ln}\n" for ln in SEARCH.splitlines())
+        + "print(probe())\n",
+        {"stdio": [{"input": "x\n", "output": SECRET + "\n"}]},
+    ),
+]
 
 ODD = [
     add_attack(
