@@ -402,6 +402,18 @@ def _finish() -> None:
     os._exit(0)
 
 
+def _add_exit_builtins() -> None:
+    """``exit()``/``quit()`` come from ``site``, which ``-S`` skips; programs still use them."""
+    import builtins
+
+    def _exit(code: object = None) -> None:
+        raise SystemExit(code)
+
+    for name in ("exit", "quit"):
+        if not hasattr(builtins, name):
+            setattr(builtins, name, _exit)
+
+
 def main(argv: list) -> None:
     """Entry point inside the sandbox."""
     payload_path, channel = argv[1], Channel(int(argv[2]))
@@ -409,6 +421,7 @@ def main(argv: list) -> None:
         payload = marshal.load(handle)  # written by the parent: trusted direction only
     set_limits(payload["limits"])
     os.chdir(payload["workdir"])
+    _add_exit_builtins()
     extra = [int(a) for a in argv[3:]]
     mode = payload["mode"]
     if mode == "calls":

@@ -151,7 +151,7 @@ class SandboxProcess:
 
     proc: subprocess.Popen | None
     streams: dict[str, int]
-    caps: dict[str, int]
+    byte_caps: dict[str, int]
     cgroup: RunCgroup | None
     scratch: str
     started: float
@@ -263,12 +263,12 @@ class Sandbox:
             for fd in owned:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        caps = {
+        byte_caps = {
             "stdout": self.limits.output_bytes,
             "stderr": self.limits.output_bytes,
             "channel": self.limits.channel_bytes,
         }
-        return SandboxProcess(proc, streams, caps, cgroup, scratch, time.monotonic())
+        return SandboxProcess(proc, streams, byte_caps, cgroup, scratch, time.monotonic())
 
     def _rlimits(self) -> dict[str, int]:
         limits = self.limits.rlimits()
@@ -387,10 +387,10 @@ def _pump(runs: Sequence[SandboxProcess], deadline: float) -> None:
                     selector.unregister(key.fd)
                     open_fds -= 1
                     continue
-                if len(run.buffers[name]) > run.caps[name]:
+                if len(run.buffers[name]) > run.byte_caps[name]:
                     continue  # already over the cap and killed: drain until EOF
                 run.buffers[name] += chunk
-                if len(run.buffers[name]) > run.caps[name]:
+                if len(run.buffers[name]) > run.byte_caps[name]:
                     run.result.overflow = run.result.overflow or name
                     _kill(run)
 
@@ -424,7 +424,7 @@ def _cleanup(run: SandboxProcess) -> None:
         with contextlib.suppress(OSError):
             os.close(run.streams["channel"])
     for name, buffer in run.buffers.items():
-        setattr(result, name, bytes(buffer[: run.caps[name]]))
+        setattr(result, name, bytes(buffer[: run.byte_caps[name]]))
     if run.cgroup is not None:
         result.oom_killed, result.pids_limited = run.cgroup.events()
         run.cgroup.remove()

@@ -22,7 +22,12 @@ from mpo_gym.verifiers.sandbox import (
     probe,
     run_in_sandbox,
 )
-from mpo_gym.verifiers.sandbox_layers import seccomp_program, seccomp_supported
+from mpo_gym.verifiers.sandbox_layers import (
+    CgroupLayout,
+    RunCgroup,
+    seccomp_program,
+    seccomp_supported,
+)
 
 CAPS = probe()
 needs_bwrap = pytest.mark.skipif(not CAPS.strong, reason="needs bubblewrap")
@@ -230,3 +235,16 @@ def test_seccomp_blocks_inet_sockets_and_ptrace():
         "    out.append(libc.ptrace(0, 0, None, None))\n    socket.socketpair()\n    return out\n"
     )
     assert _values(run_in_sandbox(_call(code))) == [[1, -1]]
+
+
+def test_cgroup_v2_layout_writes_the_v2_limit_files(tmp_path):
+    layout = CgroupLayout("v2", {"pids": str(tmp_path), "memory": str(tmp_path)})
+    group = RunCgroup(layout, pids_max=12, memory_bytes=1 << 26)
+    [path] = group.dirs
+    assert open(os.path.join(path, "pids.max")).read() == "12"
+    assert open(os.path.join(path, "memory.max")).read() == str(1 << 26)
+    assert open(os.path.join(path, "memory.swap.max")).read() == "0"
+    assert group.wrap(["true"])[-1] == "true" and "cgroup.procs" in group.wrap(["true"])[2]
+    with open(os.path.join(path, "memory.events"), "w") as handle:
+        handle.write("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
+    assert group.events() == (True, False)
