@@ -12,7 +12,8 @@ How the code to judge is obtained from the response (:func:`extract_code`, :func
 1. The last fenced block tagged ``python``/``py``/``python3`` or untagged (an unclosed final
    fence counts, for truncated generations); with no such block, the whole response.
 2. HumanEval only: if the code defines the entry point (``def f(`` at column 0), it is the
-   whole program and the prompt's top-level ``import``/``from`` lines are put in front of it.
+   whole program; the prompt's top-level imports, and its helper functions or classes that
+   the code does not define itself, are put in front of it.
    Otherwise, when a ``prompt`` is given, the code is a *function body*: it is appended to
    the prompt, and a body whose first non-blank line is not indented is indented by four
    spaces first.
@@ -27,6 +28,7 @@ failure); ``no_answer`` (no code in the response).
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import threading
@@ -66,9 +68,8 @@ def assemble(code: str, reference: dict) -> str:
     entry_point, prompt = reference.get("entry_point"), reference.get("prompt")
     if not entry_point or "test" not in reference:
         return code
-    if re.search(rf"^(async\s+)?def\s+{re.escape(entry_point)}\s*\(", code, re.M):
-        imports = [ln for ln in (prompt or "").splitlines() if ln.startswith(("import ", "from "))]
-        return "\n".join(imports + [code])
+    if _defines(code, entry_point):
+        return "\n".join([*_prompt_context(prompt or "", entry_point, code), code])
     if not prompt:
         return code
     lines = code.splitlines()
@@ -76,6 +77,33 @@ def assemble(code: str, reference: dict) -> str:
     if first and not first[0].isspace():
         code = "\n".join(("    " + ln) if ln.strip() else ln for ln in lines) + "\n"
     return prompt + ("" if prompt.endswith("\n") else "\n") + code
+
+
+def _defines(code: str, name: str) -> bool:
+    """Whether ``code`` has ``def name(`` (or a class) at column 0; a regex, not a parse."""
+    return bool(re.search(rf"^((async\s+)?def|class)\s+{re.escape(name)}\b", code, re.M))
+
+
+def _prompt_context(prompt: str, entry_point: str, code: str) -> list[str]:
+    """The prompt's imports and helper definitions that ``code`` does not define itself.
+
+    Only the (trusted) prompt is parsed; the model's code is matched with :func:`_defines`.
+    """
+    try:
+        tree = ast.parse(prompt)
+    except SyntaxError:
+        return [ln for ln in prompt.splitlines() if ln.startswith(("import ", "from "))]
+    parts = []
+    for node in tree.body:
+        keep = isinstance(node, (ast.Import, ast.ImportFrom)) or (
+            isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            and node.name != entry_point
+            and not _defines(code, node.name)
+        )
+        if keep:
+            first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+            parts.append("\n".join(prompt.splitlines()[first - 1 : node.end_lineno]))
+    return parts
 
 
 def validate_reference(reference: Any) -> str:

@@ -211,8 +211,8 @@ class Sandbox:
     ) -> SandboxProcess:
         """Start ``code_runner.py`` on ``payload``; ``pipes`` are extra fds passed through.
 
-        The runner receives ``payload`` (plus ``limits``, ``workdir``) as ``/task/payload.bin`` (marshal)
-        and ``files`` beside it. Never raises for sandbox problems: a failed start is
+        The runner receives ``payload`` (plus ``limits``, ``workdir``) as the ``marshal`` file
+        ``/task/payload.bin``, and ``files`` beside it. Never raises for sandbox problems: a failed start is
         reported in ``result.failure`` by :func:`collect`.
         """
         scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
@@ -298,8 +298,9 @@ class Sandbox:
             os.chmod(os.path.join(scratch, name), 0o444)
         if not self.caps.bwrap:
             os.mkdir(os.path.join(scratch, "work"), 0o700)
-        elif self.caps.setpriv:
-            os.chmod(scratch, 0o755)
+        elif self.caps.setpriv:  # readable by the sandbox's host uid, and by nobody else
+            os.chown(scratch, NOBODY, NOBODY)
+            os.chmod(scratch, 0o500)
 
     def _argv(
         self, scratch: str, task: str, extra_fds: list[int], seccomp_fd: int | None

@@ -85,6 +85,16 @@ def test_humaneval_canonical_solutions_all_pass(verifier):
     assert len(rows) == 164
 
 
+def test_humaneval_full_program_responses_pass(verifier):
+    """A model that repeats the prompt and answers in a fenced block is judged the same."""
+    rows = _humaneval()
+    responses = [
+        f"Here you go:\n```python\n{r['prompt']}{r['canonical_solution']}```\n" for r in rows
+    ]
+    verdicts = verifier.verify_batch(responses, [_he_ref(r) for r in rows])
+    assert [(r["task_id"], v.detail) for r, v in zip(rows, verdicts) if not v.correct] == []
+
+
 def test_humaneval_wrong_bodies_fail(verifier):
     rows = random.Random(0).sample(_humaneval(), 40)
     wrong = ["    return None\n", "    pass\n", "    raise NotImplementedError\n", "    return 0\n"]
@@ -214,6 +224,21 @@ def test_assemble_indents_an_unindented_body():
 def test_assemble_keeps_a_full_definition_and_adds_prompt_imports():
     code = "def add(a: int, b: int) -> int:\n    return a + b\n"
     assert assemble(code, ADD) == "from typing import List\n" + code
+
+
+def test_full_definition_gets_the_prompts_helpers(verifier):
+    row = next(r for r in _humaneval() if r["entry_point"] == "decode_cyclic")
+    code = "def decode_cyclic(s: str):\n    return encode_cyclic(encode_cyclic(s))\n"
+    assembled = assemble(code, _he_ref(row))
+    assert "def encode_cyclic" in assembled and assembled.endswith(code)
+    assert verifier.verify(code, _he_ref(row)).correct
+
+
+def test_a_redefined_helper_replaces_the_prompts_copy():
+    prompt = 'import math\n\ndef helper():\n    return 1\n\ndef f():\n    """doc"""\n'
+    code = "def helper():\n    return 2\n\ndef f():\n    return helper()\n"
+    assembled = assemble(code, {"entry_point": "f", "test": "", "prompt": prompt})
+    assert assembled == "import math\n" + code
 
 
 def test_body_only_and_full_definitions_both_pass(verifier):
