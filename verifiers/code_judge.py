@@ -43,8 +43,14 @@ def _show(value: Any) -> str:
     return text if len(text) <= SHOW else text[: SHOW - 3] + "..."
 
 
-def _lines(channel: bytes) -> list[dict] | None:
-    """Parse the channel as JSON-object lines; ``None`` if anything is malformed."""
+def _lines(channel: bytes, max_lines: int) -> list[dict] | None:
+    """Parse the channel as JSON-object lines; ``None`` if malformed or longer than expected.
+
+    The line count is checked before parsing, so a flood of tiny messages cannot make this
+    process build millions of objects.
+    """
+    if channel.count(b"\n") > max_lines:
+        return None
     try:
         messages = [json.loads(line) for line in channel.splitlines() if line.strip()]
     except (ValueError, RecursionError):
@@ -110,7 +116,7 @@ class Judge:
         calls = [[c.name, encode(list(c.args)), encode(dict(c.kwargs))] for c in plan.cases]
         run = self.sandbox.start({"mode": "calls", "code": code, "calls": calls})
         result = collect([run], deadline)[0]
-        messages = _lines(result.channel)
+        messages = _lines(result.channel, len(calls) + 1)
         done = sum(1 for m in (messages or []) if "i" in m)
         fatal = _fatal(result, timeout_s, f" (after {done} of {len(calls)} tests)")
         if fatal is not None:
@@ -184,13 +190,13 @@ class Judge:
         for result in (served, tested):
             if result.failure:
                 return _error(f"sandbox failure: {result.failure}")
-        server_msgs = _lines(served.channel) or []
+        server_msgs = _lines(served.channel, 1) or []
         if server_msgs and server_msgs[0].get("status") == "load_error":
             return _load_error(server_msgs[0])
         if tested.timed_out or served.timed_out:
             return Verdict(0.0, "timeout", None, f"exceeded the {timeout_s:g} s wall-clock limit")
         fatal = _fatal(served, timeout_s, " (submission process)")
-        test_msgs = _lines(tested.channel)
+        test_msgs = _lines(tested.channel, 1)
         if test_msgs is None or len(test_msgs) != 1:
             return fatal or _error(
                 "the test process did not report a result" + _stderr_tail(tested)
@@ -233,7 +239,7 @@ class Judge:
         fatal = _fatal(result, timeout_s, where)
         if fatal is not None:
             return fatal
-        messages = _lines(result.channel)
+        messages = _lines(result.channel, 1)
         if not messages or len(messages) != 1:
             return _error(
                 f"the program exited without reporting{where} (exit code "

@@ -315,11 +315,8 @@ def _dicts_equal(expected: dict, got: dict) -> bool:
 
 def _key(value: Any) -> Any:
     """A hashable form that keeps the type, so ``1``, ``True`` and ``1.0`` stay distinct."""
-    if type(value) in (tuple, frozenset):
-        return (
-            type(value).__name__,
-            tuple(sorted((_key(v) for v in value), key=repr))
-            if type(value) is frozenset
-            else tuple(_key(v) for v in value),
-        )
+    if type(value) is tuple:
+        return ("tuple", tuple(_key(v) for v in value))
+    if type(value) is frozenset:
+        return ("frozenset", frozenset(_key(v) for v in value))
     return (type(value).__name__, value)

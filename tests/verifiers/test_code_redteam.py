@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import glob
 import os
+import resource
 import secrets
 import socket
 import sys
@@ -645,6 +646,19 @@ def test_outside_listener_check_sees_a_real_connection(listeners: dict):
     conn, _ = listeners["sockets"][0].accept()
     conn.close()
     client.close()
+
+
+def test_channel_flood_of_tiny_messages_does_not_bloat_the_caller(verifier: CodeVerifier):
+    flood = (
+        "import os\ndef add(a, b):\n    for fd in range(3, 12):\n        try:\n"
+        "            os.write(fd, b'{}\\n' * (5 << 20))\n        except OSError:\n            pass\n"
+        "    return 0\n"
+    )
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    verdict = verifier.verify(flood, ADD)
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert verdict.reward == 0.0
+    assert grown_mib < 150
 
 
 def test_verifier_module_state_is_untouched_by_attacks():
