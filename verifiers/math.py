@@ -55,7 +55,9 @@ from .base import Verdict, _check_lengths
 from .math_extract import extract_answer, extract_reference, normalize
 from .pool import WorkerPool, shared_pool
 
-__all__ = ["MathVerifier", "check_normalized"]
+__all__ = ["MathVerifier", "check_answer"]
+
+MAX_PARENT_CHARS = 2000
 
 
 def _preload() -> None:
@@ -74,13 +76,22 @@ def _worker_setup() -> None:
     _preload()
 
 
-def check_normalized(gold: str, pred: str, rel_tol: float = 1e-6) -> tuple[str, str]:
-    """Compare two normalised answers; returns ``(status, detail)``. Runs in a worker.
+def check_answer(
+    gold: str, pred: str, rel_tol: float = 1e-6, normalized: bool = True
+) -> tuple[str, str]:
+    """Compare a gold answer with an extracted answer; returns ``(status, detail)``.
 
-    Raises nothing for bad *input*; an exception escaping from here is a bug of ours.
+    Runs in a worker. ``normalized=False`` normalises both strings here first (the caller
+    skips normalising very long strings). Raises nothing for bad *input*; an exception
+    escaping from here is a bug of ours.
     """
     from .math_equiv import equivalent
     from .math_parse import ParseFailure, parse_node
+
+    if not normalized:
+        gold, pred = normalize(gold), normalize(pred)
+        if gold == pred:
+            return "correct", "same normalised string"
 
     try:
         gold_node = parse_node(gold)
@@ -136,14 +147,14 @@ class MathVerifier:
         """Judge many responses at once, spread over the worker pool; keeps input order."""
         _check_lengths(responses, references)
         verdicts: list[Verdict | None] = []
-        pending: list[tuple[int, str | None, tuple[str, str, float]]] = []
+        pending: list[tuple[int, str | None, tuple[Any, ...]]] = []
         for i, (response, reference) in enumerate(zip(responses, references)):
             verdict, task = self._prescreen(response, reference)
             verdicts.append(verdict)
             if task is not None:
                 pending.append((i, task[0], task[1]))
         if pending:
-            results = self.pool.map(check_normalized, [t for _, _, t in pending], self.timeout_s)
+            results = self.pool.map(check_answer, [t for _, _, t in pending], self.timeout_s)
             for (i, extracted, _), result in zip(pending, results):
                 verdicts[i] = _to_verdict(result, extracted)
         return [v for v in verdicts if v is not None]
@@ -156,7 +167,10 @@ class MathVerifier:
             answer = extract_answer(response, self.boxed_only)
             if answer is None:
                 return Verdict(0.0, "no_answer", None, "no final answer found"), None
-            gold, pred = normalize(extract_reference(reference)), normalize(answer)
+            gold_raw = extract_reference(reference)
+            if max(len(gold_raw), len(answer)) > MAX_PARENT_CHARS:  # normalise in the worker
+                return None, (answer, (gold_raw, answer, self.rel_tol, False))
+            gold, pred = normalize(gold_raw), normalize(answer)
             if not gold:
                 return Verdict(0.0, "error", answer, "empty reference"), None
             if gold == pred:

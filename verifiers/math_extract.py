@@ -15,11 +15,11 @@ DEGREE = "°"
 PERCENT = "%"
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
-_HASH_RE = re.compile(r"^\s*####\s*(.+?)\s*$", re.M)
+_HASH_RE = re.compile(r"^[ \t]*####[ \t]*(.+)$", re.M)
 _FINAL_RE = re.compile(
-    r"(?:final\s+answer|the\s+answer)\s*(?:is|:)\s*:?\s*(.+?)\s*$", re.I | re.M
+    r"(?:final[ \t]+answer|the[ \t]+answer)[ \t]*(?:is|:)[ \t]*:?[ \t]*(.+)$", re.I | re.M
 )
-_ANSWER_LINE_RE = re.compile(r"^[\s*#>_]*answer[\s*_]*[:：][\s*_]*(.+?)\s*$", re.I | re.M)
+_ANSWER_LINE_RE = re.compile(r"^[ \t*#>_]*answer[ \t*_]*[:：][ \t*_]*(.+)$", re.I | re.M)
 _PROSE_RE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{2,}[\s,.;:'’]+[a-zA-Z]{1,}(?![a-zA-Z]*\})")
 
 
@@ -62,7 +62,7 @@ def _clean_line_answer(ans: str) -> str:
     dollar = re.match(r"^\$+(.+?)\$+", ans)
     if dollar:
         return dollar.group(1).strip()
-    ans = re.split(r"\.\s+(?=[A-Z])|\s+(?:I hope|because|since|which)\b", ans)[0]
+    ans = re.split(r"\.[ \t]+(?=[A-Z])|(?<!\s)\s+(?:I hope|because|since|which)\b", ans)[0]
     return ans.strip().rstrip(".").strip()
 
 
@@ -93,7 +93,7 @@ def extract_answer(response: str, boxed_only: bool = False) -> str | None:
             if best is None or m.start() > best[0]:
                 best = (m.start(), m.group(1))
     if best is not None:
-        ans = _clean_line_answer(best[1])
+        ans = _clean_line_answer(best[1].strip())
         return ans or None
     if is_bare_answer(response):
         return response.strip()
@@ -142,7 +142,9 @@ _REPLACEMENTS = [
 _COMPILED = [(re.compile(p), r) for p, r in _REPLACEMENTS]
 _TEXT_CMD = r"\\(?:mathbf|mathit|mathrm|textrm|textbf|textit|text|mbox|operatorname)\s*"
 _TRAILING_UNIT_RE = re.compile(_TEXT_CMD + r"\{[^{}]*\}\s*(?:\^\s*\{?\d\}?)?\s*$")
-_PLAIN_UNIT_RE = re.compile(r"^([-+]?[\d.,/]*\d[\d.,/]*)\s*(?:[a-zA-Z]{2,}\.?\s*)+(?:\^\{?\d\}?)?$")
+_PLAIN_UNIT_RE = re.compile(
+    r"^([-+]?[\d.,/]*\d) ?([a-zA-Z]{2,}\.?(?: [a-zA-Z]+\.?)*)(?:\^\{?\d\}?)?$"
+)
 _THOUSANDS_RE = re.compile(r"(?<![\d.,])[1-9]\d{0,2}(?:,\d{3})+(?![\d,])")
 
 
@@ -154,15 +156,17 @@ def _strip_units(s: str) -> str:
             break
         s = s[: m.start()].strip()
     s = re.sub(_TEXT_CMD + r"\{([^{}]*)\}", r"\1", s)
-    m = _PLAIN_UNIT_RE.match(s.strip())
+    s = re.sub(r"\s+", " ", s.strip())
+    m = _PLAIN_UNIT_RE.match(s) if re.search(r"[a-zA-Z]{2}", s[-40:]) else None
     return m.group(1) if m else s
 
 
 def _remove_thousands(s: str) -> str:
     """``1,000,000`` -> ``1000000``, only outside brackets (so ``[1,100]`` stays)."""
-    depth, out, last = 0, [], 0
+    depth, pos, out, last = 0, 0, [], 0
     for m in _THOUSANDS_RE.finditer(s):
-        depth = sum(1 if c in "([{" else -1 if c in ")]}" else 0 for c in s[: m.start()])
+        depth += sum(1 if c in "([{" else -1 if c in ")]}" else 0 for c in s[pos : m.start()])
+        pos = m.start()
         if depth == 0:
             out.append(s[last : m.start()] + m.group(0).replace(",", ""))
             last = m.end()
