@@ -116,11 +116,11 @@ class Judge:
         calls = [[c.name, encode(list(c.args)), encode(dict(c.kwargs))] for c in plan.cases]
         run = self.sandbox.start({"mode": "calls", "code": code, "calls": calls})
         result = collect([run], deadline)[0]
-        messages = _lines(result.channel, len(calls) + 1)
-        done = sum(1 for m in (messages or []) if "i" in m)
+        done = min(result.channel.count(b"\n"), len(calls))  # one line per finished test
         fatal = _fatal(result, timeout_s, f" (after {done} of {len(calls)} tests)")
         if fatal is not None:
             return _with_code(fatal, code)
+        messages = _lines(result.channel, len(calls) + 1)
         if messages is None:
             return _with_code(_error("malformed result channel"), code)
         if messages and messages[0].get("status") == "load_error":

@@ -95,7 +95,9 @@ class Limits:
         pids: processes + threads in the run's cgroup (``pids.max``).
         tmpfs_mb: size of the private ``/tmp``.
         output_bytes: cap on each of stdout and stderr; exceeding it kills the run.
-        channel_bytes: cap on the result channel; exceeding it kills the run.
+        channel_bytes: cap on the result channel; exceeding it kills the run. The caller
+            parses up to this much JSON per check (transiently ~20x as much memory for
+            adversarial tiny values), so keep it modest.
     """
 
     memory_mb: int = 1024
@@ -105,7 +107,7 @@ class Limits:
     pids: int = 64
     tmpfs_mb: int = 64
     output_bytes: int = 1 << 20
-    channel_bytes: int = 16 << 20
+    channel_bytes: int = 4 << 20
 
     def rlimits(self) -> dict[str, int]:
         """The ``RLIMIT_*`` values the runner applies, in bytes/seconds/counts."""
