@@ -101,7 +101,11 @@ def check_answer(
         pred_node = parse_node(pred)
     except (ParseFailure, RecursionError) as exc:
         return "incorrect", f"could not parse answer: {exc}"
-    if equivalent(gold_node, pred_node, rel_tol):
+    try:
+        same = equivalent(gold_node, pred_node, rel_tol)
+    except (OverflowError, RecursionError) as exc:  # numbers too big for sympy/mpmath
+        return "timeout", f"resource limit: {type(exc).__name__}: {str(exc)[:100]}"
+    if same:
         return "correct", "equivalent"
     return "incorrect", "not equivalent"
 
