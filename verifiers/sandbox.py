@@ -214,63 +214,59 @@ class Sandbox:
         """Start ``code_runner.py`` on ``payload``; ``pipes`` are extra fds passed through.
 
         The runner receives ``payload`` (plus ``limits``, ``workdir``) as the ``marshal`` file
-        ``/task/payload.bin``, and ``files`` beside it. Never raises for sandbox problems: a failed start is
-        reported in ``result.failure`` by :func:`collect`.
+        ``/task/payload.bin``, and ``files`` beside it. Takes ownership of ``pipes`` (closes
+        this process's copies). Never raises for sandbox problems: a failed start is reported
+        in ``result.failure`` by :func:`collect`, which also cleans up.
         """
         scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
-        proc, cgroup, channel_r, streams = None, None, -1, {}
-        owned = list(pipes)  # closed here exactly once, whatever happens
-        try:
-            task = "/task" if self.caps.bwrap else scratch
-            workdir = "/tmp" if self.caps.bwrap else os.path.join(scratch, "work")
-            full = {**payload, "limits": self._rlimits(), "workdir": workdir}
-            for name in files or {}:
-                full[f"{name}_path"] = f"{task}/{name}"
-            self._write_scratch(scratch, full, files or {})
-            channel_r, channel_w = os.pipe()
-            owned.insert(0, channel_w)
-            extra_fds = [channel_w, *pipes]
-            seccomp_r = self._seccomp_fd(owned)
-            if seccomp_r is not None:
-                extra_fds.append(seccomp_r)
-            argv = self._argv(scratch, task, extra_fds, seccomp_r)
-            if self.caps.cgroups:
-                memory = (self.limits.memory_mb + self.limits.tmpfs_mb + 64) << 20
-                cgroup = RunCgroup(
-                    self.caps.cgroups, pids_max=self.limits.pids, memory_bytes=memory
-                )
-                argv = cgroup.wrap(argv)
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                pass_fds=extra_fds,
-                start_new_session=True,
-                env=self._env(),
-                cwd=scratch,
-            )
-            streams = {
-                "stdout": proc.stdout.fileno(),
-                "stderr": proc.stderr.fileno(),
-                "channel": channel_r,
-            }
-        except Exception as exc:  # report, never raise into the verifier
-            run = SandboxProcess(proc, {}, {}, cgroup, scratch, time.monotonic())
-            run.result.failure = f"sandbox failed to start: {type(exc).__name__}: {exc}"
-            if channel_r >= 0:
-                os.close(channel_r)
-            return run
-        finally:
-            for fd in owned:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
         byte_caps = {
             "stdout": self.limits.output_bytes,
             "stderr": self.limits.output_bytes,
             "channel": self.limits.channel_bytes,
         }
-        return SandboxProcess(proc, streams, byte_caps, cgroup, scratch, time.monotonic())
+        run = SandboxProcess(None, {}, byte_caps, None, scratch, time.monotonic())
+        owned = list(pipes)  # closed here exactly once, whatever happens
+        try:
+            self._launch(run, payload, files or {}, owned)
+        except Exception as exc:  # report, never raise into the verifier
+            run.result.failure = f"sandbox failed to start: {type(exc).__name__}: {exc}"
+        finally:
+            for fd in owned:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        return run
+
+    def _launch(
+        self, run: SandboxProcess, payload: dict, files: dict[str, bytes], owned: list[int]
+    ) -> None:
+        task = "/task" if self.caps.bwrap else run.scratch
+        workdir = "/tmp" if self.caps.bwrap else os.path.join(run.scratch, "work")
+        full = {**payload, "limits": self._rlimits(), "workdir": workdir}
+        full.update({f"{name}_path": f"{task}/{name}" for name in files})
+        self._write_scratch(run.scratch, full, files)
+        channel_r, channel_w = os.pipe()
+        run.streams["channel"] = channel_r  # closed by collect()
+        owned.insert(0, channel_w)
+        seccomp_r = self._seccomp_fd(owned)
+        extra_fds = list(owned)  # channel, then the caller's pipes, then seccomp
+        argv = self._argv(run.scratch, task, extra_fds, seccomp_r)
+        if self.caps.cgroups:
+            memory = (self.limits.memory_mb + self.limits.tmpfs_mb + 64) << 20
+            run.cgroup = RunCgroup(
+                self.caps.cgroups, pids_max=self.limits.pids, memory_bytes=memory
+            )
+            argv = run.cgroup.wrap(argv)
+        run.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            pass_fds=extra_fds,
+            start_new_session=True,
+            env=self._env(),
+            cwd=run.scratch,
+        )
+        run.streams.update(stdout=run.proc.stdout.fileno(), stderr=run.proc.stderr.fileno())
 
     def _rlimits(self) -> dict[str, int]:
         limits = self.limits.rlimits()
