@@ -213,6 +213,22 @@ def test_extract_code_without_fences_is_the_whole_text():
     assert extract_code("```bash\nls\n```") == "```bash\nls\n```"
 
 
+code_lines = st.lists(
+    st.text(st.characters(blacklist_categories=["Cs", "Zl", "Zp", "Cc"]), max_size=30).filter(
+        lambda ln: "`" not in ln
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+@given(code_lines, st.sampled_from(["python", "py", "", "Python3"]), st.text(max_size=40))
+def test_fencing_code_does_not_change_what_is_judged(lines, tag, prose):
+    code = "\n".join(lines) + "\n"
+    prose = prose.replace("`", "")
+    assert extract_code(f"{prose}\n```{tag}\n{code}```\n{prose}") == code
+
+
 def test_assemble_joins_an_indented_body_to_the_prompt():
     assert assemble("    return a + b\n", ADD) == ADD["prompt"] + "    return a + b\n"
 
@@ -257,6 +273,8 @@ def test_bad_reference_raises_a_clear_error(verifier):
         verifier.verify("x = 1", {"tests": []})
     with pytest.raises(ValueError, match="got \\['tests'\\]"):
         validate_reference({"tests": []})
+    with pytest.raises(ValueError, match="got str"):
+        validate_reference("assert f(1) == 2")
 
 
 # --- statuses -------------------------------------------------------------------------------
