@@ -53,7 +53,7 @@ from typing import Any
 
 from .base import Verdict, _check_lengths
 from .math_extract import extract_answer, extract_reference, normalize
-from .pool import WorkerPool, shared_pool
+from .pool import TaskResult, WorkerPool, shared_pool
 
 __all__ = ["MathVerifier", "check_answer"]
 
@@ -158,7 +158,12 @@ class MathVerifier:
             if task is not None:
                 pending.append((i, task[0], task[1]))
         if pending:
-            results = self.pool.map(check_answer, [t for _, _, t in pending], self.timeout_s)
+            try:
+                results = self.pool.map(check_answer, [t for _, _, t in pending], self.timeout_s)
+            except Exception as exc:  # the pool itself failed (e.g. cannot start workers)
+                results = [TaskResult("error", detail=f"pool: {type(exc).__name__}: {exc}")] * len(
+                    pending
+                )
             for (i, extracted, _), result in zip(pending, results):
                 verdicts[i] = _to_verdict(result, extracted)
         return [v for v in verdicts if v is not None]

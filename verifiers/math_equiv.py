@@ -192,7 +192,7 @@ def _expr_equiv(gold: Expr, pred: Expr, rel_tol: float) -> bool:
     if isinstance(g, sympy.MatrixBase) or isinstance(p, sympy.MatrixBase):
         return _sympy_matrix_equal(g, p, rel_tol)
     if _scalar_equal(g, p, rel_tol):
-        return True
+        return _within_ulp(g, p, max(gold.ulp, pred.ulp))
     if gold.percent != pred.percent:
         scaled = (g / 100, p) if gold.percent else (g, p / 100)
         if _scalar_equal(*scaled, rel_tol):
@@ -202,6 +202,14 @@ def _expr_equiv(gold: Expr, pred: Expr, rel_tol: float) -> bool:
         if other.has(sympy.pi):
             return _scalar_equal(deg * sympy.pi / 180, other, rel_tol)
     return False
+
+
+def _within_ulp(g: Any, p: Any, ulp: float) -> bool:
+    """A decimal must agree with the other side to the digits it shows (``1000000.5`` is
+    not ``1000000``, although they agree to a relative ``1e-6``)."""
+    if not ulp or g.free_symbols or p.free_symbols:
+        return True
+    return bool(sympy.N(sympy.Abs(g - p), 15) <= ulp * (1 + 1e-9))
 
 
 def _sympy_matrix_equal(g: Any, p: Any, rel_tol: float) -> bool:

@@ -34,6 +34,7 @@ class Expr:
     value: Any
     percent: bool = False
     degree: bool = False
+    ulp: float = 0.0  # half a unit in the last place when written as a plain decimal
 
 
 @dataclass(frozen=True)
@@ -203,7 +204,9 @@ def parse_scalar(s: str) -> Expr | Text:
         raise ParseFailure("empty expression")
     if re.fullmatch(r"[A-Za-z][A-Za-z ]+", s) and s.lower() not in ("pi", "oo", "inf"):
         return Text(s.replace(" ", "").lower())
-    return Expr(_to_sympy(s), percent, degree)
+    decimal = re.fullmatch(r"[-+]?\d*\.(\d+)", s)
+    ulp = 0.5 * 10.0 ** -len(decimal.group(1)) if decimal else 0.0
+    return Expr(_to_sympy(s), percent, degree, ulp)
 
 
 @lru_cache(maxsize=8192)
