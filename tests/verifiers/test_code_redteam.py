@@ -259,6 +259,13 @@ FAKE_PASS += [
     Attack(
         "mutated_inputs", "odd", "def double(xs):\n    xs.clear()\n    return []\n", MUTATE_TASK
     ),
+    Attack(
+        "eq_always_true_in_script_mode",
+        "fake",
+        "class A:\n    def __eq__(self, o):\n        return True\n    __hash__ = object.__hash__\n"
+        "    def __bool__(self):\n        return True\ndef double(xs):\n    return A()\n",
+        MUTATE_TASK,
+    ),
 ]
 
 EXHAUSTION = [

@@ -147,6 +147,15 @@ def test_mbpp_script_fallback_uses_setup_and_helpers(verifier):
     assert verdict.status == "incorrect" and "test 1/2" in verdict.detail
 
 
+def test_truthiness_only_tests_accept_non_primitive_results(verifier):
+    """``assert f(x)`` on a ``re.Match`` (sanitized MBPP 737): only ``bool()`` crosses over."""
+    ref = {"test_list": ["assert check('annie')", "assert not check('bob')"], "test_setup_code": ""}
+    code = "import re\ndef check(s):\n    return re.search('nn', s)\n"
+    assert verifier.verify(code, ref).correct
+    eq_ref = {"test_list": ["assert check('annie') == 'nn'"], "test_setup_code": ""}
+    assert verifier.verify(code, eq_ref).status == "incorrect"
+
+
 # --- stdio ----------------------------------------------------------------------------------
 
 SUM = {"stdio": [{"input": "1 2\n", "output": "3\n"}, {"input": "10 -4\n", "output": "6\n"}]}
