@@ -154,7 +154,8 @@ class CodeVerifier:
     the system Python's standard library); compare return values that are not plain
     primitives (``int``, ``float``, ``str``, ``bytes``, ``bool``, ``None``, ``complex``,
     ``list``, ``tuple``, ``set``, ``frozenset``, ``dict``; ``Counter``/``OrderedDict``/
-    ``defaultdict`` are sent as dicts); pass objects other than primitives as arguments;
+    ``defaultdict`` are sent as dicts; any other result is unequal to every expected
+    value, and in script mode only its truthiness reaches ``assert f(x)``); pass objects other than primitives as arguments;
     let tests observe mutation of their arguments (each call receives fresh copies) - so
     MBPP rows that build instances of the solution's own classes cannot pass.
     """

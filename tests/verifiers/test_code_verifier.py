@@ -129,6 +129,20 @@ def test_mbpp_reference_solutions_pass_except_known_broken_rows():
     assert failed == set(MBPP_UNSUPPORTED)
 
 
+@pytest.mark.slow
+def test_sanitized_mbpp_reference_solutions_all_pass():
+    path = MBPP.with_name("sanitized-mbpp.json")
+    if not path.exists():
+        pytest.skip("sanitized MBPP not available")
+    rows = json.loads(path.read_text())
+    refs = [
+        {"test_list": r["test_list"], "test_setup_code": "\n".join(r["test_imports"])} for r in rows
+    ]
+    with CodeVerifier(timeout_s=30.0) as verifier:
+        verdicts = verifier.verify_batch([r["code"] for r in rows], refs)
+    assert [(r["task_id"], v.detail) for r, v in zip(rows, verdicts) if not v.correct] == []
+
+
 def test_mbpp_wrong_solution_fails(verifier):
     row = next(r for r in _mbpp() if r["task_id"] == 2)
     verdict = verifier.verify("def similar_elements(a, b):\n    return ()\n", _mbpp_ref(row))
