@@ -15,7 +15,16 @@ Pipeline for one check:
 
 Statuses: ``correct`` (reward 1.0), ``incorrect``, ``no_answer``, ``timeout``, ``error``
 (a bug of ours, or a reference we cannot read; the reason is in ``detail``). An answer we
-cannot parse is ``incorrect``.
+cannot parse is ``incorrect``. ``timeout`` also covers the other resource limits of a check
+(worker memory cap, numbers too large for sympy, recursion depth); ``detail`` says which.
+
+Time and isolation: ``timeout_s`` counts from the moment a ready worker receives the check;
+waiting for a free worker (all busy) is not counted, so a single caller sees a verdict
+within ``timeout_s`` plus a few milliseconds. Workers are forked from the caller; before
+the first fork the caller imports sympy and the LaTeX parser (never running them on model
+text) so that a replacement worker is ready in milliseconds. Answers or references longer
+than 2,000 characters are normalised in the worker too, so the caller only ever runs
+linear-time string scans on model text.
 
 Conventions (what a careful grader does; the gold side decides where they are asymmetric):
 

@@ -26,6 +26,7 @@ from typing import Any
 import multiprocess as mp
 
 STARTUP_TIMEOUT_S = 120.0
+_SPAWN_LOCK = threading.Lock()
 MEMORY_LIMIT_BYTES = 2 << 30
 
 
@@ -181,7 +182,8 @@ class WorkerPool:
             atexit.register(self.close)
             if method == "fork" and self._preload is not None:
                 self._preload()
-        worker = _Worker(self._ctx, self._initializer, self._memory_limit)
+        with _SPAWN_LOCK:  # no fork between another pool's Pipe() and its child.close()
+            worker = _Worker(self._ctx, self._initializer, self._memory_limit)
         self._all.add(worker)
         return worker
 
