@@ -202,6 +202,8 @@ class Judge:
                 "the test process did not report a result" + _stderr_tail(tested)
             )
         outcome = test_msgs[0]
+        if outcome.get("status") == "pass" and outcome.get("calls") == 0:
+            return _error("the tests passed without ever calling the submission")
         if outcome.get("status") == "pass" and not served.overflow and not served.oom_killed:
             return Verdict(1.0, "correct", None, f"passed ({outcome.get('calls')} calls)")
         if fatal is not None:

@@ -161,6 +161,12 @@ def test_mbpp_script_fallback_uses_setup_and_helpers(verifier):
     assert verdict.status == "incorrect" and "test 1/2" in verdict.detail
 
 
+def test_tests_that_never_call_the_submission_cannot_pass(verifier):
+    ref = {"entry_point": "f", "test": "def check(candidate):\n    x = 1\n    assert x == 1\n"}
+    verdict = verifier.verify("def f():\n    return 1\n", ref)
+    assert verdict.status == "error" and "without ever calling" in verdict.detail
+
+
 def test_truthiness_only_tests_accept_non_primitive_results(verifier):
     """``assert f(x)`` on a ``re.Match`` (sanitized MBPP 737): only ``bool()`` crosses over."""
     ref = {"test_list": ["assert check('annie')", "assert not check('bob')"], "test_setup_code": ""}
