@@ -182,6 +182,9 @@ class MathVerifier:
         try:
             if not isinstance(response, str):
                 return Verdict(0.0, "no_answer", None, f"response is {type(response).__name__}"), None
+            if reference is None or isinstance(reference, bool):
+                return Verdict(0.0, "error", None, f"reference must be a string or number; "
+                               f"got {reference!r}"), None
             answer = extract_answer(response, self.boxed_only)
             if answer is None:
                 return Verdict(0.0, "no_answer", None, "no final answer found"), None

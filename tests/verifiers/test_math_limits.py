@@ -216,3 +216,32 @@ def test_pool_timeouts_in_parallel_threads(pool):
     results, seconds = _timed(pool.map, _sleep, [(30,), (30,), (0.01,)], 0.5)
     assert [r.status for r in results] == ["timeout", "timeout", "ok"]
     assert seconds < 2.0
+
+
+def test_a_bug_of_ours_is_error_not_incorrect(monkeypatch):
+    import mpo_gym.verifiers.math as math_mod
+
+    def broken(*args, **kwargs):
+        raise KeyError("oops")
+
+    monkeypatch.setattr(math_mod, "extract_answer", broken)
+    verdict = MathVerifier().verify("\\boxed{1}", "1")
+    assert verdict.status == "error" and "KeyError" in verdict.detail
+
+
+def test_numeric_and_missing_references():
+    v = MathVerifier()
+    assert v.verify("\\boxed{5}", 5).status == "correct"
+    assert v.verify("\\boxed{1/2}", 0.5).status == "correct"
+    assert v.verify("\\boxed{5}", None).status == "error"
+    assert v.verify("\\boxed{5}", "").status == "error"
+    assert v.verify(None, "5").status == "no_answer"  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="one reference per response"):
+        v.verify_batch(["1", "2"], ["1"])
+
+
+def test_boxed_only_ignores_answer_lines():
+    v = MathVerifier(boxed_only=True)
+    assert v.verify("Answer: 5", "5").status == "no_answer"
+    assert v.verify("5", "5").status == "no_answer"
+    assert v.verify("so \\boxed{5}", "5").status == "correct"

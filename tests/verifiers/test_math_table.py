@@ -361,3 +361,17 @@ def test_math500_shifted_answers_are_rejected(verifier):
 def _same_value(gold: str, answer: str) -> bool:
     """Shifted pairs whose answers really are equal (checked by hand)."""
     return (gold, answer) in {("x=5", "5"), ("7", "7"), ("3", "3")} or gold == answer
+
+
+@pytest.mark.skipif(not MATH500.exists(), reason="MATH-500 copy not available")
+def test_math500_references_parse_and_equal_themselves(verifier):
+    """Gold self-check through the parser and comparator, not just string equality."""
+    from mpo_gym.verifiers.math import check_answer
+    from mpo_gym.verifiers.math_extract import normalize
+
+    rows = [json.loads(line) for line in MATH500.read_text().splitlines()]
+    args = [(normalize(r["answer"]), normalize(r["answer"])) for r in rows]
+    results = verifier.pool.map(check_answer, args, 10.0)
+    failures = [(r["answer"], res) for r, res in zip(rows, results)
+                if res.status != "ok" or res.value[0] != "correct"]
+    assert failures == []
