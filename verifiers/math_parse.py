@@ -204,6 +204,9 @@ def parse_scalar(s: str) -> Expr | Text:
         raise ParseFailure("empty expression")
     if re.fullmatch(r"[A-Za-z][A-Za-z ]+", s) and s.lower() not in ("pi", "oo", "inf"):
         return Text(s.replace(" ", "").lower())
+    based = re.fullmatch(r"(\d[0-9A-Fa-f]*)_\{?\(?(\d+)\)?\}?", s)
+    if based:  # a numeral in another base (40_9): compared digit by digit, never as 40
+        return Text(f"{based.group(1).upper()}_{based.group(2)}")
     decimal = re.fullmatch(r"[-+]?\d*\.(\d+)", s)
     ulp = 0.5 * 10.0 ** -len(decimal.group(1)) if decimal else 0.0
     return Expr(_to_sympy(s), percent, degree, ulp)

@@ -103,6 +103,10 @@ CASES: list[tuple[str, str, str, str]] = [
     ("number", "2^{100}", "\\boxed{1267650600228229401496703205377}", W),
     ("number", "10", "\\boxed{\\$10}", C),
     ("number", "10", "\\boxed{10 dollars}", C),
+    ("number", "40_9", "\\boxed{40}", W),
+    ("number", "40", "\\boxed{40_9}", W),
+    ("number", "40_9", "\\boxed{40_{9}}", C),
+    ("number", "1011_2", "\\boxed{1011_{(2)}}", C),
     # -- fractions, decimals, mixed numbers ------------------------------------------------
     ("fraction", "\\frac{1}{2}", "\\boxed{\\dfrac{1}{2}}", C),
     ("fraction", "\\frac{1}{2}", "\\boxed{\\tfrac12}", C),
