@@ -29,7 +29,9 @@ linear-time string scans on model text.
 Conventions (what a careful grader does; the gold side decides where they are asymmetric):
 
 - Numbers: exact for integers, fractions and radicals; when either side is written as a
-  decimal, relative tolerance ``rel_tol`` (default 1e-6). ``0.333`` is *not* ``1/3``.
+  decimal, relative tolerance ``rel_tol`` (default 1e-6) *and* agreement to the digits the
+  decimal shows: ``0.333`` is not ``1/3``, ``1000000.5`` is not ``1000000``, ``0.142857``
+  is ``1/7``. A numeral with a base subscript (``40_9``) compares as written, never as 40.
 - ``1,000`` and ``1{,}000`` are one thousand outside brackets; inside brackets a comma
   separates items (``[1,100]`` is an interval).
 - Units in ``\text{}``/``\mbox{}`` and unit words after a number are dropped; ``\$`` too.
@@ -51,8 +53,11 @@ Conventions (what a careful grader does; the gold side decides where they are as
   case-sensitive.
 
 Not handled (known blind spots): ``0.333`` for ``1/3`` (rounding conventions), scaled
-equations (``2x = 4`` vs ``x = 2``), unit conversion (``1 m`` vs ``100 cm``), answers spread
-over several boxes, and anything ``latex2sympy2_extended`` cannot parse.
+equations (``2x = 4`` vs ``x = 2``), units are dropped, not checked or converted (``5 m``
+passes for ``5 cm``), answers spread over several boxes (only the last box counts, even if
+a later line says "the answer is"), ``\log`` is read as base 10 (``latex2sympy2_extended``),
+multi-letter plain words are text (``xy`` is not ``yx``), the name in ``x = 2`` is not
+checked against the question, and anything ``latex2sympy2_extended`` cannot parse.
 """
 
 from __future__ import annotations
