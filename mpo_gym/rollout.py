@@ -88,7 +88,10 @@ def rollout(envs: Any, policy: Any, *, task_indices: Sequence[int] | None = None
     if task_indices is not None and len(task_indices) != len(env_list):
         raise ValueError(f"task_indices has {len(task_indices)} entries for {len(env_list)} envs")
     generator = torch.Generator(device="cpu")
-    generator.manual_seed(int(seed) if seed is not None else int(torch.seed() % 2**63))
+    if seed is None:
+        generator.seed()  # non-deterministic, without touching the global RNG
+    else:
+        generator.manual_seed(int(seed))
     size = max_batch or len(env_list)
     starts = range(0, len(env_list), size)
     if progress:

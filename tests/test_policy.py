@@ -205,3 +205,12 @@ def test_default_model_loads_and_scores():
     out = pol.score(ids, torch.ones_like(ids), 2, values=True, mtp=True)
     assert torch.isfinite(out.logprobs).all() and out.mtp_logprobs.shape[-1] == 1
     assert pol.tokenizer.chat_template
+
+
+def test_frozen_copy_scores_like_the_policy_and_has_no_grad(seqs):
+    pol = policy(value_head=True, num_mtp_modules=1)
+    ref = pol.frozen_copy()
+    batch = make_batch(*seqs)
+    torch.testing.assert_close(ref.score(*batch).logprobs, pol.score(*batch).logprobs)
+    assert ref.value_head is None and len(ref.mtp) == 0
+    assert not any(p.requires_grad for p in ref.parameters())

@@ -108,6 +108,7 @@ def test_seeded_rollouts_are_deterministic_and_leave_global_rng_alone():
     policy = eos_prone_policy(eos_scale=1.0)
     state = torch.get_rng_state()
     a = rollout(toy_envs(4, 3), policy, seed=11)
+    rollout(toy_envs(2, 3), policy)  # unseeded: fresh entropy, global RNG untouched
     assert torch.equal(state, torch.get_rng_state())
     b = rollout(toy_envs(4, 3), policy, seed=11)
     c = rollout(toy_envs(4, 3), policy, seed=12)

@@ -8,6 +8,7 @@ attention mask, so the amount of left padding does not change any result. Genera
 
 from __future__ import annotations
 
+import copy
 import json
 import pathlib
 from dataclasses import dataclass
@@ -125,6 +126,13 @@ class LMPolicy(nn.Module):
             raise ImportError("LoRA needs peft: `pip install peft`") from exc
         lora.setdefault("task_type", "CAUSAL_LM")
         self.model = get_peft_model(self.model, LoraConfig(**lora))
+
+    def frozen_copy(self) -> LMPolicy:
+        """A frozen (no-grad, eval) copy of the backbone only, e.g. a KL reference policy."""
+        model = copy.deepcopy(self.model).eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return LMPolicy(model, self.tokenizer, chunk_size=self.chunk_size)
 
     # ------------------------------------------------------------------ properties
     @property

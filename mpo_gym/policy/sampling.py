@@ -63,7 +63,10 @@ class BlockSampler:
         self.temperature, self.top_p, self.greedy = float(temperature), float(top_p), greedy
         if generator is None:
             generator = torch.Generator(device="cpu")
-            generator.manual_seed(int(seed) if seed is not None else int(torch.seed() % 2**63))
+            if seed is None:
+                generator.seed()  # non-deterministic, without touching the global RNG
+            else:
+                generator.manual_seed(int(seed))
         self.generator = generator
         self.prompts = [list(map(int, p)) for p in prompts]
         self.responses = [list(map(int, r)) for r in (responses or [[] for _ in prompts])]
