@@ -551,7 +551,9 @@ ATTACKS = FAKE_PASS + EXHAUSTION + HOST + NETWORK + ODD
 
 
 def _sandbox_processes() -> list[int]:
-    """Live processes that belong to this test's sandboxes (host uid 65534 or our cgroups)."""
+    """Live processes of this test's sandboxes: those in our run cgroups (which nothing inside
+    can leave) when cgroups are in use, else every process running as host uid 65534."""
+    by_cgroup = probe().cgroups is not None
     found = []
     for path in glob.glob("/proc/[0-9]*"):
         try:
@@ -563,7 +565,8 @@ def _sandbox_processes() -> list[int]:
             continue
         uid = next((ln.split()[1] for ln in status.splitlines() if ln.startswith("Uid:")), "")
         state = next((ln.split()[1] for ln in status.splitlines() if ln.startswith("State:")), "")
-        if state != "Z" and (uid == "65534" or f"mpo_gym_{os.getpid()}_" in groups):
+        ours = f"mpo_gym_{os.getpid()}_" in groups if by_cgroup else uid == "65534"
+        if state != "Z" and ours:
             found.append(int(os.path.basename(path)))
     return found
 
@@ -575,17 +578,24 @@ def _marker_files() -> list[str]:
     return hits
 
 
-def _assert_clean(verdict, listeners: dict) -> None:
+def _our_cgroups() -> list[str]:
+    mine = f"mpo_gym_{os.getpid()}_*"
+    return glob.glob(f"/sys/fs/cgroup/*/{mine}") + glob.glob(f"/sys/fs/cgroup/{mine}")
+
+
+def _assert_clean(verdict, listeners: dict, foreign: frozenset[int] = frozenset()) -> None:
+    """``foreign``: uid-65534 processes that existed before the check (other test runs)."""
     got = verdict.detail.split(", got ", 1)[-1] if ", got " in verdict.detail else verdict.detail
     assert SECRET not in got  # the expected value may be shown; what the code produced may not
     assert "\x1b" not in verdict.detail and "\x07" not in verdict.detail
     assert _marker_files() == []
     leftover = glob.glob(os.path.join(tempfile.gettempdir(), f"{SCRATCH_PREFIX}{os.getpid()}-*"))
     assert leftover == []
+    assert _our_cgroups() == []
     deadline = time.monotonic() + 2.0
-    while _sandbox_processes() and time.monotonic() < deadline:
+    while set(_sandbox_processes()) - foreign and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _sandbox_processes() == []
+    assert set(_sandbox_processes()) - foreign == set()
     for sock in listeners["sockets"]:
         with pytest.raises((BlockingIOError, OSError)):
             conn, _ = sock.accept()
@@ -602,6 +612,7 @@ def test_suite_covers_every_family_with_forty_attacks():
 
 @pytest.mark.parametrize("attack", ATTACKS, ids=[a.name for a in ATTACKS])
 def test_attack_is_contained(attack: Attack, verifier: CodeVerifier, listeners: dict):
+    foreign = frozenset(_sandbox_processes())
     start = time.monotonic()
     verdict = verifier.verify(_fmt(attack.code, listeners), attack.reference)
     elapsed = time.monotonic() - start
@@ -609,7 +620,7 @@ def test_attack_is_contained(attack: Attack, verifier: CodeVerifier, listeners: 
     if attack.statuses:
         assert verdict.status in attack.statuses, verdict
     assert elapsed < TIMEOUT + GRACE, f"took {elapsed:.1f}s"
-    _assert_clean(verdict, listeners)
+    _assert_clean(verdict, listeners, foreign)
     assert verifier.verify(HONEST, ADD).correct
 
 

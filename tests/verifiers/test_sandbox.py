@@ -6,6 +6,8 @@ import glob
 import json
 import os
 import struct
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -248,3 +250,49 @@ def test_cgroup_v2_layout_writes_the_v2_limit_files(tmp_path):
     with open(os.path.join(path, "memory.events"), "w") as handle:
         handle.write("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
     assert group.events() == (True, False)
+
+
+@needs_bwrap
+def test_a_killed_caller_leaves_no_sandbox_process_and_leftovers_are_cleaned(tmp_path):
+    """SIGKILL the process that runs a check: its sandbox dies with it (--die-with-parent),
+    and the next Sandbox removes the scratch dir and cgroup the dead caller left."""
+    script = tmp_path / "caller.py"
+    script.write_text(
+        "import sys\nfrom mpo_gym.verifiers.sandbox import Sandbox\n"
+        "from mpo_gym.verifiers.code_runner import encode\n"
+        "code = 'import time\\ndef f():\\n    time.sleep(60)\\n'\n"
+        "print('started', flush=True)\n"
+        "Sandbox().run({'mode': 'calls', 'code': code, 'calls': [['f', encode([]), encode({})]]},"
+        " timeout_s=60)\n"
+    )
+    caller = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE)
+    assert caller.stdout.readline().strip() == b"started"
+    time.sleep(1.0)
+    pattern = f"{SCRATCH_PREFIX}{caller.pid}-*"
+    assert glob.glob(os.path.join(tempfile.gettempdir(), pattern))  # the check is running
+    caller.kill()
+    caller.wait()
+    deadline = time.monotonic() + 3
+    while _runners_of(caller.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _runners_of(caller.pid) == []
+    probe(refresh=True)
+    Sandbox()
+    assert glob.glob(os.path.join(tempfile.gettempdir(), pattern)) == []
+    assert glob.glob(f"/sys/fs/cgroup/*/mpo_gym_{caller.pid}_*") == []
+
+
+def _runners_of(owner: int) -> list[int]:
+    """Live processes in cgroups created by ``owner`` (or, without cgroups, any sandbox runner)."""
+    found = []
+    for path in glob.glob("/proc/[0-9]*"):
+        try:
+            groups = open(path + "/cgroup").read()
+            cmdline = open(path + "/cmdline", "rb").read()
+            state = open(path + "/stat").read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        mine = f"mpo_gym_{owner}_" in groups if CAPS.cgroups else b"/task/runner.py" in cmdline
+        if mine and state != "Z":
+            found.append(int(os.path.basename(path)))
+    return found
