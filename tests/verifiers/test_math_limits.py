@@ -245,3 +245,12 @@ def test_boxed_only_ignores_answer_lines():
     assert v.verify("Answer: 5", "5").status == "no_answer"
     assert v.verify("5", "5").status == "no_answer"
     assert v.verify("so \\boxed{5}", "5").status == "correct"
+
+
+def test_registry_and_shared_pool():
+    from mpo_gym.verifiers import Verifier, make_verifier
+
+    v = make_verifier("math", timeout_s=2.0)
+    assert isinstance(v, MathVerifier) and isinstance(v, Verifier)
+    assert v.pool is MathVerifier().pool  # one worker pool per process
+    assert v.verify("The final answer is $\\frac{2}{4}$.", "0.5").status == "correct"
