@@ -150,6 +150,12 @@ CASES: list[tuple[str, str, str, str]] = [
     ("radical", "\\ln 2", "\\boxed{\\ln(2)}", C),
     ("radical", "\\binom{5}{2}", "\\boxed{10}", C),
     ("radical", "5!", "\\boxed{120}", C),
+    ("radical", "6", "\\boxed{2 \\cdot 3}", C),
+    ("radical", "6", "\\boxed{2 \\times 3}", C),
+    ("radical", "3", "\\boxed{\\sqrt[3]{27}}", C),
+    ("radical", "3.25", "\\boxed{3\\frac{1}{4}}", C),
+    ("radical", "\\frac{1}{x}", "\\boxed{x^{-1}}", C),
+    ("radical", "[2, 3]", "\\boxed{\\left[2, 3\\right]}", C),
     # -- algebra ------------------------------------------------------------------------------
     ("algebra", "x+1", "\\boxed{1+x}", C),
     ("algebra", "x^2-1", "\\boxed{(x-1)(x+1)}", C),
