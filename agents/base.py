@@ -268,7 +268,10 @@ class BaseAgent:
             batch.ref_logprobs = _cat_pad(refs, batch.mask.shape[1])
 
     def _score(self, policy: Any, mb: RolloutBatch, old: bool) -> Any:
-        return policy.score(mb.input_ids, mb.attention_mask, mb.prompt_len, values=self.uses_critic and old)
+        return policy.score(
+            mb.input_ids, mb.attention_mask, mb.prompt_len,
+            values=self.uses_critic and old, temperature=self.config.temperature,
+        )
 
     def _chunks(self, n: int) -> list[list[int]]:
         size = self.config.micro_batch_size

@@ -123,7 +123,7 @@ class MPOAgent(PPOAgent):
     def _score(self, policy: Any, mb: RolloutBatch, old: bool) -> Any:
         return policy.score(
             mb.input_ids, mb.attention_mask, mb.prompt_len,
-            values=self.uses_critic and old, mtp=self.needs_mtp and old,
+            values=self.uses_critic and old, mtp=self.needs_mtp and old, temperature=self.config.temperature,
         )
 
     # 1. advantages: GAE on the critic (paper) or group-relative (critic-free) ----------

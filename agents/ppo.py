@@ -82,7 +82,8 @@ class PPOAgent(BaseAgent):
         out = self.policy.score(
             mb.input_ids, mb.attention_mask, mb.prompt_len,
             values=self.uses_critic, mtp=self.needs_mtp, entropy=cfg.entropy_coef > 0,
-        )
+            temperature=cfg.temperature,
+        )  # log-probs of the tempered distribution the rollout sampled from
         log_ratio, extra = self.log_ratio(mb, out)  # [B, T]
         pg_loss, metrics = F.clipped_policy_loss(
             log_ratio, mb.advantages, mb.mask, cfg.clip_low, cfg.clip_high,
