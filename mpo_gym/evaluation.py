@@ -419,6 +419,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add("--block-size", type=int, default=None, help="override the env's K")
     add("--seed", type=int, default=0)
     add("--dtype", default="float32")
+    add(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (0: torch's default; 1 avoids thrashing on a busy machine)",
+    )
     add("--no-progress", action="store_true")
     return parser
 
@@ -428,31 +434,23 @@ add_eval_arguments = add_arguments
 
 def run(args: argparse.Namespace) -> int:
     """``mpo-gym eval``: every model on every suite, then the reports and a comparison table."""
-    suites = (
-        list(SUITE_IDS)
-        if args.suite == "all"
-        else [s.strip() for s in args.suite.split(",") if s.strip()]
-    )
-    models = [
-        m.strip() for spec in (args.model or ["default"]) for m in spec.split(",") if m.strip()
-    ]
-    names = _model_names(models)
-    ks = [int(k) for k in str(args.k).split(",")]
-    env_kwargs: dict[str, Any] = {"split": args.split}
-    if args.max_new_tokens:
-        env_kwargs["max_new_tokens"] = args.max_new_tokens
-    if args.block_size:
-        env_kwargs["block_size"] = args.block_size
+    suites = list(SUITE_IDS) if args.suite == "all" else _split(args.suite)
+    models = [m for spec in (args.model or ["default"]) for m in _split(spec)]
+    ks = [int(k) for k in _split(str(args.k))]
     out = Path(args.out or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     rows: dict[str, dict[str, SuiteResult]] = {}
-    for spec, name in zip(models, names):
+    for spec, name in zip(models, _model_names(models)):
         policy = load_policy(spec, dtype=args.dtype)
         for suite in suites:
             result = evaluate(
                 suite, policy, n_samples=args.n_samples, ks=ks, temperature=args.temperature,
                 top_p=args.top_p, limit=args.limit, batch_size=args.batch_size,
                 data_path=args.data_dir, seed=args.seed, progress=not args.no_progress,
-                model_name=name, env_kwargs=env_kwargs,
+                model_name=name, env_kwargs=_env_kwargs(args),
             )  # fmt: skip
             rows.setdefault(name, {})[suite] = result
             print(_one_line(result), flush=True)
@@ -461,6 +459,19 @@ def run(args: argparse.Namespace) -> int:
         f"\n{comparison_table(rows, k=min(ks))}\nwrote {out}/results.json, results.md, samples.jsonl"
     )
     return 0
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"split": args.split}
+    if args.max_new_tokens:
+        kwargs["max_new_tokens"] = args.max_new_tokens
+    if args.block_size:
+        kwargs["block_size"] = args.block_size
+    return kwargs
 
 
 run_eval = run
