@@ -40,6 +40,9 @@ Conventions (what a careful grader does; the gold side decides where they are as
 - Degrees: ``30^\circ`` equals ``30`` and, when the other side contains ``\pi``,
   ``\frac{\pi}{6}``.
 - ``\pm``: ``1 \pm \sqrt{2}`` is the list ``1+\sqrt{2}, 1-\sqrt{2}``.
+- Several boxes: when the reference lists ``n`` answers and the response's last ``n`` boxes
+  are exactly the boxes of one line (``x = \boxed{2}`` or ``x = \boxed{3}``), they are read
+  as one list; otherwise only the last box counts.
 - Collections: ``(a, b)`` and ``[a, b)`` are ordered and their brackets must match (an open
   interval is not a closed one); ``\{a, b\}``, bare lists ``a, b``, "a or b" and unions are
   order-insensitive and must have the same number of items. A 1-row/1-column matrix equals
@@ -54,8 +57,8 @@ Conventions (what a careful grader does; the gold side decides where they are as
 
 Not handled (known blind spots): ``0.333`` for ``1/3`` (rounding conventions), scaled
 equations (``2x = 4`` vs ``x = 2``), units are dropped, not checked or converted (``5 m``
-passes for ``5 cm``), answers spread over several boxes (only the last box counts, even if
-a later line says "the answer is"), ``\log`` is read as base 10 (``latex2sympy2_extended``),
+passes for ``5 cm``), answers spread over several boxes on different lines (only the last
+box counts, even if a later line says "the answer is"), ``\log`` is read as base 10 (``latex2sympy2_extended``),
 multi-letter plain words are text (``xy`` is not ``yx``), the name in ``x = 2`` is not
 checked against the question, and anything ``latex2sympy2_extended`` cannot parse.
 """
@@ -66,7 +69,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .base import Verdict, _check_lengths
-from .math_extract import extract_answer, extract_reference, normalize
+from .math_extract import count_items, extract_answer, extract_reference, normalize
 from .pool import TaskResult, WorkerPool, shared_pool
 
 __all__ = ["MathVerifier", "check_answer"]
@@ -190,10 +193,11 @@ class MathVerifier:
             if reference is None or isinstance(reference, bool):
                 return Verdict(0.0, "error", None, f"reference must be a string or number; "
                                f"got {reference!r}"), None
-            answer = extract_answer(response, self.boxed_only)
+            gold_raw = extract_reference(reference)
+            items = count_items(normalize(gold_raw)) if len(gold_raw) <= MAX_PARENT_CHARS else 1
+            answer = extract_answer(response, self.boxed_only, items)
             if answer is None:
                 return Verdict(0.0, "no_answer", None, "no final answer found"), None
-            gold_raw = extract_reference(reference)
             if max(len(gold_raw), len(answer)) > MAX_PARENT_CHARS:  # normalise in the worker
                 return None, (answer, (gold_raw, answer, self.rel_tol, False))
             gold, pred = normalize(gold_raw), normalize(answer)

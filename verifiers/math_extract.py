@@ -42,6 +42,39 @@ def last_boxed(text: str) -> tuple[str | None, bool]:
     return _braced(text, i), True
 
 
+def _joined_boxes(text: str, items: int) -> str | None:
+    """The last ``items`` boxes joined by commas, if they sit on one line, else ``None``."""
+    every = list(_BOX_RE.finditer(text))
+    if items > 20 or len(every) < items:
+        return None
+    matches = every[-items:]
+    if len(every) > items:  # the group must be all the boxes on that line
+        before = every[-items - 1]
+        if "\n" not in text[before.end() : matches[0].start()]:
+            return None
+    contents, end = [], None
+    for m in matches:
+        if end is not None and (m.start() - end > 40 or "\n" in text[end : m.start()]):
+            return None
+        if m.end() >= len(text) or text[m.end()] != "{":
+            return None
+        inner = _braced(text, m.end())
+        if inner is None or not inner.strip():
+            return None
+        contents.append(inner.strip())
+        end = m.end() + len(inner) + 2
+    return ", ".join(contents)
+
+
+def count_items(reference: str) -> int:
+    r"""How many answers a (normalised) reference lists: top-level commas, or ``\pm``."""
+    depth, commas = 0, 0
+    for ch in reference:
+        depth += (ch in "([{") - (ch in ")]}")
+        commas += ch == "," and depth == 0
+    return commas + 1 if commas else (2 if "\\pm" in reference else 1)
+
+
 def _braced(text: str, i: int) -> str | None:
     """The content of the brace group opening at ``text[i] == '{'``, or ``None``."""
     depth = 0
@@ -77,14 +110,20 @@ def is_bare_answer(text: str) -> bool:
     return _PROSE_RE.search(without_text) is None
 
 
-def extract_answer(response: str, boxed_only: bool = False) -> str | None:
+def extract_answer(response: str, boxed_only: bool = False, items: int = 1) -> str | None:
     r"""The answer a response commits to, or ``None`` (fail closed).
 
     Order: the last ``\boxed{}``/``\fbox{}`` (an unclosed last box means ``None``); then the
     last "final answer is X" / "the answer is X" / "Answer: X" / "#### X" line; then the whole
     response if it is only an answer. With ``boxed_only`` only the first rule applies.
+
+    ``items`` is how many answers the reference lists (``2, 3`` has two). When it is above
+    one and the last ``items`` boxes sit on one line with only short glue between them
+    (``x = \boxed{2} or x = \boxed{3}``), their contents are joined with commas.
     """
     boxed, found = last_boxed(response)
+    if found and items > 1 and boxed is not None:
+        boxed = _joined_boxes(response, items) or boxed
     if found or boxed_only:
         return boxed.strip() if boxed and boxed.strip() else None
     best: tuple[int, str] | None = None
