@@ -99,15 +99,25 @@ ATTACKS = {
 
 
 def sandbox_processes() -> tuple[int, int]:
-    """(live, zombie) processes running as uid 65534, the sandbox's host uid when we are root."""
+    """(live, zombie) sandbox processes of *this* run.
+
+    A process counts if it runs as uid 65534 (the sandbox's host uid when we are root) and is
+    either in one of our run cgroups or in no ``mpo_gym`` cgroup at all (so concurrent
+    verifiers in other processes on the same machine are not counted).
+    """
     live = zombies = 0
-    for status in glob.glob("/proc/[0-9]*/status"):
+    ours = f"mpo_gym_{os.getpid()}_"
+    for proc in glob.glob("/proc/[0-9]*"):
         try:
-            with open(status) as handle:
+            with open(proc + "/status") as handle:
                 fields = dict(line.split(":", 1) for line in handle if ":" in line)
+            with open(proc + "/cgroup") as handle:
+                groups = handle.read()
         except OSError:
             continue
-        if fields.get("Uid", "").split()[:1] == ["65534"]:
+        if fields.get("Uid", "").split()[:1] != ["65534"]:
+            continue
+        if ours in groups or "mpo_gym_" not in groups:
             if fields.get("State", "").split()[:1] == ["Z"]:
                 zombies += 1
             else:
@@ -127,9 +137,11 @@ def leftovers(settle_s: float = 1.0) -> dict[str, int]:
     return {
         "processes": live,
         "zombies": zombies,
-        "cgroups": len(glob.glob("/sys/fs/cgroup/*/mpo_gym_*"))
-        + len(glob.glob("/sys/fs/cgroup/mpo_gym_*")),
-        "scratch_dirs": len(glob.glob(os.path.join(tempfile.gettempdir(), "mpo-gym-sbx-*"))),
+        "cgroups": len(glob.glob(f"/sys/fs/cgroup/*/mpo_gym_{os.getpid()}_*"))
+        + len(glob.glob(f"/sys/fs/cgroup/mpo_gym_{os.getpid()}_*")),
+        "scratch_dirs": len(
+            glob.glob(os.path.join(tempfile.gettempdir(), f"mpo-gym-sbx-{os.getpid()}-*"))
+        ),
     }
 
 
