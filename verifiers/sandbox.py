@@ -109,6 +109,15 @@ class Limits:
     output_bytes: int = 1 << 20
     channel_bytes: int = 4 << 20
 
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"Limits.{name} must be a positive int; got {value!r}")
+        if self.nofile < 16:
+            raise ValueError(
+                f"Limits.nofile must be at least 16 (the runner needs a few); got {self.nofile}"
+            )
+
     def rlimits(self) -> dict[str, int]:
         """The ``RLIMIT_*`` values the runner applies, in bytes/seconds/counts."""
         return {

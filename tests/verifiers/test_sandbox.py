@@ -296,3 +296,9 @@ def _runners_of(owner: int) -> list[int]:
         if mine and state != "Z":
             found.append(int(os.path.basename(path)))
     return found
+
+
+@pytest.mark.parametrize("bad", [{"memory_mb": 0}, {"pids": -1}, {"cpu_s": 1.5}, {"nofile": 4}])
+def test_limits_reject_nonsense(bad):
+    with pytest.raises(ValueError, match="Limits."):
+        Limits(**bad)
