@@ -33,14 +33,10 @@ ENV_IDS = {info.env_id: name for name, info in SUITES.items()}
 # self-check asserts that failures are a subset of these. All 500 MBPP test references pass
 # under plain Python (solution code, then test_setup_code, then the asserts), so every entry
 # is a code-verifier strictness issue, not a dataset defect.
-_INT_VS_FLOAT = "verifier compares values type-strictly (Python: 240 == 240.0 and 0 == False)"
 KNOWN_BAD: dict[str, str] = {
-    **{f"mbpp/{i}": _INT_VS_FLOAT for i in (14, 38, 55, 76, 78, 293, 335, 414, 422, 432, 491)},
-    "mbpp/40": "returns collections.Counter; the verifier only compares primitive values",
-    "mbpp/88": "returns collections.Counter; the verifier only compares primitive values",
-    "mbpp/126": "the solution defines `sum`, shadowing the builtin the test harness uses",
-    "mbpp/367": "test_setup_code uses the solution's class Node but runs before the solution",
     "mbpp/123": "amicable_numbers_sum(9999) can exceed the 5 s limit on a loaded 2-core machine",
+    "mbpp/367": "test_setup_code uses the solution's class Node but the verifier runs it first",
+    "mbpp/414": "returns 0 where the assert compares == False; the verifier treats 0 != False",
 }
 
 
