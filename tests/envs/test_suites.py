@@ -32,7 +32,7 @@ ENV_IDS = {info.env_id: name for name, info in SUITES.items()}
 # Rows whose own reference fails through the env's verifier, with the reason. The gold
 # self-check asserts that failures are a subset of these. All 500 MBPP test references pass
 # under plain Python (solution code, then test_setup_code, then the asserts), so every entry
-# is a code-verifier strictness issue, not a dataset defect.
+# is a code-verifier issue (ordering, strictness or time limit), not a dataset defect.
 KNOWN_BAD: dict[str, str] = {
     "mbpp/123": "amicable_numbers_sum(9999) can exceed the 5 s limit on a loaded 2-core machine",
     "mbpp/367": "test_setup_code uses the solution's class Node but the verifier runs it first",
