@@ -135,3 +135,31 @@ def test_extraction_is_fast_on_long_text(text):
     if answer is not None and len(answer) < 2000:
         normalize(answer)
     assert time.monotonic() - start < 0.5
+
+
+_N = 100_000
+_REGEX_KILLERS = {
+    "answer-spaces": "Answer: " + " " * _N + "x",
+    "hash-spaces": "####" + " " * _N + "x!",
+    "open-boxes": "\\boxed{" * (_N // 7),
+    "closed-boxes": "\\boxed{1} " * (_N // 10),
+    "braces": "{" * _N,
+    "words": "ab " * (_N // 3),
+    "final": "The final answer is " * (_N // 20),
+    "newlines": "\n" * _N + "answer",
+    "thousands": "1,000" * (_N // 5),
+    "units": "5\\text{cm}" * (_N // 10),
+    "backslashes": "\\" * _N,
+}
+
+
+@pytest.mark.parametrize("name", sorted(_REGEX_KILLERS))
+def test_caller_side_string_code_is_linear(name):
+    """Extraction and normalisation run in the caller: no regex backtracking blow-ups."""
+    text = _REGEX_KILLERS[name]
+    start = time.monotonic()
+    answer = extract_answer(text, items=3)
+    normalize(text[:2000])
+    if answer is not None and len(answer) <= 2000:
+        normalize(answer)
+    assert time.monotonic() - start < 0.5
