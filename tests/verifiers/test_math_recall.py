@@ -84,3 +84,20 @@ def test_audit_tool_rejects_rows_without_fields(tmp_path, capsys):
     path.write_text(json.dumps({"gold": "1", "text": "1"}) + "\n")
     assert main([str(path)]) == 1
     assert "needs 'reference' and 'response'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_realistic_mix_recall_at_least_math_verify():
+    """The benchmark's 1,000 MATH-500/GSM8K cases: everything math-verify accepts, we accept."""
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_math_verifier.py"
+    spec = importlib.util.spec_from_file_location("_bench_math", path)
+    assert spec and spec.loader
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    if not (bench.SHARED / "math500" / "test.jsonl").exists():
+        pytest.skip("MATH-500 / GSM8K copies not available")
+    cases = bench.build_cases(1000)
+    ours = MathVerifier().verify_batch([c[0] for c in cases], [c[1] for c in cases])
+    only_theirs = [c for c, v in zip(cases, ours)
+                   if math_verify_says(c[1], c[0]) and not v.correct]
+    assert only_theirs == []
