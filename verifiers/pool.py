@@ -228,7 +228,9 @@ class WorkerPool:
             return sorted(w.proc.pid for w in self._all if w.proc.pid is not None)
 
     # -- running tasks ---------------------------------------------------------------------
-    def run(self, fn: Callable[..., Any], args: Sequence[Any] = (), timeout_s: float = 5.0):
+    def run(
+        self, fn: Callable[..., Any], args: Sequence[Any] = (), timeout_s: float = 5.0
+    ) -> TaskResult:
         """Run ``fn(*args)`` in a worker and wait at most ``timeout_s`` seconds for it.
 
         ``fn`` must be picklable (a module-level function). The limit counts from the moment

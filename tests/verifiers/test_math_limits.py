@@ -254,3 +254,12 @@ def test_registry_and_shared_pool():
     assert isinstance(v, MathVerifier) and isinstance(v, Verifier)
     assert v.pool is MathVerifier().pool  # one worker pool per process
     assert v.verify("The final answer is $\\frac{2}{4}$.", "0.5").status == "correct"
+
+
+def test_pool_memory_cap_is_an_error_and_the_worker_is_replaced(pool):
+    pool.run(os.getpid)
+    replaced = pool.replaced
+    result = pool.run(bytearray, (4 << 30,), 10.0)  # beyond the 2 GiB per-worker cap
+    assert result.status == "error" and result.detail.startswith("MemoryError")
+    assert pool.replaced == replaced + 1
+    assert pool.run(pow, (2, 10)).value == 1024
