@@ -83,8 +83,12 @@ def _add_optional(sub: argparse._SubParsersAction, name: str, module: str, help_
         message = f"`mpo-gym {name}` is unavailable: {exc}"
         p.set_defaults(func=lambda args: _fail(message))
         return
-    mod.add_arguments(p)
-    p.set_defaults(func=mod.run)
+    if hasattr(mod, "add_arguments"):
+        mod.add_arguments(p)
+        p.set_defaults(func=mod.run)
+    else:  # a module with its own ``main(argv)``
+        p.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the subcommand")
+        p.set_defaults(func=lambda args: mod.main(args.args))
 
 
 def _fail(message: str) -> int:
