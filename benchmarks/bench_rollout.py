@@ -80,24 +80,28 @@ def run_naive(policy: LMPolicy, k: int) -> int:
     return sum(len(r) for r in responses)
 
 
-def timed(fn, *args) -> float:
+def timed(label: str, fn, *args) -> float:
     start = time.perf_counter()
     tokens = fn(*args)
-    return tokens / (time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    print(f"  {label}: {tokens} tokens in {seconds:.1f} s", flush=True)
+    return tokens / seconds
 
 
 def bench(dtype: str, ks: list[int], repeats: int, naive: bool) -> None:
     policy = LMPolicy.from_pretrained("default", dtype=dtype)
     policy.eos_token_id = -1  # the sampler never stops a block on EOS
     prompts = [list(map(int, make_envs(policy, 1)[0].prompt_ids(i))) for i in range(BATCH)]
-    run_rollout(policy, 8)  # warm-up
+    run_generate(policy, prompts)  # warm-up
     results: dict[str, list[float]] = {}
     for _ in range(repeats):  # interleaved, so load changes hit every method alike
-        results.setdefault("generate", []).append(timed(run_generate, policy, prompts))
+        results.setdefault("generate", []).append(timed("generate", run_generate, policy, prompts))
         for k in ks:
-            results.setdefault(f"rollout K={k}", []).append(timed(run_rollout, policy, k))
+            results.setdefault(f"rollout K={k}", []).append(
+                timed(f"rollout K={k}", run_rollout, policy, k))
             if naive:
-                results.setdefault(f"naive K={k}", []).append(timed(run_naive, policy, k))
+                results.setdefault(f"naive K={k}", []).append(
+                    timed(f"naive K={k}", run_naive, policy, k))
     gen = statistics.median(results["generate"])
     print(f"\n== {dtype}: batch {BATCH}, {NEW_TOKENS} new tokens/row, greedy, "
           f"{torch.get_num_threads()} threads, median of {repeats}")
@@ -117,7 +121,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--no-naive", action="store_true", help="skip the re-encoding baseline")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
     args = parser.parse_args()
+    globals()["NEW_TOKENS"] = args.new_tokens
     if args.threads:
         torch.set_num_threads(args.threads)
     for dtype in args.dtype:

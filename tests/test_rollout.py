@@ -176,3 +176,19 @@ def test_act_from_observations_keeps_cache_and_checks_prefix():
     with pytest.raises(ValueError, match="does not continue"):
         policy.act(obs, 4)
     policy.end()
+
+
+def test_act_resumes_mid_episode_from_observations():
+    policy = eos_prone_policy()
+    envs = toy_envs(2, 3, max_new_tokens=12)
+    obs = [env.reset(options={"task_index": i})[0] for i, env in enumerate(envs)]
+    policy.end()
+    blocks = policy.act(obs, 3, greedy=True)
+    obs = [env.step(b)[0] for env, b in zip(envs, blocks)]
+    policy.end()  # a new batch prefills prompt + response so far
+    blocks = policy.act(obs, 3, greedy=True)
+    for env, b in zip(envs, blocks):
+        env.step(b)
+    policy.end()
+    greedy = rollout(toy_envs(2, 3, max_new_tokens=12), policy, task_indices=[0, 1], greedy=True)
+    assert [env.response_ids for env in envs] == [e.response_ids[:6] for e in greedy]

@@ -154,9 +154,10 @@ class BlockSampler:
             if not bool(open_.any()):
                 break
             tokens, lp = self._draw(self._next_logits())  # [b], [b]
+            tok_list, lp_list = tokens.tolist(), lp.tolist()
             for r in open_.nonzero().flatten().tolist():
-                blocks[rows[r]].append(int(tokens[r]))
-                logps[rows[r]].append(float(lp[r]))
+                blocks[rows[r]].append(tok_list[r])
+                logps[rows[r]].append(lp_list[r])
             self._pending = torch.where(open_, tokens, torch.full_like(tokens, self.pad_id))
             self._pending_mask = open_.clone()
             budget = budget - open_.long()
