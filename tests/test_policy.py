@@ -214,3 +214,10 @@ def test_frozen_copy_scores_like_the_policy_and_has_no_grad(seqs):
     torch.testing.assert_close(ref.score(*batch).logprobs, pol.score(*batch).logprobs)
     assert ref.value_head is None and len(ref.mtp) == 0
     assert not any(p.requires_grad for p in ref.parameters())
+
+
+def test_bfloat16_policy_scores_values_and_mtp(seqs):
+    pol = policy(value_head=True, num_mtp_modules=1).to(torch.bfloat16)
+    out = pol.score(*make_batch(*seqs), values=True, mtp=True, entropy=True)
+    assert out.logprobs.dtype == out.values.dtype == torch.float32
+    assert torch.isfinite(out.logprobs).all() and torch.isfinite(out.mtp_logprobs).all()

@@ -26,7 +26,9 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def _logprob_chunk(head: nn.Module, h: torch.Tensor, targets: torch.Tensor, temperature: float,
                    want_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = head(h).float() / temperature  # [N, V]
+    logits = head(h).float()  # [N, V]
+    if temperature != 1.0:
+        logits = logits / temperature
     lse = logits.logsumexp(-1)  # [N]
     logp = logits.gather(-1, targets[:, None]).squeeze(-1) - lse  # [N]
     if not want_entropy:
@@ -85,7 +87,7 @@ def _has_grad_params(module: Any) -> bool:
 
 
 class ValueHead(nn.Module):
-    """``Linear(d -> 1)`` on the backbone's final (normed) hidden state, in float32."""
+    """``Linear(d -> 1)`` on the backbone's final (normed) hidden state (kept in float32)."""
 
     def __init__(self, hidden_size: int):
         super().__init__()
@@ -95,8 +97,8 @@ class ValueHead(nn.Module):
             self.linear.bias.zero_()
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``[B, L, d]`` -> ``[B, L]`` values."""
-        return self.linear(hidden.float()).squeeze(-1)
+        """``[B, L, d]`` -> ``[B, L]`` float32 values."""
+        return self.linear(hidden.to(self.linear.weight.dtype)).float().squeeze(-1)
 
 
 class CriticModel(nn.Module):
