@@ -7,7 +7,7 @@ Swapping the agent changes nothing else: the env, verifier, seeds and budget sta
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 

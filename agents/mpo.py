@@ -137,9 +137,11 @@ class MPOAgent(PPOAgent):
     # 2. the united ratio ---------------------------------------------------------------
     def log_ratio(self, mb: RolloutBatch, out: Any) -> tuple[torch.Tensor, dict[str, Any]]:
         cfg = self.config
+        assert mb.old_logprobs is not None and mb.advantages is not None, "collect() fills these"
         token_lr = out.logprobs - mb.old_logprobs  # [B, T] log r of token t
         mtp_lr = None
         if self.needs_mtp:
+            assert mb.old_mtp_logprobs is not None and mb.mtp_mask is not None
             mtp = out.mtp_logprobs[..., : cfg.num_mtp_modules]  # [B, T, K-1]
             if not cfg.mtp_trainable_in_rl:
                 mtp = mtp.detach()

@@ -84,6 +84,7 @@ class PPOAgent(BaseAgent):
             values=self.uses_critic, mtp=self.needs_mtp, entropy=cfg.entropy_coef > 0,
             temperature=cfg.temperature,
         )  # log-probs of the tempered distribution the rollout sampled from
+        assert mb.advantages is not None and mb.old_logprobs is not None, "collect() fills these"
         log_ratio, extra = self.log_ratio(mb, out)  # [B, T]
         pg_loss, metrics = F.clipped_policy_loss(
             log_ratio, mb.advantages, mb.mask, cfg.clip_low, cfg.clip_high,
@@ -92,6 +93,7 @@ class PPOAgent(BaseAgent):
         loss = pg_loss
         v_metrics: dict[str, Any] = {}
         if self.uses_critic:
+            assert mb.old_values is not None and mb.returns is not None
             v_loss, v_metrics = F.clipped_value_loss(out.values, mb.old_values, mb.returns, mb.mask, cfg.value_clip)
             loss = loss + cfg.vf_coef * v_loss
             v_metrics["value"] = v_loss.detach()

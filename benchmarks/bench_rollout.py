@@ -23,8 +23,8 @@ import time
 
 import numpy as np
 import torch
-from mpo_gym.envs.arithmetic import ArithmeticEnv
 
+from mpo_gym.envs.arithmetic import ArithmeticEnv
 from mpo_gym.policy import LMPolicy
 from mpo_gym.rollout import rollout
 

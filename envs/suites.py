@@ -91,10 +91,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from mpo_gym.verifiers.base import Verdict, Verifier
 
 from mpo_gym.env import ReasoningEnv
 from mpo_gym.task import ListTaskSource, Task
+from mpo_gym.verifiers.base import Verdict, Verifier
 
 __all__ = [
     "DATA_DIR_ENV",

@@ -10,11 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from .env import ReasoningEnv
+from .envs import list_envs  # noqa: E402  (registers the built-in ids)
 from .spaces import TokenBlock
 from .task import ListTaskSource, Task, TaskSource
 from .verifiers import Verdict, Verifier, make_verifier, register_verifier
-
-from .envs import list_envs  # noqa: E402  (registers the built-in ids)
 
 __version__ = "0.1.0"
 
@@ -42,6 +41,6 @@ def make_vec(env_id: str, num_envs: int, **kwargs: Any) -> Any:
     import gymnasium as gym
 
     envs = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync", **kwargs)
-    for j, env in enumerate(envs.envs):
+    for j, env in enumerate(envs.envs):  # type: ignore[attr-defined]
         env.unwrapped.vector_index = j
     return envs

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -28,7 +29,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     check_reasoning_env(env, seed=args.seed)
     print(f"{args.env_id}: check_env and check_reasoning_env passed")
     obs, info = env.reset(seed=args.seed)
-    base = env.unwrapped
+    base: Any = env.unwrapped
     print(f"task {info['task_id']}: {base.task.prompt!r}")
     env.action_space.seed(args.seed)
     steps, done = 0, False

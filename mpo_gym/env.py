@@ -110,7 +110,7 @@ class ReasoningEnv(gym.Env[Obs, np.ndarray]):
         self.vector_index: int | None = None  # set by mpo_gym.make_vec for per-env task choice
 
         v, p, n = self.vocab_size, self.max_prompt_tokens, self.max_new_tokens
-        self.action_space = TokenBlock(v, self.block_size)
+        self.action_space: TokenBlock = TokenBlock(v, self.block_size)
         self.observation_space = spaces.Dict(
             {
                 "prompt_ids": spaces.Box(0, v - 1, shape=(p,), dtype=np.int64),
@@ -146,7 +146,7 @@ class ReasoningEnv(gym.Env[Obs, np.ndarray]):
         return self._obs(), {"task_id": self.task.id, "task_index": index, "text": ""}
 
     def step(self, action: Any) -> tuple[Obs, float, bool, bool, dict[str, Any]]:
-        if self._done:
+        if self._done or self.task is None:
             raise RuntimeError("step() called on a finished episode; call reset() first")
         block = self.action_space.check(action)
         room = self.max_new_tokens - len(self._response)
@@ -212,6 +212,8 @@ class ReasoningEnv(gym.Env[Obs, np.ndarray]):
 
     def verify(self, text: str) -> Verdict:
         """Verify ``text`` against the current task's reference."""
+        if self.task is None:
+            raise RuntimeError("no current task; call reset() first")
         return self.verifier.verify(text, self.task.reference)
 
     def _own_index(self, index: Any) -> int:

@@ -98,7 +98,7 @@ class TokenBlock(Space[np.ndarray]):
             raise ValueError(f"token ids must be in [0, {self.vocab_size}); got {bad[:5].tolist()}")
         return arr.astype(np.int64, copy=False)
 
-    def to_jsonable(self, sample_n: Sequence[np.ndarray]) -> list[list[int]]:
+    def to_jsonable(self, sample_n: Sequence[np.ndarray]) -> list[list[int]]:  # type: ignore[override]
         return [np.asarray(s, dtype=np.int64).tolist() for s in sample_n]
 
     def from_jsonable(self, sample_n: list[list[int]]) -> list[np.ndarray]:

@@ -115,7 +115,7 @@ def make_policy(cfg: TrainConfig) -> Any:
     agent_cfg = cfg.agent_config()
     agent_cls, _ = AGENTS[cfg.agent]
     uses_critic = getattr(agent_cfg, "advantage", "gae") == "gae" and agent_cls.uses_critic
-    kwargs = {
+    kwargs: dict[str, Any] = {
         "value_head": cfg.value_head if uses_critic else False,
         "num_mtp_modules": getattr(agent_cfg, "num_mtp_modules", 0),
     }
@@ -144,7 +144,7 @@ def make_envs(cfg: TrainConfig, n: int, split: str | None = None) -> list[Any]:
     return [gym.make(cfg.env, **kwargs) for _ in range(n)]
 
 
-def evaluate_held_out(cfg: TrainConfig, policy: Any, envs: list[Any] | None = None) -> dict[str, float]:
+def evaluate_held_out(cfg: TrainConfig, policy: Any, envs: list[Any] | None = None) -> dict[str, Any]:
     """Greedy accuracy and mean reward on the first ``eval_tasks`` tasks of the test split."""
     envs = envs or make_envs(cfg, min(cfg.eval_batch, cfg.eval_tasks), split="test")
     n_tasks = min(cfg.eval_tasks, len(envs[0].unwrapped.tasks))
@@ -154,14 +154,15 @@ def evaluate_held_out(cfg: TrainConfig, policy: Any, envs: list[Any] | None = No
         for start in range(0, n_tasks, len(envs)):
             indices = list(range(start, min(start + len(envs), n_tasks)))
             episodes += rollout(envs[: len(indices)], policy, task_indices=indices, greedy=True)
-    statuses = [e.verdict.status for e in episodes]
-    return {
+    statuses = [e.verdict.status if e.verdict is not None else "error" for e in episodes]
+    result: dict[str, Any] = {
         "accuracy": float(np.mean([s == "correct" for s in statuses])),
         "reward": float(np.mean([e.reward for e in episodes])),
         "n": float(len(episodes)),
         "outcomes": [int(s == "correct") for s in statuses],
         **{f"status/{s}": float(np.mean([x == s for x in statuses])) for s in sorted(set(statuses))},
     }
+    return result
 
 
 def _checkpoint(path: Path, policy: Any, agent: Any, step: int, train_seconds: float) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from mpo_gym.envs.toy import ToyEnv
 
 import mpo_gym
+from mpo_gym.envs.toy import ToyEnv
 from mpo_gym.policy import LMPolicy, tiny_model
 from mpo_gym.rollout import rollout
 

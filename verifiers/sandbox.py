@@ -275,6 +275,7 @@ class Sandbox:
             env=self._env(),
             cwd=run.scratch,
         )
+        assert run.proc.stdout is not None and run.proc.stderr is not None  # PIPEs above
         run.streams.update(stdout=run.proc.stdout.fileno(), stderr=run.proc.stderr.fileno())
 
     def _rlimits(self) -> dict[str, int]:
@@ -404,6 +405,7 @@ def _pump(runs: Sequence[SandboxProcess], deadline: float) -> None:
 
 
 def _wait(run: SandboxProcess, deadline: float) -> None:
+    assert run.proc is not None, "the sandbox process was started"
     try:
         run.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:

@@ -15,8 +15,10 @@ from mpo_gym.agents import (
     MPOConfig,
     PPOAgent,
     PPOConfig,
-    functional as F,
     make_agent,
+)
+from mpo_gym.agents import (
+    functional as F,
 )
 from mpo_gym.policy import LMPolicy, tiny_model
 

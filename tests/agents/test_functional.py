@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from mpo_gym.agents import functional as F
 
 

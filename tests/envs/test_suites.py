@@ -10,6 +10,8 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
+
+import mpo_gym  # noqa: F401  (registers the ids)
 from mpo_gym.envs import suites
 from mpo_gym.envs.suites import (
     DATA_DIR_ENV,
@@ -19,10 +21,8 @@ from mpo_gym.envs.suites import (
     load_rows,
     load_tasks,
 )
-from mpo_gym.verifiers import Verdict
-
-import mpo_gym  # noqa: F401  (registers the ids)
 from mpo_gym.tokenizers import CharTokenizer
+from mpo_gym.verifiers import Verdict
 
 from ..conftest import SHARED_DATA
 

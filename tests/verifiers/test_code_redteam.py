@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pytest
+
 from mpo_gym.verifiers.code import CodeVerifier
 from mpo_gym.verifiers.sandbox import SCRATCH_PREFIX, probe
 

@@ -7,6 +7,7 @@ import math
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from mpo_gym.verifiers.code_runner import EncodeError, decode, dumps, encode
 from mpo_gym.verifiers.code_tests import (
     CallPlan,

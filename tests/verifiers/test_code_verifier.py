@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from mpo_gym.verifiers import STATUSES, Verdict, make_verifier
 from mpo_gym.verifiers.code import CodeVerifier, assemble, extract_code, validate_reference
 from mpo_gym.verifiers.code_judge import normalize_output

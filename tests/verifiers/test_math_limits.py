@@ -10,6 +10,7 @@ import time
 import uuid
 
 import pytest
+
 from mpo_gym.verifiers import MathVerifier
 from mpo_gym.verifiers.pool import WorkerPool
 
@@ -112,6 +113,7 @@ def test_plain_text_path_never_calls_eval_or_parse_expr(monkeypatch):
 
     import latex2sympy2_extended.latex2sympy2 as l2s
     import sympy.parsing.sympy_parser as sp
+
     from mpo_gym.verifiers.math import check_answer
 
     def trap(*args, **kwargs):

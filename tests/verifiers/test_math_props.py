@@ -7,6 +7,7 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from mpo_gym.verifiers import STATUSES, MathVerifier, Verdict
 from mpo_gym.verifiers.math import check_answer
 from mpo_gym.verifiers.math_extract import extract_answer, normalize

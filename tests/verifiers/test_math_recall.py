@@ -8,6 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+
 from mpo_gym.verifiers import MathVerifier
 from mpo_gym.verifiers.math_audit import audit_math, main, math_verify_says
 

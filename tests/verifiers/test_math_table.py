@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from mpo_gym.verifiers import MathVerifier
 
 C, W, N = "correct", "incorrect", "no_answer"

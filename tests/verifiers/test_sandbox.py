@@ -12,6 +12,7 @@ import tempfile
 import time
 
 import pytest
+
 from mpo_gym.verifiers import sandbox as sandbox_module
 from mpo_gym.verifiers.code import CodeVerifier
 from mpo_gym.verifiers.code_runner import decode, encode
