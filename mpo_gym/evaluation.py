@@ -414,6 +414,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="local data root laid out like <dir>/gsm8k/test.jsonl (else MPO_GYM_DATA_DIR, else the hub)",
     )
     add("--split", default="test", help="dataset split")
+    add(
+        "--env-kwargs",
+        default=None,
+        help='JSON object of extra env kwargs, e.g. \'{"style": "completion"}\' for HumanEval',
+    )
     add("--batch-size", type=int, default=8, help="episodes generated together")
     add("--max-new-tokens", type=int, default=None, help="override the env's response budget")
     add("--block-size", type=int, default=None, help="override the env's K")
@@ -466,7 +471,7 @@ def _split(text: str) -> list[str]:
 
 
 def _env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"split": args.split}
+    kwargs: dict[str, Any] = {"split": args.split, **json.loads(args.env_kwargs or "{}")}
     if args.max_new_tokens:
         kwargs["max_new_tokens"] = args.max_new_tokens
     if args.block_size:
