@@ -200,7 +200,8 @@ def test_eval_command_line_compares_models(fake_model, tmp_path, monkeypatch, ca
     out = tmp_path / "eval"
     code = main(
         ["eval", "--suite", "gsm8k,mbpp", "--model", "good", "--model", "bad", "--limit", "2",
-         "--data-dir", str(fake_model), "--out", str(out), "--no-progress"]
+         "--data-dir", str(fake_model), "--out", str(out), "--no-progress",
+         "--env-kwargs", '{"max_new_tokens": 300}']
     )  # fmt: skip
     assert code == 0
     printed = capsys.readouterr().out
