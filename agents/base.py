@@ -216,7 +216,7 @@ class BaseAgent:
             groups, lr=self.config.lr, weight_decay=self.config.weight_decay, eps=self.config.adam_eps
         )
         if self.config.kl_coef > 0:
-            self.reference = _frozen_copy(policy)
+            self.reference = policy.frozen_copy()
 
     def param_groups(self, policy: Any) -> list[dict[str, Any]]:
         return [{"params": [p for p in policy.backbone_parameters() if p.requires_grad]}]
@@ -374,16 +374,6 @@ class BaseAgent:
         self.rng.bit_generator.state = state["rng"]
         self.torch_rng.set_state(state["torch_rng"])
         self.rollout_calls = state.get("rollout_calls", 0)
-
-
-def _frozen_copy(policy: Any) -> Any:
-    """A frozen copy of the policy (the KL reference), without critic or MTP modules."""
-    import copy
-
-    reference = copy.deepcopy(policy)
-    reference.requires_grad_(False)
-    reference.eval()
-    return reference
 
 
 def _base(env: Any) -> Any:
