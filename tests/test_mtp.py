@@ -9,15 +9,6 @@ from mpo_gym.mtp import causal_padding_mask
 from mpo_gym.policy import LMPolicy, tiny_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models are ~20x faster on one thread when the CPU is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def trained_like_policy(num: int = 3, share: bool = False) -> LMPolicy:
     model, tok = tiny_model(seed=2)
     pol = LMPolicy(model, tok, num_mtp_modules=num, share_lm_head=share)

@@ -11,15 +11,6 @@ from mpo_gym.policy import LMPolicy, chunked_token_logprobs, tiny_model
 from mpo_gym.tokenizers import CharTokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models are ~20x faster on one thread when the CPU is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_batch(prompts, responses, pad=0, extra_left=0):
     """Left-pad prompts to a common length (+ extra), right-pad responses."""
     P = max(len(p) for p in prompts) + extra_left

@@ -12,15 +12,6 @@ from mpo_gym.policy import LMPolicy, tiny_model
 from mpo_gym.rollout import rollout
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models are ~20x faster on one thread when the CPU is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def eos_prone_policy(seed: int = 0, eos_scale: float = 1.5) -> LMPolicy:
     """A tiny policy whose EOS row copies (and scales) the greedy favourite token's row.
 
