@@ -152,7 +152,7 @@ def _run_one(cfg_json: str, result_path: str) -> None:
     cfg = TrainConfig(**data)
     result = train(cfg, label=label)
     summary = {
-        "updates": result.updates, "train_seconds": result.train_seconds,
+        "updates": result.updates, "train_seconds": result.train_seconds, "warmup_seconds": result.warmup_seconds,
         "eval_before": result.eval_before, "eval_after": result.eval_after, "peak_rss_mb": result.peak_rss_mb,
     }
     Path(result_path).write_text(json.dumps(summary))
