@@ -1,0 +1,97 @@
+"""One PPO/MPO update on the same batch (embedded model, bf16): time and peak memory ratios.
+
+Baseline: ``PPOAgent`` on the same rollout batch, in the same run. Each configuration runs in
+its own process (so peak memory is its own); the batch is the same seeded rollout in every
+process. Reported per configuration: time of recording old log-probs (``score_old``: backbone,
+values, MTP), time of ``update`` (forward + backward + optimizer step over the mini-batches),
+and peak RSS. Paper (Table 2): MPO is 1.18-1.48x PPO's time per iteration. Target: <= 1.25x at
+K=5 for the update, memory <= 1.3x.
+
+    python benchmarks/bench_update.py [--envs 16] [--minibatch 8] [--repeats 2] [--threads 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import time
+
+CONFIGS = {
+    "ppo": ("ppo", {}),
+    "mpo-k3": ("mpo", {"mpo_k": 3, "warmup_steps": 0}),
+    "mpo-k5": ("mpo", {"mpo_k": 5, "warmup_steps": 0}),
+    "mpo-k5-backbone": ("mpo", {"mpo_k": 5, "ratio_source": "backbone", "warmup_steps": 0}),
+}
+
+
+def _worker(name: str, args: dict, queue: mp.Queue) -> None:
+    import torch
+
+    from mpo_gym.agents import make_agent
+    from mpo_gym.rollout import rollout
+    from mpo_gym.trainer import TrainConfig, autocast, make_envs, make_policy
+
+    if args["threads"]:
+        torch.set_num_threads(args["threads"])
+    agent_name, extra = CONFIGS[name]
+    kwargs = {"lr": 2e-6, "temperature": 0.7, "minibatch_size": args["minibatch"], "micro_batch_size": args["minibatch"], **extra}
+    cfg = TrainConfig(
+        env="mpo_gym/Arithmetic-v0", env_kwargs={"digits": 2, "terms": 2, "max_new_tokens": 40},
+        agent=agent_name, agent_kwargs=kwargs, model="default", dtype="bfloat16", num_envs=args["envs"],
+    )
+    policy = make_policy(cfg)
+    agent = make_agent(agent_name, policy, **kwargs)
+    envs = make_envs(cfg, args["envs"])
+    from mpo_gym.agents.base import build_batch
+
+    with autocast(cfg, policy), torch.no_grad():
+        episodes = rollout(envs, policy, task_indices=list(range(args["envs"])), seed=0, temperature=0.7)
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    score_s, update_s = [], []
+    for _ in range(args["repeats"]):
+        batch = build_batch(episodes, pad_id=int(policy.tokenizer.pad_token_id))
+        with autocast(cfg, policy):
+            t0 = time.perf_counter()
+            agent.score_old(batch)
+            agent.compute_advantages(batch)
+            t1 = time.perf_counter()
+            agent.update(batch)
+            t2 = time.perf_counter()
+        score_s.append(t1 - t0)
+        update_s.append(t2 - t1)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    queue.put({
+        "name": name, "score_s": min(score_s), "update_s": min(update_s),
+        "peak_rss_mb": peak / 1024, "rss_growth_mb": (peak - base_rss) / 1024,
+        "tokens": int(sum(len(e.response_ids) for e in episodes)),
+    })
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--envs", type=int, default=16)
+    parser.add_argument("--minibatch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--configs", default=",".join(CONFIGS))
+    args = vars(parser.parse_args())
+    ctx = mp.get_context("spawn")
+    results = {}
+    for name in args["configs"].split(","):
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_worker, args=(name, args, queue))
+        proc.start()
+        results[name] = queue.get()
+        proc.join()
+        print(json.dumps(results[name]), flush=True)
+    base = results.get("ppo")
+    print(f"\n{'config':<18}{'score_old s':>12}{'update s':>10}{'peak MB':>9}{'update x PPO':>14}{'score x PPO':>13}{'peak x PPO':>12}")
+    for name, r in results.items():
+        ratio = (r["update_s"] / base["update_s"], r["score_s"] / base["score_s"], r["peak_rss_mb"] / base["peak_rss_mb"]) if base else (float("nan"),) * 3
+        print(f"{name:<18}{r['score_s']:>12.2f}{r['update_s']:>10.2f}{r['peak_rss_mb']:>9.0f}{ratio[0]:>14.2f}{ratio[1]:>13.2f}{ratio[2]:>12.2f}")
+
+
+if __name__ == "__main__":
+    main()
