@@ -58,11 +58,26 @@ BUILTIN: dict[str, tuple[str, dict[str, Any], str]] = {
     ),
 }
 
+# Optional: registered only when the reasoning-gym extra is installed.
+OPTIONAL: dict[str, tuple[str, dict[str, Any], str, str]] = {
+    "mpo_gym/ReasoningGym-v0": (
+        "mpo_gym.envs.reasoning_gym:ReasoningGymEnv",
+        {"tokenizer": "default", "block_size": 8, "max_new_tokens": 256},
+        "any of reasoning-gym's 100+ procedural tasks (dataset=...); scorers run in a worker process",
+        "reasoning_gym",
+    ),
+}
+
 
 def register_builtin() -> None:
     """Register every built-in id (idempotent)."""
+    import importlib.util
+
     for env_id, (entry_point, kwargs, _) in BUILTIN.items():
         if env_id not in gym.registry:
+            gym.register(id=env_id, entry_point=entry_point, kwargs=dict(kwargs), disable_env_checker=True)
+    for env_id, (entry_point, kwargs, _, module) in OPTIONAL.items():
+        if env_id not in gym.registry and importlib.util.find_spec(module) is not None:
             gym.register(id=env_id, entry_point=entry_point, kwargs=dict(kwargs), disable_env_checker=True)
 
 
@@ -71,7 +86,8 @@ def list_envs() -> dict[str, str]:
     out = {}
     for env_id, spec in sorted(gym.registry.items()):
         if env_id.startswith("mpo_gym/"):
-            out[env_id] = BUILTIN[env_id][2] if env_id in BUILTIN else _describe(spec)
+            known = {**{k: v[2] for k, v in BUILTIN.items()}, **{k: v[2] for k, v in OPTIONAL.items()}}
+            out[env_id] = known.get(env_id) or _describe(spec)
     return out
 
 
