@@ -124,8 +124,8 @@ def _rollout_chunk(envs: list[ReasoningEnv], tasks: list[int | None], seeds: lis
         while not sampler.finished.all():
             room = [e.max_new_tokens - len(ep.response_ids) for e, ep in zip(envs, episodes)]
             blocks, logps = sampler.sample([min(e.block_size, r) for e, r in zip(envs, room)])
-            done = [i for i in np.flatnonzero(~sampler.finished)
-                    if _step(envs[i], episodes[i], blocks[i], logps[i], pending, i)]
+            done = [int(i) for i in np.flatnonzero(~sampler.finished)
+                    if _step(envs[i], episodes[i], blocks[i], logps[i], pending, int(i))]
             sampler.finish(done)
     finally:
         for e, flag in zip(envs, flags):

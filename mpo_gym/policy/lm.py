@@ -210,9 +210,9 @@ class LMPolicy(nn.Module):
     def _values(self, hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 position_ids: torch.Tensor, prompt_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.value_kind == "separate":
-            v_all = self.value_head(input_ids, attention_mask, position_ids)  # [B, L]
+            v_all = self.value_head(input_ids, attention_mask, position_ids)  # type: ignore[misc]  # [B, L]
         else:
-            v_all = self.value_head(hidden)  # [B, L]
+            v_all = self.value_head(hidden)  # type: ignore[misc]  # [B, L]
         L = input_ids.shape[1]
         lengths = attention_mask[:, prompt_len:].long().sum(-1)  # [B]
         last = v_all.gather(1, (prompt_len - 1 + lengths)[:, None]).squeeze(1)  # [B]
@@ -235,7 +235,7 @@ class LMPolicy(nn.Module):
             h = module(h, emb.detach() if self.mtp_detach_backbone else emb, attn, rope)  # [B, L, d]
             valid = resp_mask & _shift_left(resp_mask, j, False)  # [B, T]
             head = module.lm_head if module.lm_head is not None else lm.get_output_embeddings()
-            lp, _ = chunked_token_logprobs(head, h[:, prompt_len - 1:L - 1],
+            lp, _ = chunked_token_logprobs(head, h[:, prompt_len - 1:L - 1],  # type: ignore[arg-type]
                                            _shift_left(targets, j, self.pad_token_id), valid,
                                            chunk_size=self.chunk_size)
             lps.append(lp)
@@ -262,7 +262,7 @@ class LMPolicy(nn.Module):
         """Start a new generation batch (prefill). ``kwargs`` go to ``BlockSampler``."""
         from .sampling import BlockSampler
 
-        self._sampler = BlockSampler(self, prompts, **kwargs)
+        self._sampler = BlockSampler(self, prompts, **kwargs)  # type: ignore[arg-type]
         return self._sampler
 
     def act(self, obs: Any, block_size: int, *, done: Any = None, return_logprobs: bool = False,
@@ -310,7 +310,7 @@ class LMPolicy(nn.Module):
         options = json.loads((path / "policy.json").read_text())
         model = AutoModelForCausalLM.from_pretrained(str(path / "model"), dtype=resolve_dtype(dtype))
         tok = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(str(path / "model"))
-        policy = cls(model.to(device) if device else model, tok, **options)
+        policy = cls(model.to(device) if device else model, tok, **options)  # type: ignore[arg-type]
         heads = torch.load(path / "heads.pt", map_location=policy.device, weights_only=True)
         if policy.value_head is not None and heads["value_head"] is not None:
             policy.value_head.load_state_dict(heads["value_head"])

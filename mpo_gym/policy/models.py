@@ -120,7 +120,7 @@ def load_model(name_or_path: str = "default", dtype: str | torch.dtype = "float3
         tok.pad_token = tok.eos_token
     model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype))
     if device is not None:
-        model.to(device)
+        model.to(device)  # type: ignore[arg-type]
     model.eval()
     return model, tok
 

@@ -110,10 +110,10 @@ class BlockSampler:
         """Feed pending tokens (one forward for the batch) and return ``[b, V]`` logits."""
         if self._pending is not None:
             fed = self._pending_mask  # [b]
-            self._mask = torch.cat([self._mask, fed[:, None].long()], dim=1)  # [b, S+1]
+            self._mask = torch.cat([self._mask, fed[:, None].long()], dim=1)  # type: ignore[index]  # [b, S+1]
             out = self._forward(self._pending[:, None], self._mask, self._pos[:, None], self._cache)
-            self._pos = self._pos + fed.long()
-            self._logits = torch.where(fed[:, None], out.logits[:, -1].float(), self._logits)
+            self._pos = self._pos + fed.long()  # type: ignore[union-attr]
+            self._logits = torch.where(fed[:, None], out.logits[:, -1].float(), self._logits)  # type: ignore[index]
             self._pending = self._pending_mask = None
         return self._logits
 
@@ -181,11 +181,11 @@ class BlockSampler:
             self._rows = self._rows[:0]
             return
         idx = keep.nonzero().flatten().to(self.device)
-        self._cache.batch_select_indices(idx)
+        self._cache.batch_select_indices(idx)  # type: ignore[union-attr]
         self._rows = self._rows[keep]
         self._mask, self._pos, self._logits = self._mask[idx], self._pos[idx], self._logits[idx]
         if self._pending is not None:
-            self._pending, self._pending_mask = self._pending[idx], self._pending_mask[idx]
+            self._pending, self._pending_mask = self._pending[idx], self._pending_mask[idx]  # type: ignore[index]
 
     # ------------------------------------------------------------------ env observations
     def act(self, obs: Any, block_size: int, *, done: Any = None) -> tuple[list[np.ndarray], list[list[float]]]:
@@ -216,7 +216,7 @@ class BlockSampler:
                     "policy.end() or policy.begin(prompts) to start a new batch"
                 )
             n[i] = min(int(block_size), budget - len(response))
-        blocks, logps = self.sample(n)
+        blocks, logps = self.sample(n)  # type: ignore[arg-type]
         return [np.asarray(b, dtype=np.int64) for b in blocks], logps
 
 

@@ -68,7 +68,7 @@ def chunked_token_logprobs(
     for start in range(0, sel_h.shape[0], chunk_size):
         args = (head, sel_h[start:start + chunk_size], sel_t[start:start + chunk_size],
                 temperature, entropy)
-        lp, ent = checkpoint(_logprob_chunk, *args, use_reentrant=False) if use_ckpt else _logprob_chunk(*args)
+        lp, ent = checkpoint(_logprob_chunk, *args, use_reentrant=False) if use_ckpt else _logprob_chunk(*args)  # type: ignore[arg-type]
         lps.append(lp)
         ents.append(ent)
     out_lp = hidden.new_zeros(mask.shape, dtype=torch.float32)  # [B, T]
