@@ -55,6 +55,8 @@ class MPOConfig(PPOConfig):
         warmup_lr: warm-up learning rate.
         warmup_batch_size: reference solutions per warm-up step.
         warmup_alpha_decay: α_j = decay^(j−1) for module j (1.0: equal weights).
+        share_lm_head: the MTP modules use the backbone's LM head instead of their own copies
+            (the paper copies it per module; sharing saves K−1 vocab projections of memory).
     """
 
     mpo_k: int = 5
@@ -70,6 +72,7 @@ class MPOConfig(PPOConfig):
     warmup_lr: float = 1e-4
     warmup_batch_size: int = 8
     warmup_alpha_decay: float = 0.8
+    share_lm_head: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()

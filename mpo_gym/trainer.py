@@ -121,6 +121,7 @@ def make_policy(cfg: TrainConfig) -> Any:
     kwargs: dict[str, Any] = {
         "value_head": cfg.value_head if uses_critic else False,
         "num_mtp_modules": getattr(agent_cfg, "num_mtp_modules", 0),
+        "share_lm_head": getattr(agent_cfg, "share_lm_head", False),
     }
     torch.manual_seed(cfg.seed)
     if cfg.model == "tiny":
