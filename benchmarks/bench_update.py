@@ -22,6 +22,7 @@ CONFIGS = {
     "ppo": ("ppo", {}),
     "mpo-k3": ("mpo", {"mpo_k": 3, "warmup_steps": 0}),
     "mpo-k5": ("mpo", {"mpo_k": 5, "warmup_steps": 0}),
+    "mpo-k5-shared": ("mpo", {"mpo_k": 5, "share_lm_head": True, "warmup_steps": 0}),
     "mpo-k5-backbone": ("mpo", {"mpo_k": 5, "ratio_source": "backbone", "warmup_steps": 0}),
 }
 
