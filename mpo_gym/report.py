@@ -196,7 +196,8 @@ def _plot(cfg: Any, runs: dict[tuple[str, int], list[dict[str, Any]]], path: Pat
         ax.set_xlabel(label)
         ax.set_ylabel("train reward (mean over batch)")
         ax.grid(alpha=0.3)
-    axes[0].legend()
+    if axes[0].lines:
+        axes[0].legend()
     title = f"{cfg.env}: mean over {len(cfg.seeds)} seed(s)" + (", band = min..max" if len(cfg.seeds) > 1 else "")
     fig.suptitle(title)
     fig.tight_layout()
