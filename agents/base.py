@@ -192,7 +192,8 @@ class BaseAgent:
     """
 
     name: ClassVar[str] = "base"
-    uses_critic: ClassVar[bool] = False
+    uses_critic: bool = False  # records values and trains a critic (MPO decides per config)
+    needs_mtp: bool = False  # scores MTP log-probs (MPO with ratio_source="mtp")
 
     def __init__(self, config: AgentConfig, policy: Any = None):
         self.config = config

@@ -100,8 +100,8 @@ class MPOAgent(PPOAgent):
 
     def __init__(self, config: MPOConfig | None = None, policy: Any = None):
         config = config or MPOConfig()
-        self.uses_critic = config.advantage == "gae"  # type: ignore[misc]
-        self.needs_mtp = config.num_mtp_modules > 0  # type: ignore[misc]
+        self.uses_critic = config.advantage == "gae"
+        self.needs_mtp = config.num_mtp_modules > 0
         self.betas = F.mpo_betas(config.mpo_k, config.beta2, config.mpo_decay)  # [K]
         super().__init__(config, policy)
 

@@ -107,8 +107,6 @@ class PPOAgent(BaseAgent):
             **extra,
         }
 
-    needs_mtp = False
-
 
 def _prefix(metrics: dict[str, Any], prefix: str) -> dict[str, Any]:
     return {k if "/" in k else prefix + k: v for k, v in metrics.items()}

@@ -83,10 +83,10 @@ def register_builtin() -> None:
 
 def list_envs() -> dict[str, str]:
     """Every registered ``mpo_gym/`` id with a one-line description."""
+    known: dict[str, str] = {k: v[2] for k, v in BUILTIN.items()} | {k: v[2] for k, v in OPTIONAL.items()}
     out = {}
     for env_id, spec in sorted(gym.registry.items()):
         if env_id.startswith("mpo_gym/"):
-            known = {**{k: v[2] for k, v in BUILTIN.items()}, **{k: v[2] for k, v in OPTIONAL.items()}}
             out[env_id] = known.get(env_id) or _describe(spec)
     return out
 
