@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from . import functional as F
-from .base import RolloutBatch, pad_sequences
+from .base import RolloutBatch, adamw, pad_sequences
 from .ppo import PPOAgent, PPOConfig
 
 __all__ = ["MPOAgent", "MPOConfig"]
@@ -169,7 +169,7 @@ class MPOAgent(PPOAgent):
         if not self.needs_mtp or steps == 0:
             return []
         env = getattr(list(getattr(envs, "envs", envs))[0], "unwrapped", None) or envs[0]
-        optimizer = torch.optim.AdamW(policy.mtp_parameters(), lr=self.config.warmup_lr)
+        optimizer = adamw(policy.mtp_parameters(), lr=self.config.warmup_lr)
         m = self.config.num_mtp_modules
         alphas = torch.tensor([self.config.warmup_alpha_decay**j for j in range(m)])  # [K-1]
         history = []

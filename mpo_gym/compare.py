@@ -41,7 +41,8 @@ class CompareConfig:
         eval_tasks: held-out tasks evaluated greedily before and after.
         agent_kwargs: per-agent config overrides, ``{"mpo": {"mpo_k": 3}}``.
         common_kwargs: config overrides applied to every agent that has the field.
-        dtype: ``"bfloat16"`` or ``"float32"``.
+        dtype: ``"auto"`` (bf16 where the device has native bf16 matmuls), ``"bfloat16"`` or
+            ``"float32"``.
         checkpoint_every: updates between checkpoints (for resume).
         threads: torch CPU threads per run (0: torch's default; 1 is fastest for tiny models).
         out_dir: the run folder.
@@ -58,7 +59,7 @@ class CompareConfig:
     eval_tasks: int = 100
     agent_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     common_kwargs: dict[str, Any] = field(default_factory=dict)
-    dtype: str = "bfloat16"
+    dtype: str = "auto"
     checkpoint_every: int = 10
     threads: int = 0
     out_dir: str = ""
@@ -235,7 +236,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", help="per-run budget: '300s' (wall-clock) or '40u' (updates)")
     parser.add_argument("--num-envs", type=int)
     parser.add_argument("--eval-tasks", type=int)
-    parser.add_argument("--dtype", choices=("bfloat16", "float32"))
+    parser.add_argument("--dtype", choices=("auto", "bfloat16", "float32"))
     parser.add_argument("--agent-kwargs", type=json.loads, help='JSON, e.g. {"mpo": {"mpo_k": 3}}')
     parser.add_argument("--common-kwargs", type=json.loads, help='JSON, e.g. {"lr": 2e-5}')
     parser.add_argument("--out", help="run folder (default runs/compare-<time>)")

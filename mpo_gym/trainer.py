@@ -40,7 +40,8 @@ class TrainConfig:
         agent_kwargs: agent config overrides, e.g. ``{"lr": 2e-5}``.
         model: ``"default"`` (embedded SmolLM2-135M-Instruct), ``"tiny"`` (a small random
             Llama with the char tokenizer, for tests), a local model directory, or a hub id.
-        dtype: ``"bfloat16"`` (autocast on fp32 master weights) or ``"float32"``.
+        dtype: ``"auto"`` (bf16 where the device has native bf16 matmuls, else fp32),
+            ``"bfloat16"`` (autocast on fp32 master weights) or ``"float32"``.
         device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
         num_envs: episodes per rollout batch.
         updates: number of updates (the budget when ``time_budget_s`` is 0).
@@ -61,7 +62,7 @@ class TrainConfig:
     agent: str = "mpo"
     agent_kwargs: dict[str, Any] = field(default_factory=dict)
     model: str = "default"
-    dtype: str = "bfloat16"
+    dtype: str = "auto"
     device: str = "auto"
     num_envs: int = 8
     updates: int = 20
@@ -77,8 +78,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.agent not in AGENTS:
             raise ValueError(f"unknown agent {self.agent!r}; known: {sorted(AGENTS)}")
-        if self.dtype not in ("bfloat16", "float32"):
-            raise ValueError(f"dtype must be 'bfloat16' or 'float32'; got {self.dtype!r}")
+        if self.dtype not in ("auto", "bfloat16", "float32"):
+            raise ValueError(f"dtype must be 'auto', 'bfloat16' or 'float32'; got {self.dtype!r}")
         if self.num_envs < 1 or self.updates < 0 or self.eval_tasks < 0 or self.time_budget_s < 0:
             raise ValueError("need num_envs >= 1, updates >= 0, eval_tasks >= 0, time_budget_s >= 0")
         self.agent_config()  # validates agent_kwargs against the agent's config class
@@ -90,6 +91,13 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"{config_cls.__name__} has no field(s) {sorted(unknown)}; fields: {sorted(names)}")
         return config_cls(**{"seed": self.seed, **self.agent_kwargs})
+
+    @property
+    def resolved_device(self) -> str:
+        """``device`` with ``"auto"`` resolved (CUDA when present)."""
+        if self.device != "auto":
+            return self.device
+        return "cuda" if torch.cuda.is_available() else "cpu"
 
     def resolved_env_kwargs(self) -> dict[str, Any]:
         kwargs = dict(self.env_kwargs)
@@ -129,15 +137,16 @@ def make_policy(cfg: TrainConfig) -> Any:
         policy = LMPolicy(model, tokenizer, **kwargs)
     else:
         policy = LMPolicy.from_pretrained(cfg.model, dtype="float32", **kwargs)
-    device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device)
-    return policy.to(device)
+    return policy.to(cfg.resolved_device)
 
 
 def autocast(cfg: TrainConfig, policy: Any) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast over fp32 master weights (plain fp32 when ``dtype="float32"``)."""
-    if cfg.dtype != "bfloat16":
-        return contextlib.nullcontext()
+    """bf16 autocast over fp32 master weights, or plain fp32 (``cfg.dtype``, "auto" resolved)."""
+    from .policy import compute_dtype
+
     device = next(policy.parameters()).device.type
+    if compute_dtype(cfg.dtype, device) != "bfloat16":
+        return contextlib.nullcontext()
     return torch.autocast(device_type=device, dtype=torch.bfloat16)
 
 
@@ -295,6 +304,9 @@ def _config_json(cfg: TrainConfig) -> dict[str, Any]:
     data = dataclasses.asdict(cfg)
     data["resolved_agent_config"] = cfg.agent_config().to_dict()
     data["resolved_env_kwargs"] = cfg.resolved_env_kwargs()
+    from .policy import compute_dtype
+
+    data["resolved_dtype"] = compute_dtype(cfg.dtype, cfg.resolved_device)
     return data
 
 

@@ -113,9 +113,11 @@ def _grads(params):
     return any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
 
 
+@pytest.mark.parametrize("share", [False, True])
 @pytest.mark.parametrize("detach", [True, False])
-def test_mtp_gradients_reach_backbone_only_when_not_detached(seqs, detach):
-    pol = policy(num_mtp_modules=2, mtp_detach_backbone=detach)
+def test_mtp_gradients_reach_backbone_only_when_not_detached(seqs, detach, share):
+    """Also with a shared LM head: detached modules must not train the backbone's head."""
+    pol = policy(num_mtp_modules=2, mtp_detach_backbone=detach, share_lm_head=share)
     out = pol.score(*make_batch(*seqs), mtp=True)
     out.mtp_logprobs.sum().backward()
     assert _grads(pol.mtp_parameters())
@@ -212,3 +214,16 @@ def test_bfloat16_policy_scores_values_and_mtp(seqs):
     out = pol.score(*make_batch(*seqs), values=True, mtp=True, entropy=True)
     assert out.logprobs.dtype == out.values.dtype == torch.float32
     assert torch.isfinite(out.logprobs).all() and torch.isfinite(out.mtp_logprobs).all()
+
+
+def test_auto_dtype_picks_bfloat16_only_where_it_is_native(monkeypatch):
+    from mpo_gym.policy import bfloat16_is_fast, compute_dtype
+
+    assert compute_dtype("float32") == "float32" and compute_dtype("bfloat16") == "bfloat16"
+    for native in (False, True):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda native=native: native)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        assert bfloat16_is_fast("cpu") is native
+        assert compute_dtype("auto", "cpu") == ("bfloat16" if native else "float32")
+    with pytest.raises(ValueError, match="'auto', 'bfloat16' or 'float32'"):
+        compute_dtype("half")

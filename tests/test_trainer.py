@@ -27,6 +27,7 @@ def test_run_folder_contents(tmp_path):
     out = result.out_dir
     config = json.loads((out / "config.json").read_text())
     assert config["resolved_agent_config"]["lr"] == 1e-3 and config["resolved_env_kwargs"]["tokenizer"] == "char"
+    assert config["resolved_dtype"] == "float32"
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     for key in ("charts/reward", "losses/policy", "losses/value", "losses/clipfrac", "losses/approx_kl", "verdicts/correct"):

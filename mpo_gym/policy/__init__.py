@@ -13,7 +13,15 @@ This package imports torch; ``import mpo_gym`` does not.
 from __future__ import annotations
 
 from .lm import LMPolicy, ScoreOutput
-from .models import default_model_dir, load_default_model, load_model, resolve_dtype, tiny_model
+from .models import (
+    bfloat16_is_fast,
+    compute_dtype,
+    default_model_dir,
+    load_default_model,
+    load_model,
+    resolve_dtype,
+    tiny_model,
+)
 from .sampling import BlockSampler
 from .scoring import CriticModel, ValueHead, chunked_token_logprobs, position_ids_from_mask
 
@@ -23,7 +31,9 @@ __all__ = [
     "LMPolicy",
     "ScoreOutput",
     "ValueHead",
+    "bfloat16_is_fast",
     "chunked_token_logprobs",
+    "compute_dtype",
     "default_model_dir",
     "load_default_model",
     "load_model",

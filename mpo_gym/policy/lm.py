@@ -234,13 +234,22 @@ class LMPolicy(nn.Module):
             emb = embed(_shift_left(input_ids, j, self.pad_token_id))  # [B, L, d]
             h = module(h, emb.detach() if self.mtp_detach_backbone else emb, attn, rope)  # [B, L, d]
             valid = resp_mask & _shift_left(resp_mask, j, False)  # [B, T]
-            head = module.lm_head if module.lm_head is not None else lm.get_output_embeddings()
+            head = module.lm_head if module.lm_head is not None else self._shared_head()
             lp, _ = chunked_token_logprobs(head, h[:, prompt_len - 1:L - 1],  # type: ignore[arg-type]
                                            _shift_left(targets, j, self.pad_token_id), valid,
                                            chunk_size=self.chunk_size)
             lps.append(lp)
             masks.append(valid)
         return torch.stack(lps, -1), torch.stack(masks, -1)  # [B, T, M]
+
+    def _shared_head(self) -> Any:
+        """The backbone's LM head for ``share_lm_head`` modules; detached with the backbone."""
+        head = self.causal_lm.get_output_embeddings()
+        if not self.mtp_detach_backbone:
+            return head
+        weight = head.weight.detach()
+        bias = head.bias.detach() if getattr(head, "bias", None) is not None else None
+        return lambda h: nn.functional.linear(h, weight, bias)
 
     def mtp_warmup_loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                         prompt_len: int, alphas: list[float] | None = None) -> torch.Tensor:

@@ -1,9 +1,10 @@
 """Chunked log-softmax + gather over selected positions, and value/critic heads.
 
 :func:`chunked_token_logprobs` applies an LM head to a few hundred positions at a time, so the
-full ``[B, T, V]`` logits tensor never exists. Under autograd each chunk is checkpointed
-(its logits are recomputed in the backward pass), so peak memory stays ``O(chunk * V)`` for the
-backward too.
+full ``[B, T, V]`` logits tensor never exists. Under autograd, when the positions span more
+than one chunk, each chunk is checkpointed (its logits are recomputed in the backward pass), so
+peak memory stays ``O(chunk * V)`` for the backward too; a single chunk keeps its logits for the
+backward instead (the same ``O(chunk * V)``, without a second head product).
 """
 
 from __future__ import annotations
@@ -56,14 +57,16 @@ def chunked_token_logprobs(
         mask: ``[B, T]`` bool, positions to compute; the others are 0 in the outputs.
         temperature: logits are divided by it.
         entropy: also return the entropy of each position's distribution.
-        chunk_size: positions per head application.
+        chunk_size: positions per head application (with several chunks under autograd, each
+            chunk's logits are recomputed in the backward pass).
 
     Returns:
         ``(logprobs [B, T] float32, entropy [B, T] float32 or None)``.
     """
     sel_h = hidden[mask]  # [N, d]
     sel_t = targets[mask]  # [N]
-    use_ckpt = torch.is_grad_enabled() and (sel_h.requires_grad or _has_grad_params(head))
+    needs_grad = torch.is_grad_enabled() and (sel_h.requires_grad or _has_grad_params(head))
+    use_ckpt = needs_grad and sel_h.shape[0] > chunk_size  # one chunk: keep its logits instead
     lps, ents = [], []
     for start in range(0, sel_h.shape[0], chunk_size):
         args = (head, sel_h[start:start + chunk_size], sel_t[start:start + chunk_size],

