@@ -1,13 +1,15 @@
-"""One PPO/MPO update on the same batch (embedded model, bf16): time and peak memory ratios.
+"""One PPO/MPO update on the same batch (embedded model): time, FLOPs and peak memory ratios.
 
 Baseline: ``PPOAgent`` on the same rollout batch, in the same run. Each configuration runs in
 its own process (so peak memory is its own); the batch is the same seeded rollout in every
 process. Reported per configuration: time of recording old log-probs (``score_old``: backbone,
 values, MTP), time of ``update`` (forward + backward + optimizer step over the mini-batches),
-and peak RSS. Paper (Table 2): MPO is 1.18-1.48x PPO's time per iteration. Target: <= 1.25x at
-K=5 for the update, memory <= 1.3x.
+one whole iteration (rollout + score_old + update, the paper's "time per iteration"), the
+matrix-product GFLOPs of one update (``torch.utils.flop_counter``: what no implementation can
+avoid, so its ratio is the floor for the time ratio), and peak RSS. Paper (Table 2): MPO is
+1.18-1.48x PPO's time per iteration. Target: <= 1.25x at K=5, memory <= 1.3x.
 
-    python benchmarks/bench_update.py [--envs 16] [--minibatch 8] [--repeats 2] [--threads 0]
+    python benchmarks/bench_update.py [--envs 16] [--minibatch 8] [--repeats 3] [--dtype auto]
 """
 
 from __future__ import annotations
@@ -23,12 +25,15 @@ CONFIGS = {
     "mpo-k3": ("mpo", {"mpo_k": 3, "warmup_steps": 0}),
     "mpo-k5": ("mpo", {"mpo_k": 5, "warmup_steps": 0}),
     "mpo-k5-shared": ("mpo", {"mpo_k": 5, "share_lm_head": True, "warmup_steps": 0}),
+    "mpo-k5-frozen": ("mpo", {"mpo_k": 5, "mtp_trainable_in_rl": False, "warmup_steps": 0}),
     "mpo-k5-backbone": ("mpo", {"mpo_k": 5, "ratio_source": "backbone", "warmup_steps": 0}),
+    "ppo-again": ("ppo", {}),  # the baseline once more, last: how far the machine drifted
 }
 
 
 def _worker(name: str, args: dict, queue: mp.Queue) -> None:
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
     from mpo_gym.agents import make_agent
     from mpo_gym.rollout import rollout
@@ -40,15 +45,20 @@ def _worker(name: str, args: dict, queue: mp.Queue) -> None:
     kwargs = {"lr": 2e-6, "temperature": 0.7, "minibatch_size": args["minibatch"], "micro_batch_size": args["minibatch"], **extra}
     cfg = TrainConfig(
         env="mpo_gym/Arithmetic-v0", env_kwargs={"digits": 2, "terms": 2, "max_new_tokens": 40},
-        agent=agent_name, agent_kwargs=kwargs, model="default", dtype="bfloat16", num_envs=args["envs"],
+        agent=agent_name, agent_kwargs=kwargs, model="default", dtype=args["dtype"], num_envs=args["envs"],
     )
     policy = make_policy(cfg)
     agent = make_agent(agent_name, policy, **kwargs)
     envs = make_envs(cfg, args["envs"])
     from mpo_gym.agents.base import build_batch
+    from mpo_gym.policy import compute_dtype
 
-    with autocast(cfg, policy), torch.no_grad():
-        episodes = rollout(envs, policy, task_indices=list(range(args["envs"])), seed=0, temperature=0.7)
+    rollout_s = []
+    for _ in range(args["repeats"]):
+        with autocast(cfg, policy), torch.no_grad():
+            t0 = time.perf_counter()
+            episodes = rollout(envs, policy, task_indices=list(range(args["envs"])), seed=0, temperature=0.7)
+            rollout_s.append(time.perf_counter() - t0)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     score_s, update_s = [], []
     for _ in range(args["repeats"]):
@@ -63,8 +73,17 @@ def _worker(name: str, args: dict, queue: mp.Queue) -> None:
         score_s.append(t1 - t0)
         update_s.append(t2 - t1)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    batch = build_batch(episodes, pad_id=int(policy.tokenizer.pad_token_id))
+    with autocast(cfg, policy):
+        agent.score_old(batch)
+        agent.compute_advantages(batch)
+        with FlopCounterMode(display=False) as counter:
+            agent.update(batch)
     queue.put({
-        "name": name, "score_s": min(score_s), "update_s": min(update_s),
+        "name": name, "dtype": compute_dtype(cfg.dtype, "cpu"), "rollout_s": min(rollout_s),
+        "score_s": min(score_s), "update_s": min(update_s),
+        "iteration_s": min(rollout_s) + min(score_s) + min(update_s),
+        "update_gflop": counter.get_total_flops() / 1e9,
         "peak_rss_mb": peak / 1024, "rss_growth_mb": (peak - base_rss) / 1024,
         "tokens": int(sum(len(e.response_ids) for e in episodes)),
     })
@@ -74,8 +93,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--envs", type=int, default=16)
     parser.add_argument("--minibatch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32"))
     parser.add_argument("--configs", default=",".join(CONFIGS))
     args = vars(parser.parse_args())
     ctx = mp.get_context("spawn")
@@ -88,10 +108,13 @@ def main() -> None:
         proc.join()
         print(json.dumps(results[name]), flush=True)
     base = results.get("ppo")
-    print(f"\n{'config':<18}{'score_old s':>12}{'update s':>10}{'peak MB':>9}{'update x PPO':>14}{'score x PPO':>13}{'peak x PPO':>12}")
+    columns = [("update_s", "update s"), ("score_s", "score_old s"), ("iteration_s", "iteration s"),
+               ("update_gflop", "update GFLOP"), ("peak_rss_mb", "peak MB")]
+    print(f"\ndtype {next(iter(results.values()))['dtype']}; ratios are x PPO in this run")
+    print(f"{'config':<17}" + "".join(f"{label:>14}" for _, label in columns) + "".join(f"{label.split()[0] + ' x':>13}" for _, label in columns))
     for name, r in results.items():
-        ratio = (r["update_s"] / base["update_s"], r["score_s"] / base["score_s"], r["peak_rss_mb"] / base["peak_rss_mb"]) if base else (float("nan"),) * 3
-        print(f"{name:<18}{r['score_s']:>12.2f}{r['update_s']:>10.2f}{r['peak_rss_mb']:>9.0f}{ratio[0]:>14.2f}{ratio[1]:>13.2f}{ratio[2]:>12.2f}")
+        ratios = [r[k] / base[k] if base else float("nan") for k, _ in columns]
+        print(f"{name:<17}" + "".join(f"{r[k]:>14.2f}" for k, _ in columns) + "".join(f"{x:>13.2f}" for x in ratios))
 
 
 if __name__ == "__main__":

@@ -109,6 +109,40 @@ def test_chunked_logprobs_equal_unchunked_and_backprop():
     torch.testing.assert_close(g1, h.grad)
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("bias", [False, True])
+def test_fused_head_logprobs_match_log_softmax_values_and_gradients(temperature, bias):
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 30, bias=bias)
+    h = torch.randn(3, 5, 8, requires_grad=True)
+    tgt = torch.randint(0, 30, (3, 5))
+    mask = torch.rand(3, 5) > 0.3
+    weights = torch.randn(3, 5)
+    fused, _ = chunked_token_logprobs(head, h, tgt, mask, temperature=temperature)
+    (fused * weights).sum().backward()
+    got = [t.grad.clone() for t in (h, *head.parameters())]
+    for t in (h, *head.parameters()):
+        t.grad = None
+    ref = torch.log_softmax(head(h) / temperature, -1).gather(-1, tgt[..., None]).squeeze(-1) * mask
+    (ref * weights).sum().backward()
+    torch.testing.assert_close(fused, ref)
+    for a, t in zip(got, (h, *head.parameters())):
+        torch.testing.assert_close(a, t.grad)
+
+
+def test_fused_head_logprobs_under_bfloat16_autocast():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 40, bias=False)
+    h = torch.randn(4, 16, requires_grad=True)
+    tgt, mask = torch.randint(0, 40, (1, 4)), torch.ones(1, 4, dtype=torch.bool)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused, _ = chunked_token_logprobs(head, h[None], tgt, mask)
+    fused.sum().backward()
+    assert fused.dtype == torch.float32 and h.grad.dtype == head.weight.grad.dtype == torch.float32
+    ref = torch.log_softmax(head(h), -1).gather(-1, tgt[0][:, None]).squeeze(-1)
+    torch.testing.assert_close(fused[0], ref, atol=0.05, rtol=0.02)
+
+
 def _grads(params):
     return any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
 

@@ -20,7 +20,13 @@ from torch import nn
 
 from ..mtp import build_mtp_modules, causal_padding_mask
 from .models import load_model, resolve_dtype
-from .scoring import CriticModel, ValueHead, chunked_token_logprobs, position_ids_from_mask
+from .scoring import (
+    CriticModel,
+    LinearHead,
+    ValueHead,
+    chunked_token_logprobs,
+    position_ids_from_mask,
+)
 
 __all__ = ["LMPolicy", "ScoreOutput"]
 
@@ -247,9 +253,8 @@ class LMPolicy(nn.Module):
         head = self.causal_lm.get_output_embeddings()
         if not self.mtp_detach_backbone:
             return head
-        weight = head.weight.detach()
         bias = head.bias.detach() if getattr(head, "bias", None) is not None else None
-        return lambda h: nn.functional.linear(h, weight, bias)
+        return LinearHead(head.weight.detach(), bias)
 
     def mtp_warmup_loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                         prompt_len: int, alphas: list[float] | None = None) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["CriticModel", "ValueHead", "chunked_token_logprobs", "position_ids_from_mask"]
+__all__ = ["CriticModel", "LinearHead", "ValueHead", "chunked_token_logprobs", "position_ids_from_mask"]
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -25,8 +25,72 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+class LinearHead:
+    """An LM head given by its weight ``[V, d]`` and bias (e.g. detached views of a shared head)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        self.weight, self.bias = weight, bias
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(h, self.weight, self.bias)
+
+
+class _LinearLogprob(torch.autograd.Function):
+    """``log softmax((h W^T + b) / τ)[target]`` with a hand-written backward.
+
+    Autograd would keep the logits and build the softmax, a scatter of the target and their
+    sum as separate ``[N, V]`` tensors in the backward; this keeps the softmax (one float32
+    ``[N, V]`` tensor) and the backward is ``(onehot - p) / τ`` and two matrix products. The
+    products run in the dtype the forward's ``linear`` ran in (bf16 under autocast).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                targets: torch.Tensor, temperature: float) -> torch.Tensor:
+        logits = nn.functional.linear(h, weight, bias)  # [N, V], autocast applies here
+        ctx.compute_dtype = logits.dtype
+        logits = logits.float()
+        if temperature != 1.0:
+            logits = logits.div_(temperature)
+        lse = logits.logsumexp(-1)  # [N]
+        logp = logits.gather(-1, targets[:, None]).squeeze(-1) - lse  # [N]
+        probs = logits.sub_(lse[:, None]).exp_()  # [N, V] softmax, in place of the logits
+        ctx.save_for_backward(h, weight, probs, targets)
+        ctx.has_bias, ctx.temperature = bias is not None, temperature
+        return logp
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        h, weight, probs, targets = ctx.saved_tensors
+        grad = grad.float()
+        dlogits = probs * -grad[:, None]  # [N, V]
+        dlogits.scatter_add_(1, targets[:, None], grad[:, None])  # (onehot - p) * grad
+        if ctx.temperature != 1.0:
+            dlogits.div_(ctx.temperature)
+        dl = dlogits.to(ctx.compute_dtype)
+        dh = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dh = (dl @ weight.to(ctx.compute_dtype)).to(h.dtype)  # [N, d]
+        if ctx.needs_input_grad[1]:
+            dw = (dl.t() @ h.to(ctx.compute_dtype)).to(weight.dtype)  # [V, d]
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = dlogits.sum(0).to(weight.dtype)  # [V]
+        return dh, dw, db, None, None
+
+
+def _linear_parts(head: Any) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """``(weight, bias)`` of a plain linear head, or ``None`` for any other module."""
+    if type(head) is nn.Linear or isinstance(head, LinearHead):
+        return head.weight, head.bias
+    return None
+
+
 def _logprob_chunk(head: nn.Module, h: torch.Tensor, targets: torch.Tensor, temperature: float,
                    want_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    parts = _linear_parts(head)
+    if parts is not None and not want_entropy:
+        logp = _LinearLogprob.apply(h, parts[0], parts[1], targets, temperature)  # [N]
+        return logp, torch.zeros_like(logp)
     logits = head(h).float()  # [N, V]
     if temperature != 1.0:
         logits = logits / temperature
@@ -86,6 +150,8 @@ def chunked_token_logprobs(
 
 
 def _has_grad_params(module: Any) -> bool:
+    if isinstance(module, LinearHead):
+        return module.weight.requires_grad or (module.bias is not None and module.bias.requires_grad)
     return isinstance(module, nn.Module) and any(p.requires_grad for p in module.parameters())
 
 
