@@ -9,7 +9,12 @@ matrix-product GFLOPs of one update (``torch.utils.flop_counter``: what no imple
 avoid, so its ratio is the floor for the time ratio), and peak RSS. Paper (Table 2): MPO is
 1.18-1.48x PPO's time per iteration. Target: <= 1.25x at K=5, memory <= 1.3x.
 
-    python benchmarks/bench_update.py [--envs 16] [--minibatch 8] [--repeats 3] [--dtype auto]
+Like the trainer, every process keeps freed memory for reuse
+(:func:`mpo_gym.policy.reuse_freed_memory`); ``--system-malloc`` measures glibc's default,
+which unmaps every freed block above 32 MB.
+
+    python benchmarks/bench_update.py [--envs 16] [--minibatch 8] [--repeats 2] [--rounds 2]
+                                      [--dtype auto] [--configs ppo,mpo-k5] [--system-malloc]
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ def _worker(name: str, args: dict, queue: mp.Queue) -> None:
 
     if args["threads"]:
         torch.set_num_threads(args["threads"])
+    from mpo_gym.policy import reuse_freed_memory
+
+    reused = not args["system_malloc"] and reuse_freed_memory()
     agent_name, extra = CONFIGS[name]
     kwargs = {"lr": 2e-6, "temperature": 0.7, "minibatch_size": args["minibatch"], "micro_batch_size": args["minibatch"], **extra}
     cfg = TrainConfig(
@@ -80,7 +88,8 @@ def _worker(name: str, args: dict, queue: mp.Queue) -> None:
         with FlopCounterMode(display=False) as counter:
             agent.update(batch)
     queue.put({
-        "name": name, "dtype": compute_dtype(cfg.dtype, cfg.resolved_device), "rollout_s": min(rollout_s),
+        "name": name, "dtype": compute_dtype(cfg.dtype, cfg.resolved_device), "reuse_memory": reused,
+        "rollout_s": min(rollout_s),
         "score_s": min(score_s), "update_s": min(update_s),
         "iteration_s": min(rollout_s) + min(score_s) + min(update_s),
         "update_gflop": counter.get_total_flops() / 1e9,
@@ -93,28 +102,47 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--envs", type=int, default=16)
     parser.add_argument("--minibatch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2, help="score_old + update runs per process")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="passes over all configs, one process each; times are the minimum over all")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32"))
     parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--system-malloc", action="store_true", help="keep glibc's default allocator settings")
     args = vars(parser.parse_args())
     ctx = mp.get_context("spawn")
-    results = {}
-    for name in args["configs"].split(","):
-        queue = ctx.Queue()
-        proc = ctx.Process(target=_worker, args=(name, args, queue))
-        proc.start()
-        results[name] = queue.get()
-        proc.join()
-        print(json.dumps(results[name]), flush=True)
+    results: dict[str, dict] = {}
+    for _ in range(args["rounds"]):  # interleaved, so slow spells of a noisy machine hit every config
+        for name in args["configs"].split(","):
+            queue = ctx.Queue()
+            proc = ctx.Process(target=_worker, args=(name, args, queue))
+            proc.start()
+            result = queue.get()
+            proc.join()
+            print(json.dumps(result), flush=True)
+            results[name] = _merge(results.get(name), result)
     base = results.get("ppo")
     columns = [("update_s", "update s"), ("score_s", "score_old s"), ("iteration_s", "iteration s"),
                ("update_gflop", "update GFLOP"), ("peak_rss_mb", "peak MB")]
-    print(f"\ndtype {next(iter(results.values()))['dtype']}; ratios are x PPO in this run")
+    first = next(iter(results.values()))
+    memory = "freed memory reused" if first["reuse_memory"] else "system malloc defaults"
+    print(f"\ndtype {first['dtype']}, {memory}; ratios are x PPO in this run")
     print(f"{'config':<17}" + "".join(f"{label:>14}" for _, label in columns) + "".join(f"{label.split()[0] + ' x':>13}" for _, label in columns))
     for name, r in results.items():
         ratios = [r[k] / base[k] if base else float("nan") for k, _ in columns]
         print(f"{name:<17}" + "".join(f"{r[k]:>14.2f}" for k, _ in columns) + "".join(f"{x:>13.2f}" for x in ratios))
+
+
+def _merge(old: dict | None, new: dict) -> dict:
+    """Minimum time over processes (noise only adds time); maximum peak memory."""
+    if old is None:
+        return new
+    merged = dict(new)
+    for key in ("rollout_s", "score_s", "update_s"):
+        merged[key] = min(old[key], new[key])
+    merged["iteration_s"] = merged["rollout_s"] + merged["score_s"] + merged["update_s"]
+    merged["peak_rss_mb"] = max(old["peak_rss_mb"], new["peak_rss_mb"])
+    return merged
 
 
 if __name__ == "__main__":

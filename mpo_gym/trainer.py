@@ -55,6 +55,8 @@ class TrainConfig:
         checkpoint_every: save a checkpoint every N updates (0: only at the end).
         value_head: critic form for agents that use one (``"head"`` or ``"separate"``).
         threads: torch CPU threads (0: torch's default).
+        reuse_memory: keep freed memory in the process for reuse instead of returning large
+            blocks to the kernel (glibc; see :func:`mpo_gym.policy.reuse_freed_memory`).
     """
 
     env: str = "mpo_gym/Arithmetic-v0"
@@ -74,6 +76,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     value_head: str = "head"
     threads: int = 0
+    reuse_memory: bool = True
 
     def __post_init__(self) -> None:
         if self.agent not in AGENTS:
@@ -213,6 +216,10 @@ def train(cfg: TrainConfig, *, progress: bool = True, resume: bool = True, label
     """Run (or resume) one training run; see the module docstring for the run folder."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.reuse_memory:
+        from .policy import reuse_freed_memory
+
+        reuse_freed_memory()
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(_config_json(cfg), indent=2))

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import platform
+import resource
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -261,3 +265,33 @@ def test_auto_dtype_picks_bfloat16_only_where_it_is_native(monkeypatch):
         assert compute_dtype("auto", "cpu") == ("bfloat16" if native else "float32")
     with pytest.raises(ValueError, match="'auto', 'bfloat16' or 'float32'"):
         compute_dtype("half")
+
+
+_REFAULT_SCRIPT = """
+import resource, sys
+import torch
+from mpo_gym.policy import reuse_freed_memory
+applied = reuse_freed_memory() if sys.argv[1] == "reuse" else False
+faults = []
+for step in range(6):  # a training step's large temporaries: an LM head's gradient, a softmax
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    grad, probs = torch.ones(49152, 576), torch.ones(200, 49152)
+    del grad, probs
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(applied, *faults)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc allocator setting")
+def test_reuse_freed_memory_stops_refaulting_large_blocks():
+    def run(mode: str) -> tuple[str, list[int]]:
+        out = subprocess.run([sys.executable, "-c", _REFAULT_SCRIPT, mode], capture_output=True,
+                             text=True, check=True).stdout.split()
+        return out[0], [int(x) for x in out[1:]]
+
+    applied, reused = run("reuse")
+    _, system = run("system")
+    pages = (49152 * 576 + 200 * 49152) * 4 // resource.getpagesize()  # 152 MB per step
+    assert applied == "True"
+    assert min(system[2:]) > pages // 2  # glibc's default maps fresh blocks: every page faults again
+    assert max(reused[-2:]) < pages // 20  # after a few steps the freed blocks are reused in place

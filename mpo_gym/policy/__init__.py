@@ -20,6 +20,7 @@ from .models import (
     load_default_model,
     load_model,
     resolve_dtype,
+    reuse_freed_memory,
     tiny_model,
 )
 from .sampling import BlockSampler
@@ -39,5 +40,6 @@ __all__ = [
     "load_model",
     "position_ids_from_mask",
     "resolve_dtype",
+    "reuse_freed_memory",
     "tiny_model",
 ]
