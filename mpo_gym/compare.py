@@ -39,6 +39,8 @@ class CompareConfig:
         updates: update budget per run (0: use ``budget_s`` only).
         num_envs: episodes per rollout batch (GRPO: groups x group size).
         eval_tasks: held-out tasks evaluated greedily before and after.
+        eval_every: also evaluate them every N updates during training (0: never); the report
+            then has a held-out learning-curve table and panel. Not counted in the budget.
         agent_kwargs: per-agent config overrides, ``{"mpo": {"mpo_k": 3}}``.
         common_kwargs: config overrides applied to every agent that has the field.
         dtype: ``"auto"`` (bf16 where the device has native bf16 matmuls), ``"bfloat16"`` or
@@ -57,6 +59,7 @@ class CompareConfig:
     updates: int = 20
     num_envs: int = 8
     eval_tasks: int = 100
+    eval_every: int = 0
     agent_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     common_kwargs: dict[str, Any] = field(default_factory=dict)
     dtype: str = "auto"
@@ -74,6 +77,8 @@ class CompareConfig:
             raise ValueError("give at least one seed")
         if self.budget_s <= 0 and self.updates <= 0:
             raise ValueError("set a budget: budget_s > 0 or updates > 0")
+        if self.eval_every < 0 or (self.eval_every and not self.eval_tasks):
+            raise ValueError("eval_every must be >= 0 and needs eval_tasks > 0")
         for name in self.agent_kwargs:
             if name not in self.agents:
                 raise ValueError(f"agent_kwargs names {name!r}, which is not in agents {self.agents}")
@@ -89,7 +94,7 @@ class CompareConfig:
         return TrainConfig(
             env=self.env, env_kwargs=dict(self.env_kwargs), agent=agent, agent_kwargs=kwargs,
             model=self.model, dtype=self.dtype, num_envs=self.num_envs, updates=self.updates,
-            time_budget_s=self.budget_s, eval_tasks=self.eval_tasks, seed=seed,
+            time_budget_s=self.budget_s, eval_tasks=self.eval_tasks, eval_every=self.eval_every, seed=seed,
             out_dir=str(Path(self.out_dir) / f"{agent}-s{seed}"), checkpoint_every=self.checkpoint_every,
             threads=self.threads,
         )
@@ -236,6 +241,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", help="per-run budget: '300s' (wall-clock) or '40u' (updates)")
     parser.add_argument("--num-envs", type=int)
     parser.add_argument("--eval-tasks", type=int)
+    parser.add_argument("--eval-every", type=int, help="held-out evaluation every N updates too")
     parser.add_argument("--dtype", choices=("auto", "bfloat16", "float32"))
     parser.add_argument("--agent-kwargs", type=json.loads, help='JSON, e.g. {"mpo": {"mpo_k": 3}}')
     parser.add_argument("--common-kwargs", type=json.loads, help='JSON, e.g. {"lr": 2e-5}')
@@ -249,7 +255,7 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
         saved["agents"], saved["seeds"] = tuple(saved["agents"]), tuple(saved["seeds"])
         return CompareConfig(**saved)
     values: dict[str, Any] = dict(PRESETS[args.preset]) if args.preset else {}
-    for name in ("env", "env_kwargs", "model", "num_envs", "eval_tasks", "dtype", "agent_kwargs", "common_kwargs"):
+    for name in ("env", "env_kwargs", "model", "num_envs", "eval_tasks", "eval_every", "dtype", "agent_kwargs", "common_kwargs"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
     if args.agents:

@@ -70,6 +70,7 @@ def write_report(cfg: Any, out: Path, summaries: dict[tuple[str, int], dict[str,
             "",
             _verdict(cfg, summaries, before),
             "",
+            *_held_out_curve(cfg, summaries, runs, before),
             "## MPO diagnostics (mean over updates)",
             "",
             *_diagnostics_table(cfg, runs),
@@ -144,6 +145,26 @@ def _verdict(cfg: Any, summaries: dict[tuple[str, int], dict[str, Any]], before:
     return "\n".join(lines)
 
 
+def _held_out_curve(cfg: Any, summaries: dict[tuple[str, int], dict[str, Any]],
+                    runs: dict[tuple[str, int], list[dict[str, Any]]], before: dict[str, Any] | None) -> list[str]:
+    """Held-out greedy accuracy after each evaluated update (``eval_every``); empty without it."""
+    curves = {key: {int(r["step"]): r["eval/accuracy"] for r in rows if "eval/accuracy" in r} for key, rows in runs.items()}
+    if not any(curves.values()):
+        return []
+    for key, s in summaries.items():
+        if s.get("eval_after"):
+            curves[key][int(s["updates"])] = s["eval_after"]["accuracy"]
+    steps = sorted({step for c in curves.values() for step in c})
+    b = f"{before['accuracy']:.3f}" if before else ""
+    rows = ["## Held-out greedy accuracy during training", "",
+            "| agent | seed | update 0 | " + " | ".join(str(x) for x in steps) + " |",
+            "|---|---|---|" + "---|" * len(steps)]
+    for (agent, seed), curve in curves.items():
+        cells = [f"{curve[x]:.3f}" if x in curve else "" for x in steps]
+        rows.append(f"| {agent} | {seed} | {b} | " + " | ".join(cells) + " |")
+    return [*rows, ""]
+
+
 def _diagnostics_table(cfg: Any, runs: dict[tuple[str, int], list[dict[str, Any]]]) -> list[str]:
     rows = ["| agent | seed | " + " | ".join(k.split("/")[1] for k in MPO_DIAGNOSTICS) + " |", "|---|---|" + "---|" * len(MPO_DIAGNOSTICS)]
     found = False
@@ -178,7 +199,8 @@ def _plot(cfg: Any, runs: dict[tuple[str, int], list[dict[str, Any]]], path: Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    has_eval = any("eval/accuracy" in r for rows in runs.values() for r in rows)
+    fig, axes = plt.subplots(1, 3 if has_eval else 2, figsize=(16 if has_eval else 11, 4))
     for agent in cfg.agents:
         histories = [[r for r in runs[(agent, s)] if "charts/reward" in r] for s in cfg.seeds]
         n = min((len(h) for h in histories), default=0)
@@ -192,10 +214,21 @@ def _plot(cfg: Any, runs: dict[tuple[str, int], list[dict[str, Any]]], path: Pat
             (line,) = ax.plot(x, mean, label=agent)
             if len(cfg.seeds) > 1:
                 ax.fill_between(x, lo, hi, alpha=0.2, color=line.get_color())
+        if has_eval:
+            evals = [[(r["step"], r["eval/accuracy"]) for r in h if "eval/accuracy" in r] for h in histories]
+            m = min(len(e) for e in evals)
+            if m:
+                x = [step for step, _ in evals[0][:m]]
+                axes[2].plot(x, np.mean([[acc for _, acc in e[:m]] for e in evals], 0), marker="o",
+                             label=agent, color=line.get_color())
     for ax, label in zip(axes, ("update", "training wall-clock (s)")):
         ax.set_xlabel(label)
         ax.set_ylabel("train reward (mean over batch)")
         ax.grid(alpha=0.3)
+    if has_eval:
+        axes[2].set_xlabel("update")
+        axes[2].set_ylabel("held-out greedy accuracy")
+        axes[2].grid(alpha=0.3)
     if axes[0].lines:
         axes[0].legend()
     title = f"{cfg.env}: mean over {len(cfg.seeds)} seed(s)" + (", band = min..max" if len(cfg.seeds) > 1 else "")

@@ -49,6 +49,9 @@ class TrainConfig:
             stage (MPO's supervised MTP warm-up) runs before it and is timed separately, as
             in the paper's cost tables.
         eval_tasks: held-out (test split) tasks for greedy accuracy before and after; 0 skips.
+        eval_every: also evaluate them every N updates (0: only before and after), logged as
+            ``eval/accuracy``, ``eval/reward`` and ``eval/status/<status>`` in that update's
+            metrics row. Evaluation time is not counted in ``time_budget_s``.
         eval_batch: episodes per evaluation rollout.
         seed: seeds the agent (task choice, sampling) and torch.
         out_dir: run folder.
@@ -70,6 +73,7 @@ class TrainConfig:
     updates: int = 20
     time_budget_s: float = 0.0
     eval_tasks: int = 100
+    eval_every: int = 0
     eval_batch: int = 16
     seed: int = 0
     out_dir: str = "runs/train"
@@ -86,6 +90,8 @@ class TrainConfig:
         check_run_dtype(self.dtype)
         if self.num_envs < 1 or self.updates < 0 or self.eval_tasks < 0 or self.time_budget_s < 0:
             raise ValueError("need num_envs >= 1, updates >= 0, eval_tasks >= 0, time_budget_s >= 0")
+        if self.eval_every < 0 or (self.eval_every and not self.eval_tasks):
+            raise ValueError("eval_every must be >= 0 and needs eval_tasks > 0")
         self.agent_config()  # validates agent_kwargs against the agent's config class
 
     def agent_config(self) -> Any:
@@ -234,8 +240,9 @@ def train(cfg: TrainConfig, *, progress: bool = True, resume: bool = True, label
         _truncate_metrics(metrics_path, step)
     elif metrics_path.exists():
         metrics_path.unlink()
+    eval_envs = make_envs(cfg, min(cfg.eval_batch, cfg.eval_tasks), split="test") if cfg.eval_tasks else None
     if cfg.eval_tasks and "before" not in evals:
-        evals["before"] = evaluate_held_out(cfg, policy)
+        evals["before"] = evaluate_held_out(cfg, policy, eval_envs)
         eval_path.write_text(json.dumps(evals, indent=2))
 
     history: list[dict[str, Any]] = []
@@ -264,6 +271,9 @@ def train(cfg: TrainConfig, *, progress: bool = True, resume: bool = True, label
         train_seconds += time.perf_counter() - t0
         step += 1
         row = {"step": step, "time": round(train_seconds, 3), **{k: _num(v) for k, v in metrics.items()}}
+        if cfg.eval_every and step % cfg.eval_every == 0:
+            held_out = evaluate_held_out(cfg, policy, eval_envs)
+            row.update({f"eval/{k}": v for k, v in held_out.items() if k not in ("n", "outcomes")})
         _append(metrics_path, row)
         history.append(row)
         bar.update(step, train_seconds, row)
@@ -273,7 +283,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, resume: bool = True, label
     bar.close()
     _checkpoint(ckpt, policy, agent, step, train_seconds)
     if cfg.eval_tasks:
-        evals["after"] = evaluate_held_out(cfg, policy)
+        evals["after"] = evaluate_held_out(cfg, policy, eval_envs)
         evals["train_seconds"], evals["updates"], evals["warmup_seconds"] = train_seconds, step, warmup_seconds
         eval_path.write_text(json.dumps(evals, indent=2))
     return TrainResult(

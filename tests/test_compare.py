@@ -13,12 +13,12 @@ from mpo_gym.report import paired_gain, wilson_interval, write_report
 def test_compare_end_to_end(tmp_path):
     out = tmp_path / "cmp"
     proc = subprocess.run(
-        [sys.executable, "-m", "mpo_gym", "compare", "--preset", "tiny", "--out", str(out)],
+        [sys.executable, "-m", "mpo_gym", "compare", "--preset", "tiny", "--eval-every", "1", "--out", str(out)],
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = (out / "report.md").read_text()
-    for section in ("## Held-out greedy accuracy before and after", "## MPO diagnostics", "## Cost", "## Reproduce", "curves.png"):
+    for section in ("## Held-out greedy accuracy before and after", "## Held-out greedy accuracy during training", "## MPO diagnostics", "## Cost", "## Reproduce", "curves.png"):
         assert section in report
     for agent in ("ppo", "mpo", "grpo"):
         assert f"| {agent} | 0 |" in report
@@ -26,6 +26,7 @@ def test_compare_end_to_end(tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert {(r["agent"], r["seed"]) for r in rows} == {(a, 0) for a in ("ppo", "mpo", "grpo")}
     assert any("mpo/clipfrac_united" in r for r in rows if r["agent"] == "mpo")
+    assert [r["step"] for r in rows if r["agent"] == "ppo" and "eval/accuracy" in r] == [1, 2]
     assert "report:" in proc.stdout
 
     # resume: a finished comparison is kept as is and the report rewritten

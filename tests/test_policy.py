@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import platform
 import resource
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import pytest
 import torch
 
 from mpo_gym.policy import LMPolicy, chunked_token_logprobs, tiny_model
+from mpo_gym.policy.models import is_glibc
 from mpo_gym.tokenizers import CharTokenizer
 
 
@@ -282,7 +282,7 @@ print(applied, *faults)
 """
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc allocator setting")
+@pytest.mark.skipif(not is_glibc(), reason="a glibc allocator setting")
 def test_reuse_freed_memory_stops_refaulting_large_blocks():
     def run(mode: str) -> tuple[str, list[int]]:
         out = subprocess.run([sys.executable, "-c", _REFAULT_SCRIPT, mode], capture_output=True,

@@ -59,6 +59,21 @@ def test_resume_is_bit_exact(tmp_path, agent):
     assert strip == [{k: v for k, v in json.loads(r).items() if k not in timings} for r in rows_b]
 
 
+def test_eval_every_logs_held_out_accuracy_without_changing_training(tmp_path):
+    plain = train(tiny_cfg(tmp_path / "a", updates=3), progress=False)
+    periodic = train(tiny_cfg(tmp_path / "b", updates=3, eval_every=2), progress=False)
+    rows = [json.loads(line) for line in (periodic.out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert ["eval/accuracy" in r for r in rows] == [False, True, False]
+    assert 0 <= rows[1]["eval/accuracy"] <= 1 and "eval/reward" in rows[1]
+    assert any(k.startswith("eval/status/") for k in rows[1])
+    a = torch.load(plain.out_dir / "checkpoint" / "policy.pt")
+    b = torch.load(periodic.out_dir / "checkpoint" / "policy.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # evaluating draws no randomness from training
+    assert periodic.eval_after == plain.eval_after
+    with pytest.raises(ValueError, match="eval_every"):
+        tiny_cfg(tmp_path, eval_every=1, eval_tasks=0)
+
+
 def test_non_finite_loss_stops_with_a_clear_message(tmp_path, monkeypatch):
     from mpo_gym.agents import PPOAgent
 

