@@ -52,7 +52,7 @@ def write_report(cfg: Any, out: Path, summaries: dict[tuple[str, int], dict[str,
         for (agent, seed), rows in runs.items():
             for row in rows:
                 f.write(json.dumps({"agent": agent, "seed": seed, **row}) + "\n")
-    _plot(cfg, runs, out / "curves.png")
+    _plot(cfg, runs, out / "curves.png", summaries, before)
     table = _results_table(cfg, summaries, before)
     text = "\n".join(
         [
@@ -193,7 +193,8 @@ def _cost_table(cfg: Any, summaries: dict[tuple[str, int], dict[str, Any]], runs
     return rows
 
 
-def _plot(cfg: Any, runs: dict[tuple[str, int], list[dict[str, Any]]], path: Path) -> None:
+def _plot(cfg: Any, runs: dict[tuple[str, int], list[dict[str, Any]]], path: Path,
+          summaries: dict[tuple[str, int], dict[str, Any]], before: dict[str, Any] | None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -214,20 +215,24 @@ def _plot(cfg: Any, runs: dict[tuple[str, int], list[dict[str, Any]]], path: Pat
             (line,) = ax.plot(x, mean, label=agent)
             if len(cfg.seeds) > 1:
                 ax.fill_between(x, lo, hi, alpha=0.2, color=line.get_color())
-        if has_eval:
-            evals = [[(r["step"], r["eval/accuracy"]) for r in h if "eval/accuracy" in r] for h in histories]
-            m = min(len(e) for e in evals)
-            if m:
-                x = [step for step, _ in evals[0][:m]]
-                axes[2].plot(x, np.mean([[acc for _, acc in e[:m]] for e in evals], 0), marker="o",
-                             label=agent, color=line.get_color())
+        if has_eval:  # one line per seed: before, every evaluated update, after
+            for i, seed in enumerate(cfg.seeds):
+                points = {int(r["step"]): r["eval/accuracy"] for r in runs[(agent, seed)] if "eval/accuracy" in r}
+                if before:
+                    points[0] = before["accuracy"]
+                after = summaries[(agent, seed)].get("eval_after")
+                if after:
+                    points[int(summaries[(agent, seed)]["updates"])] = after["accuracy"]
+                x = sorted(points)
+                axes[2].plot(x, [points[k] for k in x], marker="o", color=line.get_color(),
+                             label=agent if i == 0 else None)
     for ax, label in zip(axes, ("update", "training wall-clock (s)")):
         ax.set_xlabel(label)
         ax.set_ylabel("train reward (mean over batch)")
         ax.grid(alpha=0.3)
     if has_eval:
         axes[2].set_xlabel("update")
-        axes[2].set_ylabel("held-out greedy accuracy")
+        axes[2].set_ylabel("held-out greedy accuracy (one line per seed)")
         axes[2].grid(alpha=0.3)
     if axes[0].lines:
         axes[0].legend()
