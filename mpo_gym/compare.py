@@ -77,11 +77,11 @@ class CompareConfig:
             raise ValueError("give at least one seed")
         if self.budget_s <= 0 and self.updates <= 0:
             raise ValueError("set a budget: budget_s > 0 or updates > 0")
-        if self.eval_every < 0 or (self.eval_every and not self.eval_tasks):
-            raise ValueError("eval_every must be >= 0 and needs eval_tasks > 0")
         for name in self.agent_kwargs:
             if name not in self.agents:
                 raise ValueError(f"agent_kwargs names {name!r}, which is not in agents {self.agents}")
+        for agent in self.agents:  # TrainConfig validates the rest (dtype, eval_every, agent kwargs)
+            self.run_config(agent, self.seeds[0])
 
     def run_config(self, agent: str, seed: int) -> Any:
         """The ``TrainConfig`` of one run."""

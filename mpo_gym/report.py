@@ -145,16 +145,32 @@ def _verdict(cfg: Any, summaries: dict[tuple[str, int], dict[str, Any]], before:
     return "\n".join(lines)
 
 
+def _held_out_points(runs: dict[tuple[str, int], list[dict[str, Any]]], summaries: dict[tuple[str, int], dict[str, Any]],
+                     before: dict[str, Any] | None) -> dict[tuple[str, int], dict[int, float]]:
+    """Per run: update -> held-out accuracy (0: before, each ``eval_every`` update, the final one).
+
+    Empty dicts for runs that logged no ``eval/accuracy`` (``eval_every`` unset).
+    """
+    points: dict[tuple[str, int], dict[int, float]] = {}
+    for key, rows in runs.items():
+        curve = {int(r["step"]): r["eval/accuracy"] for r in rows if "eval/accuracy" in r}
+        if curve:
+            if before:
+                curve[0] = before["accuracy"]
+            after = summaries.get(key, {}).get("eval_after")
+            if after:
+                curve[int(summaries[key]["updates"])] = after["accuracy"]
+        points[key] = dict(sorted(curve.items()))
+    return points
+
+
 def _held_out_curve(cfg: Any, summaries: dict[tuple[str, int], dict[str, Any]],
                     runs: dict[tuple[str, int], list[dict[str, Any]]], before: dict[str, Any] | None) -> list[str]:
     """Held-out greedy accuracy after each evaluated update (``eval_every``); empty without it."""
-    curves = {key: {int(r["step"]): r["eval/accuracy"] for r in rows if "eval/accuracy" in r} for key, rows in runs.items()}
+    curves = _held_out_points(runs, summaries, before)
     if not any(curves.values()):
         return []
-    for key, s in summaries.items():
-        if s.get("eval_after"):
-            curves[key][int(s["updates"])] = s["eval_after"]["accuracy"]
-    steps = sorted({step for c in curves.values() for step in c})
+    steps = sorted({step for c in curves.values() for step in c} - {0})
     b = f"{before['accuracy']:.3f}" if before else ""
     rows = ["## Held-out greedy accuracy during training", "",
             "| agent | seed | update 0 | " + " | ".join(str(x) for x in steps) + " |",
@@ -200,7 +216,8 @@ def _plot(cfg: Any, runs: dict[tuple[str, int], list[dict[str, Any]]], path: Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    has_eval = any("eval/accuracy" in r for rows in runs.values() for r in rows)
+    held_out = _held_out_points(runs, summaries, before)
+    has_eval = any(held_out.values())
     fig, axes = plt.subplots(1, 3 if has_eval else 2, figsize=(16 if has_eval else 11, 4))
     for agent in cfg.agents:
         histories = [[r for r in runs[(agent, s)] if "charts/reward" in r] for s in cfg.seeds]
@@ -215,16 +232,10 @@ def _plot(cfg: Any, runs: dict[tuple[str, int], list[dict[str, Any]]], path: Pat
             (line,) = ax.plot(x, mean, label=agent)
             if len(cfg.seeds) > 1:
                 ax.fill_between(x, lo, hi, alpha=0.2, color=line.get_color())
-        if has_eval:  # one line per seed: before, every evaluated update, after
-            for i, seed in enumerate(cfg.seeds):
-                points = {int(r["step"]): r["eval/accuracy"] for r in runs[(agent, seed)] if "eval/accuracy" in r}
-                if before:
-                    points[0] = before["accuracy"]
-                after = summaries[(agent, seed)].get("eval_after")
-                if after:
-                    points[int(summaries[(agent, seed)]["updates"])] = after["accuracy"]
-                x = sorted(points)
-                axes[2].plot(x, [points[k] for k in x], marker="o", color=line.get_color(),
+        for i, seed in enumerate(cfg.seeds):  # held-out panel: one line per seed
+            points = held_out[(agent, seed)]
+            if points:
+                axes[2].plot(list(points), list(points.values()), marker="o", color=line.get_color(),
                              label=agent if i == 0 else None)
     for ax, label in zip(axes, ("update", "training wall-clock (s)")):
         ax.set_xlabel(label)

@@ -64,7 +64,8 @@ def bfloat16_is_fast(device: str | torch.device = "cpu") -> bool:
 def check_run_dtype(dtype: str) -> None:
     """Raise ``ValueError`` unless ``dtype`` is one of :data:`RUN_DTYPES`."""
     if dtype not in RUN_DTYPES:
-        raise ValueError(f"dtype must be 'auto', 'bfloat16' or 'float32'; got {dtype!r}")
+        names = ", ".join(repr(d) for d in RUN_DTYPES[:-1]) + f" or {RUN_DTYPES[-1]!r}"
+        raise ValueError(f"dtype must be {names}; got {dtype!r}")
 
 
 def compute_dtype(dtype: str, device: str | torch.device = "cpu") -> str:
