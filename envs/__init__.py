@@ -12,7 +12,14 @@ import gymnasium as gym
 
 from mpo_gym.env import ReasoningEnv
 
-__all__ = ["BUILTIN", "ReasoningEnv", "ReasoningGymEnv", "list_envs", "register_builtin"]
+__all__ = [
+    "BUILTIN",
+    "ReasoningEnv",
+    "ReasoningGymEnv",
+    "available_splits",
+    "list_envs",
+    "register_builtin",
+]
 
 # id -> (entry point, default kwargs, one-line description)
 BUILTIN: dict[str, tuple[str, dict[str, Any], str]] = {
@@ -89,6 +96,47 @@ def list_envs() -> dict[str, str]:
         if env_id.startswith("mpo_gym/"):
             out[env_id] = known.get(env_id) or _describe(spec)
     return out
+
+
+# Procedural envs: seeded generators with ``train``/``test`` streams (ProceduralTasks or, for
+# reasoning-gym, two seeds). Suites take their splits from ``suites.SUITES``.
+PROCEDURAL_SPLITS: tuple[str, ...] = ("train", "test")
+_PROCEDURAL = (
+    "mpo_gym/Arithmetic-v0",
+    "mpo_gym/LinearEquation-v0",
+    "mpo_gym/Toy-v0",
+    "mpo_gym/CodeFunctions-v0",
+    "mpo_gym/ReasoningGym-v0",
+)
+
+
+def available_splits(env_id: str) -> tuple[str, ...] | None:
+    """The splits a built-in env id accepts as ``gym.make(env_id, split=...)``, or None.
+
+    Cheap: reads static tables, loads no data, makes no env and imports nothing heavy, so it
+    can validate a command line before a model is loaded.
+
+    - Suites: ``mpo_gym/GSM8K-v0`` -> ``("train", "test")``; ``mpo_gym/MBPP-v0`` ->
+      ``("train", "validation", "test", "prompt")``; ``mpo_gym/MATH500-v0`` and
+      ``mpo_gym/HumanEval-v0`` -> ``("test",)`` (no train split: training on them uses test
+      tasks).
+    - Procedural envs (Arithmetic, LinearEquation, CodeFunctions, ReasoningGym) ->
+      ``("train", "test")``, seeded streams with disjoint prompts. ``mpo_gym/Toy-v0`` also
+      gives ``("train", "test")`` but its space is four prompts, so the two share them (it is a
+      learning smoke test, not a benchmark).
+    - Anything else (a user's env, an unknown id) -> None: the caller cannot tell.
+
+    A split name is a promise about the data, not only a string the env accepts: ``"train"``
+    in the result means tasks that are not in ``"test"`` (for suites, the upstream split).
+    """
+    if env_id in _PROCEDURAL:
+        return PROCEDURAL_SPLITS
+    from .suites import SUITES
+
+    for info in SUITES.values():
+        if info.env_id == env_id:
+            return info.splits
+    return None
 
 
 def _describe(spec: Any) -> str:

@@ -176,7 +176,7 @@ SUITES: dict[str, SuiteInfo] = {
     "mbpp": SuiteInfo(
         "mbpp", "mpo_gym/MBPP-v0", "google-research-datasets/mbpp", "mbpp",
         {("full", "*"): "mbpp.jsonl", ("sanitized", "*"): "sanitized-mbpp.json"},
-        tuple(MBPP_SPLITS), ("full", "sanitized"),
+        ("train", "validation", "test", "prompt"), ("full", "sanitized"),
     ),
 }  # fmt: skip
 

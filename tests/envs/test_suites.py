@@ -333,3 +333,27 @@ def test_shared_file_row_counts(shared):
         "mbpp/prompt": 10, "mbpp/test": 500, "mbpp/validation": 90, "mbpp/train": 374,
     }  # fmt: skip
     assert len(load_rows("mbpp", "test", shared, variant="sanitized")) == 257
+
+
+# ---------------------------------------------------------------------------- available_splits
+def test_available_splits_of_builtin_ids():
+    from mpo_gym.envs import BUILTIN, available_splits
+
+    assert available_splits("mpo_gym/GSM8K-v0") == ("train", "test")
+    assert available_splits("mpo_gym/MBPP-v0") == ("train", "validation", "test", "prompt")
+    assert available_splits("mpo_gym/MATH500-v0") == ("test",)
+    assert available_splits("mpo_gym/HumanEval-v0") == ("test",)
+    for env_id in ("Arithmetic", "LinearEquation", "Toy", "CodeFunctions"):
+        assert available_splits(f"mpo_gym/{env_id}-v0") == ("train", "test")
+    assert available_splits("mpo_gym/NoSuch-v0") is None
+    assert available_splits("CartPole-v1") is None
+    assert all(available_splits(env_id) for env_id in BUILTIN)
+
+
+@pytest.mark.parametrize("env_id", ["mpo_gym/Arithmetic-v0", "mpo_gym/Toy-v0"])
+def test_procedural_splits_make_and_report_their_split(env_id):
+    from mpo_gym.envs import available_splits
+
+    for split in available_splits(env_id):
+        env = gym.make(env_id, tokenizer="char", split=split)
+        assert env.unwrapped.tasks.split == split
