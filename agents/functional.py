@@ -1,7 +1,7 @@
 """Pure tensor functions for the agents: masked statistics, advantages, clipped losses, MPO ratios.
 
 Every function here is stateless and shape-documented; the agents (``ppo.py``, ``mpo.py``,
-``grpo.py``) compose them. Conventions shared by all of them:
+``grpo.py``, ``gspo.py``, ``gmpo.py``) compose them. Conventions shared by all of them:
 
 - **Shapes.** ``B`` rows (responses), ``T`` token positions (right-padded), ``K`` tokens per MPO
   window, ``M`` MTP modules, ``N`` responses in a flat batch of group rewards.
@@ -37,7 +37,10 @@ __all__ = [
     "clipped_policy_loss",
     "clipped_value_loss",
     "gae",
+    "gmpo_policy_loss",
     "group_advantages",
+    "gspo_policy_loss",
+    "gspo_token_policy_loss",
     "kl_k3",
     "masked_mean",
     "masked_sum",
@@ -45,6 +48,8 @@ __all__ = [
     "masked_whiten",
     "mpo_betas",
     "mtp_warmup_loss",
+    "sequence_clip_diagnostics",
+    "sequence_log_ratio",
     "united_log_ratio",
     "window_log_ratios",
 ]
@@ -744,5 +749,253 @@ def clip_diagnostics(
             "mpo/ratio_var_token": masked_var(r, valid),
             "mpo/clip_disagreement": masked_mean(on_united != on_token, valid),
             "mpo/abs_log_ratio_gap": masked_mean((log_u - log_r).abs(), valid),
+        }
+    return {k: _metric(v) for k, v in out.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# sequence-level ratios: GSPO (Zheng et al. 2025) and GMPO (Zhao et al. 2025)
+
+
+def _seq_rows(log_ratio: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Checked ``(valid [B, T], log_ratio [B, T] in the compute dtype with 0 on padding)``."""
+    _same_shape(log_ratio=log_ratio, mask=mask)
+    if log_ratio.dim() != 2:
+        raise ValueError(f"log_ratio must be [B, T]; got shape {tuple(log_ratio.shape)}")
+    valid = _valid(mask)  # [B, T]
+    lr = _up(log_ratio)  # [B, T]
+    return valid, torch.where(valid, lr, torch.zeros_like(lr))
+
+
+def _seq_advantages(seq_advantages: Tensor, lr: Tensor) -> Tensor:
+    """``[B]`` advantages, one per response, detached, in ``lr``'s dtype."""
+    if seq_advantages.shape != lr.shape[:1]:
+        raise ValueError(
+            f"advantages must be one per response, shape ({lr.shape[0]},); got {tuple(seq_advantages.shape)}"
+        )
+    return _up(seq_advantages.detach(), lr.dtype)
+
+
+def _sequence_metrics(lr: Tensor, seq_ratio: Tensor, valid: Tensor, token_clipped: Tensor) -> Metrics:
+    """The four ``clipped_policy_loss`` metric names, for a loss whose ratio is one per response."""
+    rows = valid.any(dim=-1)  # [B]
+    with torch.no_grad():
+        r = lr.detach().exp()  # [B, T]
+        return {
+            "clipfrac": _metric(masked_mean(token_clipped, valid)),
+            "approx_kl": _metric(masked_mean((r - 1.0) - lr.detach(), valid)),
+            "ratio_mean": _metric(masked_mean(seq_ratio.detach(), rows)),
+            "ratio_var": _metric(masked_var(seq_ratio.detach(), rows)),
+        }
+
+
+def sequence_log_ratio(log_ratio: Tensor, mask: Tensor) -> Tensor:
+    """GSPO's length-normalised sequence log-ratio ``log s_i = (1/|o_i|) Σ_t log r_{i,t}``.
+
+    ``s_i = (π_θ(o_i|q) / π_old(o_i|q))^(1/|o_i|)`` is the geometric mean of the response's
+    token ratios (Zheng et al. 2025, Eq. 7). A row with no valid token gets ``0`` (``s = 1``).
+
+    Args:
+        log_ratio: ``[B, T]`` ``logp_new - logp_old`` per token (carries the gradient).
+        mask: ``[B, T]`` valid response tokens.
+
+    Returns:
+        ``[B]`` log s_i, in the compute dtype.
+    """
+    _same_shape(log_ratio=log_ratio, mask=mask)
+    if log_ratio.dim() != 2:
+        raise ValueError(f"log_ratio must be [B, T]; got shape {tuple(log_ratio.shape)}")
+    return masked_mean(log_ratio, mask, dim=-1)
+
+
+def gspo_policy_loss(
+    log_ratio: Tensor,
+    seq_advantages: Tensor,
+    mask: Tensor,
+    clip_low: float = 3e-4,
+    clip_high: float = 4e-4,
+) -> tuple[Tensor, Metrics]:
+    """GSPO's sequence-level clipped objective, negated (Zheng et al. 2025, Eq. 5):
+
+    ``loss = -mean_i min(s_i A_i, clip(s_i, 1 - clip_low, 1 + clip_high) A_i)``, with ``s_i`` from
+    :func:`sequence_log_ratio`. One ratio, one advantage and one clip decision per response; the
+    mean runs over the responses that have at least one valid token. The paper's ranges are
+    ``3e-4`` below and ``4e-4`` above (§5.1), not PPO's 0.2: ``s_i`` is a geometric mean, so it
+    stays far closer to 1 than a token ratio does.
+
+    Gradient (unclipped rows): ``-A_i s_i (1/|o_i|) Σ_t ∇ log π(o_{i,t})``; a clipped row gives 0.
+
+    Args:
+        log_ratio: ``[B, T]`` per-token ``logp_new - logp_old`` (carries the gradient).
+        seq_advantages: ``[B]`` one advantage per response (detached).
+        mask: ``[B, T]`` valid tokens.
+        clip_low: ε_low; the floor of ``s`` is ``1 - clip_low``.
+        clip_high: ε_high; the ceiling of ``s`` is ``1 + clip_high``.
+
+    Returns:
+        ``(loss, metrics)`` with ``clipfrac`` (fraction of valid *tokens* in clipped responses,
+        the quantity GSPO's Fig. 2 plots), ``approx_kl`` (token-level k3 of KL(old || new)),
+        ``ratio_mean`` and ``ratio_var`` (of s_i over responses, unbiased).
+    """
+    valid, lr = _seq_rows(log_ratio, mask)
+    adv = _seq_advantages(seq_advantages, lr)  # [B]
+    _check_clip(clip_low, clip_high)
+    seq = masked_mean(lr, valid, dim=-1)  # [B] log s_i
+    ratio = torch.exp(seq)  # [B]
+    surrogate = -adv * ratio  # [B]
+    surrogate_clipped = -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)  # [B]
+    per_seq = torch.maximum(surrogate, surrogate_clipped)  # [B]
+    loss = masked_mean(per_seq, valid.any(dim=-1))  # []
+    with torch.no_grad():
+        active = _clip_active(ratio, adv, clip_low, clip_high)  # [B]
+        metrics = _sequence_metrics(lr, ratio, valid, active[:, None].expand_as(valid))
+    return loss, metrics
+
+
+def gspo_token_policy_loss(
+    log_ratio: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_low: float = 3e-4,
+    clip_high: float = 4e-4,
+) -> tuple[Tensor, Metrics]:
+    """GSPO-token, negated (Zheng et al. 2025, Eq. 13-14): per-token advantages, sequence ratio.
+
+    Each token's ratio is ``s_{i,t} = sg[s_i] · π_θ(o_{i,t}) / sg[π_θ(o_{i,t})]``: numerically
+    ``s_i``, but with the gradient of the token's own log-prob. The loss is the clipped
+    surrogate on ``s_{i,t}`` with ``A_{i,t}``, averaged over each response's tokens, then over
+    responses (``seq-mean-token-mean``). With ``A_{i,t} = A_i`` for every token its value *and*
+    gradient equal :func:`gspo_policy_loss`'s (the paper's Eq. 17 = Eq. 11).
+
+    Args:
+        log_ratio: ``[B, T]`` per-token ``logp_new - logp_old`` (carries the gradient).
+        advantages: ``[B, T]`` per-token advantages (detached).
+        mask: ``[B, T]`` valid tokens.
+        clip_low: ε_low (paper 3e-4).
+        clip_high: ε_high (paper 4e-4).
+
+    Returns:
+        ``(loss, metrics)`` as :func:`gspo_policy_loss` (``clipfrac`` over valid tokens).
+    """
+    _same_shape(log_ratio=log_ratio, advantages=advantages, mask=mask)
+    valid, lr = _seq_rows(log_ratio, mask)
+    _check_clip(clip_low, clip_high)
+    adv = _up(advantages.detach(), lr.dtype)  # [B, T]
+    adv = torch.where(valid, adv, torch.zeros_like(adv))  # [B, T]
+    seq = masked_mean(lr, valid, dim=-1)  # [B] log s_i
+    log_token = seq.detach()[:, None] + lr - lr.detach()  # [B, T] value log s_i, gradient of log π_t
+    ratio = torch.exp(log_token)  # [B, T]
+    surrogate = -adv * ratio  # [B, T]
+    surrogate_clipped = -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)  # [B, T]
+    per_token = torch.maximum(surrogate, surrogate_clipped)  # [B, T]
+    loss = aggregate_loss(per_token, valid, "seq-mean-token-mean")  # []
+    with torch.no_grad():
+        active = _clip_active(ratio, adv, clip_low, clip_high)  # [B, T]
+        metrics = _sequence_metrics(lr, torch.exp(seq), valid, active)
+    return loss, metrics
+
+
+def gmpo_policy_loss(
+    log_ratio: Tensor,
+    seq_advantages: Tensor,
+    mask: Tensor,
+    clip_low: float = 0.4,
+    clip_high: float = 0.4,
+) -> tuple[Tensor, Metrics]:
+    """GMPO's objective, negated (Zhao et al. 2025, Eq. 4): the geometric mean of token terms.
+
+    ``J_i = {Π_t |min(r_t A_i, clip(r_t, e^-clip_low, e^clip_high) A_i)|}^(1/|o_i|) · sgn(A_i)``,
+    which is ``A_i · exp(mean_t l̃_t)`` with the token log-ratio ``l_t = log r_t`` clipped in
+    *log space*, one-sided as in PPO: ``l̃_t = min(l_t, clip(l_t, -clip_low, clip_high))`` when
+    ``A_i >= 0`` and ``max(...)`` when ``A_i < 0``. The loss is ``-mean_i J_i`` over responses
+    with a valid token. The paper's range is ``(e^-0.4, e^0.4)``, i.e. ``clip_low = clip_high =
+    0.4`` here (log units; a token ratio may move by a factor of about 1.49 either way).
+
+    Gradient: ``-A_i exp(mean_t l̃_t) (1/|o_i|) Σ_{t unclipped} ∇ log π(o_{i,t})``; a clipped
+    token drops out of the sum but its clipped value still scales the rest.
+
+    Args:
+        log_ratio: ``[B, T]`` per-token ``logp_new - logp_old`` (carries the gradient).
+        seq_advantages: ``[B]`` one advantage per response (detached).
+        mask: ``[B, T]`` valid tokens.
+        clip_low: ε_low in log units (``log r`` floor is ``-clip_low`` for ``A < 0``).
+        clip_high: ε_high in log units (``log r`` ceiling is ``clip_high`` for ``A > 0``).
+
+    Returns:
+        ``(loss, metrics)``: ``clipfrac`` (fraction of valid tokens whose log-ratio the clip
+        replaced, ``A != 0``), ``approx_kl`` (token-level k3), ``ratio_mean`` and ``ratio_var``
+        of the *unclipped* geometric mean ``s_i = exp(mean_t l_t)`` over responses (as GSPO's,
+        so the two compare).
+    """
+    valid, lr = _seq_rows(log_ratio, mask)
+    adv = _seq_advantages(seq_advantages, lr)  # [B]
+    if not (clip_low >= 0.0 and clip_high >= 0.0):
+        raise ValueError(f"GMPO's log-space clip ranges must be >= 0; got {clip_low}, {clip_high}")
+    a = adv[:, None].expand_as(lr)  # [B, T]
+    # min(l, clip(l, -lo, hi)) = min(l, hi) and max(l, clip(l, -lo, hi)) = max(l, -lo)
+    clipped = torch.where(a >= 0, lr.clamp(max=clip_high), lr.clamp(min=-clip_low))  # [B, T]
+    ratio = torch.exp(masked_mean(clipped, valid, dim=-1))  # [B]
+    per_seq = -adv * ratio  # [B]
+    loss = masked_mean(per_seq, valid.any(dim=-1))  # []
+    with torch.no_grad():
+        active = ((a > 0) & (lr > clip_high)) | ((a < 0) & (lr < -clip_low))  # [B, T]
+        metrics = _sequence_metrics(lr, torch.exp(masked_mean(lr, valid, dim=-1)), valid, active)
+    return loss, metrics
+
+
+def sequence_clip_diagnostics(
+    token_log_ratio: Tensor,
+    seq_log_ratio: Tensor,
+    seq_advantages: Tensor,
+    mask: Tensor,
+    clip_low: float,
+    clip_high: float,
+    prefix: str = "gspo",
+) -> Metrics:
+    """Clip diagnostics of a sequence ratio against the token ratio, named as MPO's.
+
+    The sequence-level counterpart of :func:`clip_diagnostics` (paper Fig. 4 of the MPO paper:
+    ratio variance and clip fraction), with ``seq`` in place of ``united``. A decision is
+    "active" as in PPO: ``A > 0 and ratio > 1 + clip_high`` or ``A < 0 and ratio < 1 - clip_low``;
+    the sequence's decision applies to all its tokens. For GMPO (log-space token clip ±ε) pass
+    ``clip_low = 1 - e^-ε`` and ``clip_high = e^ε - 1`` so the token decisions are GMPO's own.
+
+    Args:
+        token_log_ratio: ``[B, T]`` log r of each token.
+        seq_log_ratio: ``[B]`` log s_i (:func:`sequence_log_ratio`).
+        seq_advantages: ``[B]`` one advantage per response.
+        mask: ``[B, T]`` valid tokens.
+        clip_low: ε_low of the ratio (not in log units).
+        clip_high: ε_high of the ratio.
+        prefix: metric namespace (``"gspo"``, ``"gmpo"``).
+
+    Returns:
+        Detached 0-dim tensors ``{prefix}/clipfrac_seq`` (fraction of responses, with a valid
+        token, whose sequence decision is active), ``{prefix}/clipfrac_token`` (fraction of valid
+        tokens whose token decision would be active), ``{prefix}/ratio_var_seq`` (unbiased
+        variance of s_i over responses), ``{prefix}/ratio_var_token`` (of r over valid tokens),
+        ``{prefix}/clip_disagreement`` (fraction of valid tokens where the two decisions differ)
+        and ``{prefix}/abs_log_ratio_gap`` (mean ``|log s_i - log r_t|`` over valid tokens).
+    """
+    valid, log_r = _seq_rows(token_log_ratio, mask)
+    adv = _seq_advantages(seq_advantages, log_r)  # [B]
+    if seq_log_ratio.shape != adv.shape:
+        raise ValueError(f"seq_log_ratio must have shape {tuple(adv.shape)}; got {tuple(seq_log_ratio.shape)}")
+    _check_clip(clip_low, clip_high)
+    with torch.no_grad():
+        log_r = log_r.detach()  # [B, T]
+        log_s = _up(seq_log_ratio.detach(), log_r.dtype)  # [B]
+        rows = valid.any(dim=-1)  # [B]
+        a = adv[:, None].expand_as(log_r)  # [B, T]
+        s = log_s.exp()  # [B]
+        on_seq = _clip_active(s, adv, clip_low, clip_high)  # [B]
+        on_token = _clip_active(log_r.exp(), a, clip_low, clip_high)  # [B, T]
+        out = {
+            f"{prefix}/clipfrac_seq": masked_mean(on_seq, rows),
+            f"{prefix}/clipfrac_token": masked_mean(on_token, valid),
+            f"{prefix}/ratio_var_seq": masked_var(s, rows),
+            f"{prefix}/ratio_var_token": masked_var(log_r.exp(), valid),
+            f"{prefix}/clip_disagreement": masked_mean(on_seq[:, None] != on_token, valid),
+            f"{prefix}/abs_log_ratio_gap": masked_mean((log_s[:, None] - log_r).abs(), valid),
         }
     return {k: _metric(v) for k, v in out.items()}

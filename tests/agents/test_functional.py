@@ -569,3 +569,204 @@ def test_clip_diagnostics_agree_with_policy_loss_clipfrac():
     close(d["mpo/clipfrac_token"], float(m["clipfrac"]))
     close(d["mpo/clip_disagreement"], 0.0)
     close(d["mpo/abs_log_ratio_gap"], 0.0)
+
+
+# --------------------------------------------------------------------------------------------
+# sequence-level ratios: GSPO and GMPO
+
+SEQ_MASK = torch.tensor([[1, 1, 1], [1, 1, 0]])
+
+
+def test_sequence_log_ratio_is_the_mean_token_log_ratio():
+    lr = torch.tensor([[0.3, -0.6, 0.9], [0.2, 0.4, float("nan")]])
+    close(F.sequence_log_ratio(lr, SEQ_MASK), [0.2, 0.3])  # (0.3 - 0.6 + 0.9) / 3, (0.2 + 0.4) / 2
+    close(F.sequence_log_ratio(lr, torch.zeros_like(SEQ_MASK)), [0.0, 0.0])  # empty rows: s = 1
+
+
+def test_gspo_loss_by_hand():
+    # row 0: log s = (0.001 - 0.0002 + 0.0005) / 3, s = 1.000433 > 1 + 4e-4 and A = +1: clipped
+    # row 1: log s = (0.002 + 0) / 2 = 0.001, s = e^0.001 > 1 + 4e-4 but A = -0.5: not clipped
+    lr = torch.tensor([[0.001, -0.0002, 0.0005], [0.002, 0.0, 5.0]], dtype=torch.float64, requires_grad=True)
+    adv = torch.tensor([1.0, -0.5], dtype=torch.float64)
+    loss, m = F.gspo_policy_loss(lr, adv, SEQ_MASK)
+    s0, s1 = math.exp(0.0013 / 3), math.exp(0.001)
+    close(loss, (-1.0 * 1.0004 + 0.5 * s1) / 2)
+    close(m["clipfrac"], 3 / 5)  # the three tokens of row 0
+    close(m["ratio_mean"], (s0 + s1) / 2)
+    close(m["ratio_var"], (s0 - s1) ** 2 / 2)  # unbiased variance of two values
+    loss.backward()
+    # clipped row: no gradient; row 1: (1/2 rows) * (-A) * s1 * (1/2 tokens); padding: 0
+    close(lr.grad, [[0.0, 0.0, 0.0], [0.125 * s1, 0.125 * s1, 0.0]], atol=1e-9)
+
+
+def test_gspo_uses_its_small_clip_range_by_default():
+    lr = torch.tensor([[0.0003, 0.0003, 0.0003], [-0.0002, -0.0002, 0.0]])
+    adv = torch.tensor([1.0, -1.0])
+    _, m = F.gspo_policy_loss(lr, adv, SEQ_MASK)
+    close(m["clipfrac"], 0.0)  # s = e^3e-4 < 1 + 4e-4 and s = e^-2e-4 > 1 - 3e-4
+    _, m = F.gspo_policy_loss(lr, adv, SEQ_MASK, clip_low=1e-4, clip_high=1e-4)
+    close(m["clipfrac"], 1.0)
+
+
+def test_gspo_token_value_and_gradient_equal_gspo_for_equal_token_advantages():
+    torch.manual_seed(0)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 0, 0]])
+    base = 1e-3 * torch.randn(4, 4, dtype=torch.float64)
+    base[0] += 0.01  # row 0 far above 1 + 4e-4: clipped for A > 0
+    adv = torch.tensor([1.0, -2.0, 0.5, 1.5], dtype=torch.float64)
+    a = base.clone().requires_grad_(True)
+    b = base.clone().requires_grad_(True)
+    loss_seq, m_seq = F.gspo_policy_loss(a, adv, mask)
+    loss_tok, m_tok = F.gspo_token_policy_loss(b, adv[:, None].expand(4, 4), mask)
+    close(loss_tok, float(loss_seq.detach()), atol=1e-12)
+    loss_seq.backward()
+    loss_tok.backward()
+    close(b.grad, a.grad, atol=1e-12)
+    assert float(m_seq["clipfrac"]) > 0 and float(m_tok["clipfrac"]) == pytest.approx(float(m_seq["clipfrac"]))
+
+
+def test_gspo_token_uses_each_tokens_advantage():
+    # value of every token's ratio is s_i; per-token advantages weight each token's gradient
+    lr = torch.tensor([[0.0001, -0.0001, 0.0]], dtype=torch.float64, requires_grad=True)
+    adv = torch.tensor([[1.0, 3.0, -2.0]], dtype=torch.float64)
+    loss, _ = F.gspo_token_policy_loss(lr, adv, torch.ones(1, 3))
+    close(loss, -(1.0 + 3.0 - 2.0) / 3)  # s = e^0 = 1
+    loss.backward()
+    close(lr.grad, [[-1.0 / 3, -3.0 / 3, 2.0 / 3]], atol=1e-12)
+
+
+def test_one_token_responses_reduce_gspo_to_the_token_ratio():
+    torch.manual_seed(1)
+    mask = torch.tensor([[1, 0], [1, 0], [1, 0], [1, 0]])
+    base = torch.tensor([[0.1, 7.0], [-0.3, 7.0], [0.0001, 7.0], [-0.0001, 7.0]], dtype=torch.float64)
+    adv = torch.tensor([1.0, -1.0, 2.0, -0.5], dtype=torch.float64)
+    a = base.clone().requires_grad_(True)
+    b = base.clone().requires_grad_(True)
+    for fn in (F.gspo_policy_loss, lambda *x: F.gspo_token_policy_loss(x[0], x[1][:, None].expand(4, 2), x[2])):
+        a.grad = b.grad = None
+        loss_seq, m_seq = fn(a, adv, mask)
+        loss_tok, m_tok = F.clipped_policy_loss(b, adv[:, None].expand(4, 2), mask, 3e-4, 4e-4, "seq-mean-token-mean")
+        close(loss_seq, float(loss_tok.detach()), atol=1e-12)
+        loss_seq.backward()
+        loss_tok.backward()
+        close(a.grad, b.grad, atol=1e-12)
+        close(m_seq["clipfrac"], float(m_tok["clipfrac"]))  # rows 0 and 1 clipped
+
+
+def test_gmpo_loss_by_hand():
+    # row 0, A = +2: log r 0.5 -> 0.4 (clipped above), -0.1 and 0.2 kept: mean 0.5 / 3
+    # row 1, A = -1: log r -0.6 -> -0.4 (clipped below), 0.1 kept: mean -0.15
+    lr = torch.tensor([[0.5, -0.1, 0.2], [-0.6, 0.1, 9.0]], dtype=torch.float64, requires_grad=True)
+    adv = torch.tensor([2.0, -1.0], dtype=torch.float64)
+    loss, m = F.gmpo_policy_loss(lr, adv, SEQ_MASK)
+    g0, g1 = math.exp(0.5 / 3), math.exp(-0.15)
+    close(loss, (-2.0 * g0 + 1.0 * g1) / 2)
+    close(m["clipfrac"], 2 / 5)
+    s0, s1 = math.exp(0.6 / 3), math.exp(-0.25)  # unclipped geometric means
+    close(m["ratio_mean"], (s0 + s1) / 2)
+    loss.backward()
+    # d/dl_t = (1/2 rows) * (-A) * g * (1/|o|) on kept tokens, 0 on clipped ones and padding
+    close(lr.grad, [[0.0, -g0 / 3, -g0 / 3], [0.0, g1 / 4, 0.0]], atol=1e-9)
+
+
+def test_gmpo_clip_is_one_sided_like_ppo():
+    # A > 0: a very negative log-ratio is not clipped; A < 0: a very positive one is not
+    lr = torch.tensor([[-1.0], [1.0]], dtype=torch.float64)
+    loss, m = F.gmpo_policy_loss(lr, torch.tensor([1.0, -1.0], dtype=torch.float64), torch.ones(2, 1))
+    close(loss, (-math.exp(-1.0) + math.exp(1.0)) / 2)
+    close(m["clipfrac"], 0.0)
+
+
+def test_one_token_gmpo_equals_ppo_with_log_space_bounds():
+    eps = 0.4
+    mask = torch.tensor([[1, 0]] * 4)
+    base = torch.tensor([[0.6, 3.0], [-0.7, 3.0], [0.1, 3.0], [-0.2, 3.0]], dtype=torch.float64)
+    adv = torch.tensor([1.0, -1.0, -2.0, 0.5], dtype=torch.float64)
+    a = base.clone().requires_grad_(True)
+    b = base.clone().requires_grad_(True)
+    loss_g, m_g = F.gmpo_policy_loss(a, adv, mask, eps, eps)
+    loss_p, m_p = F.clipped_policy_loss(
+        b, adv[:, None].expand(4, 2), mask, 1 - math.exp(-eps), math.exp(eps) - 1, "seq-mean-token-mean"
+    )
+    close(loss_g, float(loss_p.detach()), atol=1e-12)
+    loss_g.backward()
+    loss_p.backward()
+    close(a.grad, b.grad, atol=1e-12)
+    close(m_g["clipfrac"], 0.5)
+    close(m_p["clipfrac"], 0.5)
+
+
+def test_unclipped_gmpo_equals_unclipped_gspo():
+    # without clipping both maximise A_i * exp(mean_t log r_t)
+    torch.manual_seed(2)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0]])
+    base = 0.3 * torch.randn(3, 3, dtype=torch.float64)
+    adv = torch.tensor([1.0, -0.5, 2.0], dtype=torch.float64)
+    a = base.clone().requires_grad_(True)
+    b = base.clone().requires_grad_(True)
+    loss_g, _ = F.gmpo_policy_loss(a, adv, mask, 50.0, 50.0)
+    loss_s, _ = F.gspo_policy_loss(b, adv, mask, 0.999, 1e6)
+    close(loss_g, float(loss_s.detach()), atol=1e-12)
+    loss_g.backward()
+    loss_s.backward()
+    close(a.grad, b.grad, atol=1e-12)
+
+
+def test_sequence_losses_reject_bad_shapes():
+    with pytest.raises(ValueError, match="one per response"):
+        F.gspo_policy_loss(torch.zeros(2, 3), torch.zeros(2, 3), SEQ_MASK)
+    with pytest.raises(ValueError, match="one per response"):
+        F.gmpo_policy_loss(torch.zeros(2, 3), torch.zeros(3), SEQ_MASK)
+    with pytest.raises(ValueError, match="shape"):
+        F.gspo_token_policy_loss(torch.zeros(2, 3), torch.zeros(2), SEQ_MASK)
+    with pytest.raises(ValueError, match=">= 0"):
+        F.gmpo_policy_loss(torch.zeros(2, 3), torch.zeros(2), SEQ_MASK, -0.1, 0.4)
+
+
+def test_sequence_losses_compute_half_precision_in_float32():
+    lr = torch.zeros(2, 3, dtype=torch.bfloat16, requires_grad=True)
+    loss, m = F.gspo_policy_loss(lr, torch.tensor([1.0, -1.0], dtype=torch.bfloat16), SEQ_MASK)
+    assert loss.dtype == torch.float32 and m["clipfrac"].dtype == torch.float32
+    loss.backward()
+    assert lr.grad is not None and lr.grad.dtype == torch.bfloat16
+
+
+def test_sequence_clip_diagnostics_by_hand():
+    # row 0 (A=+1): token log r 0.3, -0.3, 0.3 -> log s = 0.1; row 1 (A=-1): log r -0.5, 0.1 -> -0.2
+    lr = torch.tensor([[0.3, -0.3, 0.3], [-0.5, 0.1, 0.0]])
+    seq = F.sequence_log_ratio(lr, SEQ_MASK)
+    d = F.sequence_clip_diagnostics(lr, seq, torch.tensor([1.0, -1.0]), SEQ_MASK, 0.2, 0.2, prefix="gspo")
+    assert sorted(d) == sorted(
+        f"gspo/{k}" for k in
+        ("clipfrac_seq", "clipfrac_token", "ratio_var_seq", "ratio_var_token", "clip_disagreement", "abs_log_ratio_gap")
+    )
+    # sequences: e^0.1 = 1.105 < 1.2 (A>0) not clipped; e^-0.2 = 0.819 > 0.8 (A<0) not clipped
+    close(d["gspo/clipfrac_seq"], 0.0)
+    # tokens: e^0.3 = 1.35 > 1.2 with A>0 twice; e^-0.5 = 0.61 < 0.8 with A<0 once: 3 of 5
+    close(d["gspo/clipfrac_token"], 3 / 5)
+    close(d["gspo/clip_disagreement"], 3 / 5)
+    close(d["gspo/ratio_var_seq"], (math.exp(0.1) - math.exp(-0.2)) ** 2 / 2)
+    r = [math.exp(x) for x in (0.3, -0.3, 0.3, -0.5, 0.1)]
+    mean = sum(r) / 5
+    close(d["gspo/ratio_var_token"], sum((x - mean) ** 2 for x in r) / 4)
+    close(d["gspo/abs_log_ratio_gap"], (0.2 + 0.4 + 0.2 + 0.3 + 0.3) / 5)
+
+
+def test_sequence_clip_diagnostics_match_the_losses_clipfrac():
+    # GSPO, equal lengths: the fraction of clipped responses is the loss's (token-weighted) clipfrac
+    lr = torch.tensor([[1e-3, 1e-3], [-1e-3, -1e-3], [1e-4, 0.0], [-1e-3, 0.0]])
+    adv = torch.tensor([1.0, -1.0, 1.0, 1.0])  # rows 0 and 1 clipped, 2 inside, 3 below with A > 0
+    mask = torch.ones(4, 2)
+    _, m = F.gspo_policy_loss(lr, adv, mask)
+    d = F.sequence_clip_diagnostics(lr, F.sequence_log_ratio(lr, mask), adv, mask, 3e-4, 4e-4)
+    close(m["clipfrac"], 0.5)
+    close(d["gspo/clipfrac_seq"], 0.5)
+    # GMPO: with ratio bounds e^±ε the diagnostics' token decision is GMPO's own log-space clip
+    torch.manual_seed(3)
+    lr = 0.5 * torch.randn(4, 3)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]])
+    _, m = F.gmpo_policy_loss(lr, adv, mask, 0.4, 0.4)
+    d = F.sequence_clip_diagnostics(lr, F.sequence_log_ratio(lr, mask), adv, mask,
+                                    1 - math.exp(-0.4), math.exp(0.4) - 1, prefix="gmpo")
+    assert float(m["clipfrac"]) > 0
+    close(d["gmpo/clipfrac_token"], float(m["clipfrac"]))
