@@ -24,7 +24,7 @@ from pathlib import Path
 from mpo_gym.verifiers import MathVerifier
 from mpo_gym.verifiers.math_extract import extract_answer, extract_reference, normalize
 
-SHARED = Path(os.environ.get("MPO_GYM_SHARED", "/work/shared")) / "data"
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"  # ../shared/data
 
 
 def _rows(name: str) -> list[dict]:

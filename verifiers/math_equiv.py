@@ -61,7 +61,10 @@ def _group_equiv(gold: Group, pred: Group, rel_tol: float) -> bool:
         if "union" in (gold.kind, pred.kind) and gold.kind != pred.kind:
             return False
         return _unordered_match(gold.items, pred.items, rel_tol)
-    if gold.kind == pred.kind == "seq" and (gold.open, gold.close) == (pred.open, pred.close):
+    ordered = gold.kind == pred.kind == "ratio" or (
+        gold.kind == pred.kind == "seq" and (gold.open, gold.close) == (pred.open, pred.close)
+    )
+    if ordered:
         return all(equivalent(g, p, rel_tol) for g, p in zip(gold.items, pred.items))
     return False
 
@@ -224,7 +227,9 @@ def _scalar_equal(a: Any, b: Any, rel_tol: float) -> bool:
     """Cheap-to-expensive equality of two sympy scalars."""
     if not isinstance(a, sympy.Basic) or not isinstance(b, sympy.Basic):
         return False
-    if a == b:
+    if a.has(sympy.zoo, sympy.nan) or b.has(sympy.zoo, sympy.nan):
+        return False  # a division by zero is no value: 1/0 is not 12/0
+    if a == b or _structure(a) == _structure(b):
         return True
     if isinstance(a, sympy.logic.boolalg.Boolean) or isinstance(b, sympy.logic.boolalg.Boolean):
         return False
@@ -238,6 +243,18 @@ def _scalar_equal(a: Any, b: Any, rel_tol: float) -> bool:
     if not _close(a, b, 1e-12):
         return False
     return _simplifies_to_zero(a - b)
+
+
+def _structure(e: Any) -> Any:
+    """A key equal for expressions that differ only in the order of sums' and products'
+    terms (unevaluated trees from the parser keep the order as written, so ``==`` misses
+    ``15+2\\sqrt{33}`` vs ``2\\sqrt{33}+15``); cheap, never evaluates anything."""
+    if not e.args:
+        return (type(e).__name__, str(e))
+    keys = [_structure(x) for x in e.args]
+    if isinstance(e, sympy.Add | sympy.Mul):
+        keys.sort(key=repr)
+    return (type(e).__name__, tuple(keys))
 
 
 def _close(a: Any, b: Any, rel_tol: float) -> bool:

@@ -49,7 +49,8 @@ class Group:
     """A bracketed or bare collection.
 
     ``kind`` is ``"seq"`` (tuple/interval; ``open``/``close`` are the brackets),
-    ``"set"`` (``\\{...\\}``), ``"bag"`` (bare list of answers), or ``"union"`` (``\\cup``).
+    ``"set"`` (``\\{...\\}``), ``"bag"`` (bare list of answers), ``"union"`` (``\\cup``), or
+    ``"ratio"`` (``a:b``, also clock times ``12:00``; compared term by term, never divided).
     """
 
     kind: str
@@ -116,6 +117,7 @@ def _closes_at_end(s: str) -> bool:
 
 # -- the node parser -------------------------------------------------------------------------
 _REL_RE = r"\\leq|\\geq|\\neq|=|<|>"
+_RATIO_RE = r"(?<!\\):(?!=)"
 _REL_MAP = {"\\leq": "<=", "\\geq": ">=", "\\neq": "!=", "=": "=", "<": "<", ">": ">"}
 _MATRIX_RE = re.compile(r"^\\begin\{([pbBvV]?matrix|array)\}(?:\{[^{}]*\})?(.*)\\end\{\1\}$", re.S)
 
@@ -140,6 +142,9 @@ def parse_node(s: str, depth: int = 0) -> Any:
     parts, seps = split_top(s, _REL_RE)
     if len(parts) > 1:
         return _relation(parts, [_REL_MAP[x] for x in seps], depth)
+    parts, _ = split_top(s, _RATIO_RE)
+    if len(parts) > 1:  # 11:21, 12:00: never read as a quotient (12:00 is not 12/0)
+        return Group("ratio", tuple(parse_node(p, depth + 1) for p in parts))
     if "\\pm" in s or "\\mp" in s:
         return _plus_minus(s, depth)
     return _bracketed_or_scalar(s, depth)

@@ -56,6 +56,17 @@ def test_power_tower_times_out_and_worker_is_replaced(verifier):
     assert verifier.verify("\\boxed{2}", "1+1").status == "correct"  # the pool still works
 
 
+def test_reordered_nested_radicals_are_equal_without_simplify(verifier):
+    """Terms of a denominator only reordered: settled structurally, far inside the limit
+    (``simplify`` on this difference used to run past 10 s)."""
+    verifier.verify("\\boxed{2/4}", "1/2")
+    gold = r"\frac{\sqrt{\sqrt{11}+\sqrt{194}}}{15+2\sqrt{33}}"
+    response = r"\boxed{\frac{\sqrt{\sqrt{11}+\sqrt{194}}}{2\sqrt{33}+15}}"
+    verdict, seconds = _timed(verifier.verify, response, gold)
+    assert verdict.status == "correct", verdict
+    assert seconds < LIMIT
+
+
 def test_timeout_from_worker_threads(verifier):
     verifier.verify("\\boxed{2/4}", "1/2")
     results: list[tuple[str, float]] = []

@@ -7,7 +7,6 @@ math-verify; a confirmed false negative or false positive becomes a row here.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -273,6 +272,14 @@ CASES: list[tuple[str, str, str, str]] = [
     ("relation", "f(3) = 5", "\\boxed{5}", C),
     ("relation", "x = 5", "\\boxed{x = 2 + 3 = 5}", C),
     ("relation", "2", "\\boxed{y = 2}", C),
+    # -- ratios and clock times: term by term, never a quotient (12:00 is not 12/0) --------
+    ("ratio", "12:00", "\\boxed{1:00}", W),
+    ("ratio", "1:00", "\\boxed{12:00}", W),
+    ("ratio", "12:00", "The train leaves at \\boxed{12:00}.", C),
+    ("ratio", "2:00", "\\boxed{14:00}", W),
+    ("ratio", "3:2", "\\boxed{3 : 2}", C),
+    ("ratio", "3:2", "\\boxed{2:3}", W),
+    ("ratio", "1:0", "\\boxed{2:0}", W),
     # -- words ---------------------------------------------------------------------------------
     ("text", "\\text{Monday}", "\\boxed{\\text{monday}}", C),
     ("text", "\\text{Monday}", "\\boxed{Monday}", C),
@@ -355,7 +362,8 @@ def test_batch_equals_one_by_one(verifier, verdicts):
         assert verifier.verify(case[2], case[1]) == batch_v
 
 
-MATH500 = Path(os.environ.get("MPO_GYM_SHARED", "/work/shared")) / "data/math500/test.jsonl"
+# the shared data copy beside the checkout (../shared/data); the tests below skip without it
+MATH500 = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "math500" / "test.jsonl"
 
 
 @pytest.mark.skipif(not MATH500.exists(), reason="MATH-500 copy not available")
