@@ -1,4 +1,4 @@
-"""Agents (imported as ``mpo_gym.agents``): PPO, MPO and GRPO over an ``LMPolicy``.
+"""Agents (imported as ``mpo_gym.agents``): PPO, MPO, GRPO, GSPO and GMPO over an ``LMPolicy``.
 
 ``make_agent("mpo", **config)`` builds one by name; ``register_agent`` adds your own.
 """
@@ -8,7 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 from .base import AgentConfig, BaseAgent, RolloutBatch, build_batch
+from .gmpo import GMPOAgent, GMPOConfig
 from .grpo import GRPOAgent, GRPOConfig
+from .gspo import GSPOAgent, GSPOConfig
 from .mpo import MPOAgent, MPOConfig
 from .ppo import PPOAgent, PPOConfig
 
@@ -16,8 +18,12 @@ __all__ = [
     "AGENTS",
     "AgentConfig",
     "BaseAgent",
+    "GMPOAgent",
+    "GMPOConfig",
     "GRPOAgent",
     "GRPOConfig",
+    "GSPOAgent",
+    "GSPOConfig",
     "MPOAgent",
     "MPOConfig",
     "PPOAgent",
@@ -33,6 +39,8 @@ AGENTS: dict[str, tuple[type[BaseAgent], type[AgentConfig]]] = {
     "ppo": (PPOAgent, PPOConfig),
     "mpo": (MPOAgent, MPOConfig),
     "grpo": (GRPOAgent, GRPOConfig),
+    "gspo": (GSPOAgent, GSPOConfig),
+    "gmpo": (GMPOAgent, GMPOConfig),
 }
 
 
