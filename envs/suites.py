@@ -7,16 +7,28 @@ and evaluates (train/eval parity).
 Ids: ``mpo_gym/GSM8K-v0`` (:class:`GSM8KEnv`), ``mpo_gym/MATH500-v0`` (:class:`MATH500Env`),
 ``mpo_gym/HumanEval-v0`` (:class:`HumanEvalEnv`), ``mpo_gym/MBPP-v0`` (:class:`MBPPEnv`).
 
-Data loading (see :func:`load_rows`), in this order:
+Splits (``split=`` env kwarg, default ``"test"``): GSM8K ``train`` (7,473) and ``test`` (1,319);
+MBPP ``train`` (374), ``validation`` (90), ``test`` (500), ``prompt`` (10); MATH-500 and HumanEval
+``test`` only. The env says which split it serves (``env.unwrapped.split``) and where its rows
+came from (``env.unwrapped.data_source``). :func:`mpo_gym.envs.available_splits` lists them
+without loading anything.
 
-1. ``data_path=`` (env kwarg): a data file, a suite folder (``.../gsm8k``) or a root folder laid
-   out like ``<root>/gsm8k/test.jsonl``; a missing file is an error.
-2. the ``MPO_GYM_DATA_DIR`` environment variable: a root folder with that layout; a missing
-   file falls through to step 3.
-3. the Hugging Face hub through ``datasets.load_dataset`` (needs a network or a warm cache).
+Data (see :func:`resolve_source`), the first that applies:
 
-Local files are read with ``datasets.load_dataset("json", data_files=...)`` (JSONL, a JSON
-array, or ``.jsonl.gz``). Local layout, under a root folder::
+1. ``data_path=`` (env kwarg; ``--data-dir`` on the CLI): a data file, a suite folder
+   (``.../gsm8k``) or a root folder laid out like ``<root>/gsm8k/test.jsonl``; a missing file is
+   an error.
+2. the ``MPO_GYM_DATA_DIR`` environment variable: a root folder with that layout; a suite
+   whose file is not there falls through to step 3 (``data_source`` shows what was used).
+3. ``hub_id=`` (env kwarg, e.g. ``"openai/gsm8k"``): the Hugging Face hub through
+   ``datasets.load_dataset`` (needs a network or a warm cache). Only when asked for.
+4. the data shipped in the package (``mpo_gym/envs/data/<suite>/``, gzip-compressed upstream
+   files, each folder with its ``LICENSE`` and a ``PROVENANCE.md``: source, commit, sha256 of
+   the shipped and of the upstream file). Offline, no network round-trip.
+
+Local files are JSON Lines or one JSON array, optionally gzip-compressed (``.gz``), read with
+the standard library; a malformed file raises :class:`DataFileError` naming the file and line.
+Local layout, under a root folder (each name may also carry or drop a ``.gz``)::
 
     gsm8k/train.jsonl  gsm8k/test.jsonl        (openai/gsm8k, config "main")
     math500/test.jsonl                         (HuggingFaceH4/MATH-500)
@@ -24,7 +36,8 @@ array, or ``.jsonl.gz``). Local layout, under a root folder::
     mbpp/mbpp.jsonl  mbpp/sanitized-mbpp.json  (google-research-datasets/mbpp)
 
 MBPP splits follow the upstream README by ``task_id``: 1-10 ``prompt``, 11-510 ``test``,
-511-600 ``validation``, 601-974 ``train``. Loaded rows are cached per process.
+511-600 ``validation``, 601-974 ``train``. Loaded rows are cached per process (by source
+path; a file edited during the process is not re-read).
 
 Pinned prompt templates (``{...}`` are dataset fields):
 
@@ -77,14 +90,18 @@ answer is \boxed{N}.``; MATH-500 ``solution``; HumanEval ``prompt + canonical_so
 fenced block (chat) or the bare body (completion); MBPP ``code`` in a fenced block.
 
 What this module does not do: it does not download anything itself (``datasets`` does, when
-online), does not de-duplicate train against test, and ships no data.
+``hub_id`` is given), does not de-duplicate train against test (GSM8K's and MBPP's splits are
+upstream's), and has no train split for MATH-500 or HumanEval.
 """
 
 from __future__ import annotations
 
 import functools
+import gzip
+import json
 import os
 import re
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +116,7 @@ from mpo_gym.verifiers.base import Verdict, Verifier
 __all__ = [
     "DATA_DIR_ENV",
     "SUITES",
+    "DataFileError",
     "GSM8KEnv",
     "HumanEvalEnv",
     "MATH500Env",
@@ -107,6 +125,8 @@ __all__ = [
     "SuiteInfo",
     "load_rows",
     "load_tasks",
+    "read_json_records",
+    "resolve_source",
 ]
 
 DATA_DIR_ENV = "MPO_GYM_DATA_DIR"
@@ -182,11 +202,67 @@ SUITES: dict[str, SuiteInfo] = {
 
 
 # ---------------------------------------------------------------------------- loading
+class DataFileError(ValueError):
+    """A suite data file that cannot be read; the message names the file and the line."""
+
+
+# Fields every row must have (MBPP also needs ``text`` (full) or ``prompt`` (sanitized)).
+REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
+    "gsm8k": ("question", "answer"),
+    "math500": ("problem", "solution", "answer"),
+    "humaneval": ("task_id", "prompt", "entry_point", "canonical_solution", "test"),
+    "mbpp": ("task_id", "code", "test_list"),
+}
+EMBEDDED_PACKAGE = "mpo_gym.envs"
+
+
+def _file_name(info: SuiteInfo, variant: str, split: str) -> str:
+    return info.files.get((variant, split)) or info.files[(variant, "*")]
+
+
+def _gz_name(name: str) -> str:
+    return name if name.endswith(".gz") else f"{name}.gz"
+
+
+def _embedded(info: SuiteInfo, variant: str, split: str) -> Any:
+    """The shipped file of a suite split, as an ``importlib.resources`` Traversable."""
+    from importlib.resources import files
+
+    name = _gz_name(_file_name(info, variant, split))
+    return files(EMBEDDED_PACKAGE).joinpath("data").joinpath(info.folder).joinpath(name)
+
+
+def resolve_source(
+    suite: str,
+    split: str = "test",
+    data_path: str | os.PathLike | None = None,
+    variant: str | None = None,
+    hub_id: str | None = None,
+) -> str:
+    """Where a suite split's rows come from; reads nothing but file names.
+
+    Returns ``"file:<path>"``, ``"hub:<dataset id>"`` or ``"embedded:<suite>/<file>"``, in the
+    order ``data_path``, ``MPO_GYM_DATA_DIR``, ``hub_id``, shipped data (module docstring).
+
+    Raises:
+        ValueError: unknown suite, split or variant (the message lists what exists).
+        FileNotFoundError: ``data_path`` holds no file for this suite/split.
+    """
+    info, variant = _info(suite, split, variant)
+    path = _local_file(info, variant, split, data_path)
+    if path is not None:
+        return f"file:{path}"
+    if hub_id:
+        return f"hub:{hub_id}"
+    return f"embedded:{info.folder}/{_gz_name(_file_name(info, variant, split))}"
+
+
 def load_rows(
     suite: str,
     split: str = "test",
     data_path: str | os.PathLike | None = None,
     variant: str | None = None,
+    hub_id: str | None = None,
 ) -> tuple[dict[str, Any], ...]:
     """The raw dataset rows of one suite split (cached per process).
 
@@ -195,14 +271,17 @@ def load_rows(
         split: a split of the suite (``SUITES[suite].splits``).
         data_path: a local file, suite folder or data root; tried first.
         variant: hub config (``"main"``; MBPP ``"full"`` or ``"sanitized"``).
+        hub_id: a Hugging Face dataset id to load from when no local file applies (otherwise
+            the shipped data is used).
 
     Raises:
+        ValueError: unknown suite, split or variant.
         FileNotFoundError: ``data_path`` is given but holds no file for this suite/split.
-        RuntimeError: no local file and the hub could not be reached.
+        DataFileError: the file is not valid JSON Lines / JSON, or a row lacks a field.
+        RuntimeError: ``hub_id`` was given and the hub could not be reached.
     """
     info, variant = _info(suite, split, variant)
-    path = _local_file(info, variant, split, data_path)
-    source = str(path) if path is not None else f"hub:{info.hub_id}"
+    source = resolve_source(suite, split, data_path, variant, hub_id)
     return _load_rows_cached(info.name, split, variant, source)
 
 
@@ -212,28 +291,32 @@ def _info(suite: str, split: str, variant: str | None) -> tuple[SuiteInfo, str]:
     info = SUITES[suite]
     variant = variant or info.variants[0]
     if split not in info.splits:
-        raise ValueError(f"{suite} has splits {list(info.splits)}; got {split!r}")
+        raise ValueError(
+            f"{info.env_id} has no split {split!r}; available splits: {', '.join(info.splits)}"
+        )
     if variant not in info.variants:
         raise ValueError(f"{suite} has variants {list(info.variants)}; got {variant!r}")
     return info, variant
 
 
 def _local_file(info: SuiteInfo, variant: str, split: str, data_path: Any) -> Path | None:
-    """The local file for a split, or None to fall through to the hub."""
-    name = info.files.get((variant, split)) or info.files[(variant, "*")]
+    """The local file for a split (``data_path``, then ``MPO_GYM_DATA_DIR``), or None."""
+    name = _file_name(info, variant, split)
+    names = (name, name.removesuffix(".gz") if name.endswith(".gz") else f"{name}.gz")
     roots = [(Path(data_path).expanduser(), True)] if data_path else []
     if os.environ.get(DATA_DIR_ENV):
         roots.append((Path(os.environ[DATA_DIR_ENV]).expanduser(), False))
     for root, strict in roots:
         if root.is_file():
-            return root
-        for candidate in (root / info.folder / name, root / name):
+            return root.resolve()
+        candidates = [d / n for d in (root / info.folder, root) for n in names]
+        for candidate in candidates:
             if candidate.is_file():
-                return candidate
+                return candidate.resolve()
         if strict:
             raise FileNotFoundError(
-                f"data_path={str(root)!r} has no {info.name} file: looked for "
-                f"{root / info.folder / name} and {root / name}"
+                f"data_path={str(root)!r} has no {info.name} {split} file: looked for "
+                + ", ".join(str(c) for c in candidates)
             )
     return None
 
@@ -243,30 +326,139 @@ def _load_rows_cached(
     suite: str, split: str, variant: str, source: str
 ) -> tuple[dict[str, Any], ...]:
     info = SUITES[suite]
-    if source.startswith("hub:"):
-        rows = _load_hub(info, split, variant)
+    kind, _, where = source.partition(":")
+    if kind == "hub":
+        rows = _load_hub(info, split, variant, where)
+        _check_fields(suite, [(i + 1, r) for i, r in enumerate(rows)], f"hub:{where}", "row")
+        return tuple(rows)
+    if kind == "embedded":
+        resource = _embedded(info, variant, split)
+        name = f"{EMBEDDED_PACKAGE}/data/{where} (shipped with the package)"
+        try:
+            raw = resource.read_bytes()
+        except OSError as exc:
+            raise DataFileError(f"{name}: cannot be read ({exc}); reinstall mpo-gym") from exc
     else:
-        from datasets import load_dataset
-
-        rows = load_dataset("json", data_files=source, split="train").to_list()
-        if (variant, "*") in info.files:
-            rows = _filter_task_ids(rows, split)
+        name = where
+        raw = Path(where).read_bytes()
+    records = read_json_records(raw, name)
+    _check_fields(suite, records, name, "line")
+    rows = [r for _, r in records]
+    if (variant, "*") in info.files:
+        rows = _filter_task_ids(rows, split)
     return tuple(rows)
 
 
-def _load_hub(info: SuiteInfo, split: str, variant: str) -> list[dict[str, Any]]:
+def read_json_records(raw: bytes, name: str) -> list[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` pairs of a JSON Lines file or a JSON array (gzip allowed).
+
+    Blank lines are skipped. ``name`` is used in error messages only.
+
+    Raises:
+        DataFileError: bad gzip, not UTF-8, invalid JSON, a record that is not an object, or no
+            records; the message names ``name`` and the line.
+    """
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise DataFileError(f"{name}: not a readable gzip file ({exc})") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad_line = raw.count(b"\n", 0, exc.start) + 1
+        raise DataFileError(f"{name}, line {bad_line}: not UTF-8 text ({exc.reason})") from exc
+    if text.lstrip().startswith("["):
+        records = _json_array_records(text, name)
+    else:
+        records = []
+        for number, line in enumerate(text.split("\n"), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataFileError(
+                    f"{name}, line {number}: invalid JSON ({exc.msg}, column {exc.colno})"
+                ) from None
+            records.append((number, obj))
+    if not records:
+        raise DataFileError(f"{name}: no records (empty file)")
+    for number, obj in records:
+        if not isinstance(obj, dict):
+            raise DataFileError(
+                f"{name}, line {number}: expected a JSON object, got {type(obj).__name__}"
+            )
+    return records
+
+
+def _json_array_records(text: str, name: str) -> list[tuple[int, Any]]:
+    """Items of a top-level JSON array with the line each starts on."""
+    decoder = json.JSONDecoder()
+    out: list[tuple[int, Any]] = []
+    pos = text.index("[") + 1
+    line = 1 + text.count("\n", 0, pos)
+
+    def skip(p: int) -> int:
+        while p < len(text) and text[p] in " \t\r\n":
+            p += 1
+        return p
+
+    def fail(p: int, what: str) -> DataFileError:
+        return DataFileError(f"{name}, line {text.count(chr(10), 0, p) + 1}: invalid JSON ({what})")
+
+    last = pos
+    pos = skip(pos)
+    if pos < len(text) and text[pos] == "]":
+        return out
+    while True:
+        line += text.count("\n", last, pos)
+        try:
+            obj, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            raise fail(exc.pos, exc.msg) from None
+        out.append((line, obj))
+        last, pos = pos, skip(end)
+        if pos < len(text) and text[pos] == ",":
+            pos = skip(pos + 1)
+        elif pos < len(text) and text[pos] == "]":
+            if text[skip(pos + 1) :].strip():
+                raise fail(skip(pos + 1), "extra data after the array")
+            return out
+        else:
+            raise fail(pos, "expected ',' or ']' after an array item")
+
+
+def _check_fields(suite: str, records: list[tuple[int, Any]], name: str, unit: str) -> None:
+    """Every row has the fields the task maker reads (message: file, line, field)."""
+    need = REQUIRED_FIELDS[suite]
+    for number, row in records:
+        missing = [k for k in need if k not in row]
+        if suite == "mbpp" and "text" not in row and "prompt" not in row:
+            missing.append("text")
+        if missing:
+            raise DataFileError(
+                f"{name}, {unit} {number}: missing field {missing[0]!r} "
+                f"(a {suite} row needs {', '.join(need)})"
+            )
+        if suite == "gsm8k" and "####" not in str(row["answer"]):
+            raise DataFileError(f"{name}, {unit} {number}: 'answer' has no '#### N' final line")
+        if suite == "mbpp" and not isinstance(row["task_id"], int):
+            raise DataFileError(f"{name}, {unit} {number}: 'task_id' is not an integer")
+
+
+def _load_hub(info: SuiteInfo, split: str, variant: str, hub_id: str) -> list[dict[str, Any]]:
     from datasets import load_dataset
 
     config = None if variant == "default" else variant
     try:
-        return load_dataset(info.hub_id, config, split=split).to_list()
+        return load_dataset(hub_id, config, split=split).to_list()
     except Exception as exc:  # offline, missing cache, renamed dataset: say what to do
         raise RuntimeError(
-            f"could not load {info.name} ({split}): no local file and the hub dataset "
-            f"{info.hub_id!r} failed ({type(exc).__name__}: {str(exc)[:200]}). Either pass "
-            f"data_path=<file or folder> (env kwarg; --data-dir on the CLI) or set "
-            f"{DATA_DIR_ENV}=<root> with {info.folder}/{info.files.get((variant, split)) or info.files[(variant, '*')]}, "
-            f"or go online so `datasets` can download {info.hub_id!r}."
+            f"could not load {info.name} ({split}) from the hub dataset {hub_id!r} "
+            f"({type(exc).__name__}: {str(exc)[:200]}). Drop hub_id to use the data shipped "
+            f"with the package, or pass data_path=<file or folder> (--data-dir on the CLI), or "
+            f"set {DATA_DIR_ENV}=<root> with {info.folder}/{_file_name(info, variant, split)}."
         ) from exc
 
 
@@ -358,13 +550,13 @@ def load_tasks(
     data_path: str | os.PathLike | None = None,
     variant: str | None = None,
     style: str = "chat",
+    hub_id: str | None = None,
 ) -> tuple[Task, ...]:
     """The suite split as :class:`~mpo_gym.task.Task` objects (cached, see :func:`load_rows`)."""
     if style not in ("chat", "completion"):
         raise ValueError(f"style must be 'chat' or 'completion'; got {style!r}")
     info, variant = _info(suite, split, variant)
-    path = _local_file(info, variant, split, data_path)
-    source = str(path) if path is not None else f"hub:{info.hub_id}"
+    source = resolve_source(suite, split, data_path, variant, hub_id)
     return _load_tasks_cached(info.name, split, variant, source, style)
 
 
@@ -408,9 +600,13 @@ class SuiteEnv(ReasoningEnv):
     """Base of the benchmark envs: a dataset split, a pinned template and a verifier.
 
     Args:
-        split: dataset split (``"test"``; GSM8K and MBPP also ``"train"``).
-        data_path: local file or folder, tried before ``MPO_GYM_DATA_DIR`` and the hub.
+        split: dataset split (``"test"``; GSM8K also ``"train"``; MBPP ``"train"``,
+            ``"validation"``, ``"test"``, ``"prompt"``). A split the suite lacks is a
+            ``ValueError`` naming the available ones.
+        data_path: local file or folder, tried before ``MPO_GYM_DATA_DIR``.
         variant: hub config (MBPP: ``"full"`` or ``"sanitized"``).
+        hub_id: load from this Hugging Face dataset when no local file applies (default: the
+            data shipped with the package).
         style: ``"chat"`` (chat template) or, where supported, ``"completion"`` (raw prompt).
         **kwargs: passed to :class:`~mpo_gym.env.ReasoningEnv` (``tokenizer``, ``block_size``,
             ``max_new_tokens``, ``fewshot``, ...).
@@ -427,20 +623,25 @@ class SuiteEnv(ReasoningEnv):
         data_path: str | None = None,
         variant: str | None = None,
         style: str = "chat",
+        hub_id: str | None = None,
         **kwargs: Any,
     ):
         if style not in self.styles:
             raise ValueError(
                 f"{type(self).__name__} supports style {list(self.styles)}; got {style!r}"
             )
-        tasks = load_tasks(self.suite, split, data_path, variant, style)
-        source = ListTaskSource(tasks, examples=self.examples if style == "chat" else ())
+        source = resolve_source(self.suite, split, data_path, variant, hub_id)
+        tasks = load_tasks(self.suite, split, data_path, variant, style, hub_id)
+        task_source = ListTaskSource(tasks, examples=self.examples if style == "chat" else ())
         kwargs.setdefault("verifier", self.default_verifier)
         kwargs.setdefault("max_prompt_tokens", 2048)
         if style == "completion":
             kwargs["stop"] = tuple(kwargs.get("stop", ())) + COMPLETION_STOP
-        super().__init__(source, **kwargs)
+        super().__init__(task_source, **kwargs)
         self.split, self.data_path, self.variant, self.style = split, data_path, variant, style
+        self.hub_id = hub_id
+        #: where the rows came from: ``"file:<path>"``, ``"hub:<id>"`` or ``"embedded:<file>"``
+        self.data_source = source
         if style == "completion":
             self.verifier = StopTruncatingVerifier(self.verifier, COMPLETION_STOP)
 

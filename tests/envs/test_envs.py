@@ -15,24 +15,10 @@ from mpo_gym import ReasoningEnv, Task
 from mpo_gym.envs import BUILTIN
 from mpo_gym.testing import check_reasoning_env
 
-from ..conftest import SHARED_DATA
-
-SUITES = {
-    "mpo_gym/GSM8K-v0": "gsm8k/test.jsonl",
-    "mpo_gym/MATH500-v0": "math500/test.jsonl",
-    "mpo_gym/HumanEval-v0": "humaneval/HumanEval.jsonl.gz",
-    "mpo_gym/MBPP-v0": "mbpp/mbpp.jsonl",
-}
-
 
 def make_test_env(env_id: str, **kwargs):
-    """Registered env with the char tokenizer (no model needed) and local data for suites."""
+    """Registered env with the char tokenizer (no model needed); suites use the shipped data."""
     kwargs = {"tokenizer": "char", "max_prompt_tokens": 8192, **kwargs}
-    if env_id in SUITES:
-        path = SHARED_DATA / SUITES[env_id]
-        if not path.exists():
-            pytest.skip(f"{path} not found")
-        kwargs["data_path"] = str(path)
     return gym.make(env_id, **kwargs)
 
 

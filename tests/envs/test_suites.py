@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
+import os
 import shutil
+import subprocess
+import sys
+import time
 from collections import Counter
+from importlib.resources import files
 from pathlib import Path
 
 import gymnasium as gym
@@ -16,15 +23,22 @@ from mpo_gym.envs import suites
 from mpo_gym.envs.suites import (
     DATA_DIR_ENV,
     SUITES,
+    DataFileError,
     StopTruncatingVerifier,
     gsm8k_solution,
     load_rows,
     load_tasks,
+    resolve_source,
 )
 from mpo_gym.tokenizers import CharTokenizer
 from mpo_gym.verifiers import Verdict
+from mpo_gym.verifiers.sandbox import probe
 
-from ..conftest import SHARED_DATA
+from ..conftest import REPO, SHARED_DATA
+
+# The code suites' envs build the sandboxed code verifier, which refuses to start without
+# bubblewrap (as in tests/verifiers/test_sandbox.py).
+needs_sandbox = pytest.mark.skipif(not probe().strong, reason="code verifier needs bubblewrap")
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "suites"
 ENV_IDS = {info.env_id: name for name, info in SUITES.items()}
@@ -57,6 +71,23 @@ def mini_root(tmp_path, monkeypatch):
     return mini_data_root(tmp_path)
 
 
+@pytest.fixture
+def no_data_dir(monkeypatch):
+    """No MPO_GYM_DATA_DIR and a hub loader that fails the test if anything calls it."""
+    import datasets
+
+    calls = []
+
+    def no_hub(*args, **kwargs):
+        calls.append(args[:1])
+        raise AssertionError(f"the hub was asked for {args[:1]} although no hub_id was given")
+
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    monkeypatch.setattr(datasets, "load_dataset", no_hub)
+    yield
+    assert not calls, f"the hub was asked for {calls}"
+
+
 @pytest.fixture(scope="module")
 def shared():
     if not (SHARED_DATA / "gsm8k" / "test.jsonl").exists():
@@ -81,11 +112,11 @@ def test_env_var_data_dir(mini_root, monkeypatch):
 
 
 def test_missing_explicit_data_path_is_an_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no gsm8k file"):
+    with pytest.raises(FileNotFoundError, match="no gsm8k test file: looked for .*test.jsonl"):
         load_rows("gsm8k", "test", tmp_path)
 
 
-def test_no_local_data_and_no_hub_names_both_options(monkeypatch):
+def test_unreachable_hub_id_names_the_other_options(monkeypatch, clear_row_cache):
     import datasets
 
     def offline(*args, **kwargs):
@@ -94,13 +125,13 @@ def test_no_local_data_and_no_hub_names_both_options(monkeypatch):
     monkeypatch.delenv(DATA_DIR_ENV, raising=False)
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(RuntimeError) as err:
-        load_rows("humaneval", "test")
+        load_rows("humaneval", "test", hub_id="openai/openai_humaneval")
     message = str(err.value)
-    assert (
-        "data_path" in message and DATA_DIR_ENV in message and "openai/openai_humaneval" in message
-    )
+    assert "openai/openai_humaneval" in message and "shipped" in message
+    assert "data_path" in message and DATA_DIR_ENV in message
 
 
+@needs_sandbox
 def test_loaded_suites_are_cached(mini_root):
     assert load_tasks("mbpp", "test", mini_root) is load_tasks("mbpp", "test", mini_root)
     envs = [
@@ -112,6 +143,10 @@ def test_loaded_suites_are_cached(mini_root):
 def test_bad_split_variant_and_style_are_rejected(mini_root):
     with pytest.raises(ValueError, match="splits"):
         load_tasks("math500", "train", mini_root)
+    with pytest.raises(ValueError, match="has no split 'dev'; available splits: train, test$"):
+        gym.make("mpo_gym/GSM8K-v0", tokenizer="char", split="dev")
+    with pytest.raises(ValueError, match="MATH500-v0 has no split 'train'; available splits: test$"):
+        gym.make("mpo_gym/MATH500-v0", tokenizer="char", split="train")
     with pytest.raises(ValueError, match="variants"):
         load_tasks("mbpp", "test", mini_root, variant="plus")
     with pytest.raises(ValueError, match="style"):
@@ -178,6 +213,7 @@ def test_humaneval_chat_and_completion_styles(mini_root):
     }
 
 
+@needs_sandbox
 def test_completion_style_bypasses_chat_rendering(mini_root):
     env = gym.make(
         "mpo_gym/HumanEval-v0", tokenizer="char", data_path=str(mini_root), style="completion"
@@ -229,7 +265,17 @@ def _step_gold(env, index: int, text: str) -> dict:
     raise AssertionError("episode did not end")
 
 
-@pytest.mark.parametrize("env_id", sorted(ENV_IDS))
+def _code_suite(env_id: str) -> bool:
+    return SUITES[ENV_IDS[env_id]].name in ("humaneval", "mbpp")
+
+
+SUITE_PARAMS = [
+    pytest.param(env_id, marks=[needs_sandbox] if _code_suite(env_id) else [])
+    for env_id in sorted(ENV_IDS)
+]
+
+
+@pytest.mark.parametrize("env_id", SUITE_PARAMS)
 def test_gold_episodes_on_fixture_data(env_id, mini_root):
     env = gym.make(
         env_id, tokenizer="char", data_path=str(mini_root), max_new_tokens=2048, block_size=16
@@ -240,6 +286,7 @@ def test_gold_episodes_on_fixture_data(env_id, mini_root):
         assert info["reward"] == 1.0
 
 
+@needs_sandbox
 def test_humaneval_completion_episode_stops_and_verifies(mini_root):
     env = gym.make(
         "mpo_gym/HumanEval-v0",
@@ -257,7 +304,7 @@ def _ascii(text: str) -> bool:
     return all(ord(c) < 128 for c in text)
 
 
-@pytest.mark.parametrize("env_id", sorted(ENV_IDS))
+@pytest.mark.parametrize("env_id", SUITE_PARAMS)
 def test_gold_episodes_on_shared_data(env_id, shared):
     """A few real rows (ASCII-only, so the char tokenizer keeps them) stepped through the env."""
     env = gym.make(
@@ -275,12 +322,14 @@ def test_gold_episodes_on_shared_data(env_id, shared):
 
 
 def gold_failures(
-    suite: str, root: Path, every: int = 1, style: str = "chat"
+    suite: str, root: Path | None = None, every: int = 1, style: str = "chat"
 ) -> tuple[int, dict[str, str]]:
-    """Verify every ``every``-th task's own solution (and, for math, its boxed reference)."""
-    env = gym.make(
-        SUITES[suite].env_id, tokenizer="char", data_path=str(root), style=style
-    ).unwrapped
+    """Verify every ``every``-th task's own solution (and, for math, its boxed reference).
+
+    ``root=None``: the data shipped with the package.
+    """
+    data = {"data_path": str(root)} if root is not None else {}
+    env = gym.make(SUITES[suite].env_id, tokenizer="char", style=style, **data).unwrapped
     tasks = list(env.tasks)[::every]
     responses = [t.solution for t in tasks]
     references = [t.reference for t in tasks]
@@ -306,20 +355,28 @@ def _assert_gold(suite, root, every, style="chat"):
 
 
 @pytest.mark.parametrize(
-    "suite", ["gsm8k", "math500", "humaneval", pytest.param("mbpp", marks=pytest.mark.slow)]
+    "suite",
+    [
+        "gsm8k",
+        "math500",
+        pytest.param("humaneval", marks=needs_sandbox),
+        pytest.param("mbpp", marks=[pytest.mark.slow, needs_sandbox]),
+    ],
 )
-def test_gold_self_check_full_file(suite, shared):
-    """Every reference of the test split verifies through the env's verifier (MBPP ~30 s: slow)."""
-    _assert_gold(suite, shared, 1)
+def test_gold_self_check_full_file(suite, no_data_dir):
+    """Every shipped test reference verifies through the env's verifier (MBPP ~30 s: slow)."""
+    _assert_gold(suite, None, 1)
 
 
-def test_gold_self_check_mbpp_sampled(shared):
-    _assert_gold("mbpp", shared, 10)
+@needs_sandbox
+def test_gold_self_check_mbpp_sampled(no_data_dir):
+    _assert_gold("mbpp", None, 10)
 
 
 @pytest.mark.slow
-def test_gold_self_check_humaneval_completion_style(shared):
-    _assert_gold("humaneval", shared, 1, style="completion")
+@needs_sandbox
+def test_gold_self_check_humaneval_completion_style(no_data_dir):
+    _assert_gold("humaneval", None, 1, style="completion")
 
 
 def test_shared_file_row_counts(shared):
@@ -357,3 +414,267 @@ def test_procedural_splits_make_and_report_their_split(env_id):
     for split in available_splits(env_id):
         env = gym.make(env_id, tokenizer="char", split=split)
         assert env.unwrapped.tasks.split == split
+
+
+# ---------------------------------------------------------------------------- shipped data
+SPLIT_SIZES = {
+    ("mpo_gym/GSM8K-v0", "train"): 7473,
+    ("mpo_gym/GSM8K-v0", "test"): 1319,
+    ("mpo_gym/MATH500-v0", "test"): 500,
+    ("mpo_gym/HumanEval-v0", "test"): 164,
+    ("mpo_gym/MBPP-v0", "train"): 374,
+    ("mpo_gym/MBPP-v0", "validation"): 90,
+    ("mpo_gym/MBPP-v0", "test"): 500,
+    ("mpo_gym/MBPP-v0", "prompt"): 10,
+}
+
+# sha256 of the upstream files (from their PROVENANCE notes). The shipped .gz files must
+# decompress to exactly these bytes; HumanEval is gzip upstream and is shipped byte for byte.
+UPSTREAM_SHA256 = {
+    "gsm8k/train.jsonl.gz": "17f347dc51477c50d4efb83959dbb7c56297aba886e5544ee2aaed3024813465",
+    "gsm8k/test.jsonl.gz": "3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14",
+    "math500/test.jsonl.gz": "35dc41080a3680858b27fa7e0533d2d547825316fc5dafe5d316f4ccc5a06132",
+    "humaneval/HumanEval.jsonl.gz": "b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef",
+    "mbpp/mbpp.jsonl.gz": "ccf64ceae9c5403bf50a044cb6d505bfd2a2963ee58338ba268fd65beab92a9f",
+    "mbpp/sanitized-mbpp.json.gz": "7fec016546acaee11dbe14f9f0bb670e59f41919f7b522a59fba34871da78551",
+}
+
+
+def _data_dir():
+    return files("mpo_gym.envs").joinpath("data")
+
+
+def test_every_suite_split_matches_available_splits():
+    from mpo_gym.envs import available_splits
+
+    assert {(env_id, s) for env_id in ENV_IDS for s in available_splits(env_id)} == set(
+        SPLIT_SIZES
+    )
+
+
+@pytest.mark.parametrize("env_id, split", sorted(SPLIT_SIZES))
+def test_split_sizes_offline_from_shipped_data(env_id, split, no_data_dir):
+    # "exact" keeps the code suites from needing the sandbox: this test is about the data
+    env = gym.make(env_id, split=split, tokenizer="char", verifier="exact").unwrapped
+    assert len(env.tasks) == SPLIT_SIZES[(env_id, split)]
+    assert env.split == split
+    assert env.data_source.startswith("embedded:")
+    ids = [t.id for t in env.tasks]
+    assert len(set(ids)) == len(ids)
+
+
+def test_train_and_test_tasks_are_distinct(no_data_dir):
+    for suite in ("gsm8k", "mbpp"):
+        train, test = load_tasks(suite, "train"), load_tasks(suite, "test")
+        assert not {t.id for t in train} & {t.id for t in test}
+        assert not {t.prompt for t in train} & {t.prompt for t in test}
+    assert load_tasks("gsm8k", "train")[0].id == "gsm8k/train/0"
+    mbpp_ids = [int(t.id.split("/")[1]) for t in load_tasks("mbpp", "train")]
+    assert (min(mbpp_ids), max(mbpp_ids)) == (601, 974)
+
+
+def test_offline_load_in_a_fresh_process_never_touches_the_hub(tmp_path):
+    """No data dir, no ../shared beside the working folder, hub offline: fast, no `datasets`."""
+    code = (
+        "import sys, time\n"
+        "t = time.perf_counter()\n"
+        "import gymnasium as gym, mpo_gym\n"
+        "env = gym.make('mpo_gym/GSM8K-v0', split='train', tokenizer='char')\n"
+        "n = len(env.unwrapped.tasks)\n"
+        "sizes = [len(gym.make(i, tokenizer='char', verifier='exact').unwrapped.tasks)\n"
+        "         for i in ('mpo_gym/GSM8K-v0', 'mpo_gym/MATH500-v0', 'mpo_gym/HumanEval-v0',\n"
+        "                   'mpo_gym/MBPP-v0')]\n"
+        "print(n, sizes, 'datasets' in sys.modules, round(time.perf_counter() - t, 2))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != DATA_DIR_ENV}
+    env |= {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    start = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    wall = time.perf_counter() - start
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("7473 [1319, 500, 164, 500] False ")
+    # a hub round-trip costs ~25 s of retries offline; the shipped data loads in well under 1 s
+    # (the rest is interpreter and import start-up on a shared 2-core machine)
+    assert wall < 20, f"offline load took {wall:.1f} s"
+
+
+@pytest.fixture
+def clear_row_cache():
+    """Drop cached rows afterwards (a faked hub's rows must not serve later tests)."""
+    yield
+    suites._load_rows_cached.cache_clear()
+    suites._load_tasks_cached.cache_clear()
+
+
+def test_override_order_data_path_then_env_then_hub_then_shipped(
+    tmp_path, monkeypatch, clear_row_cache
+):
+    import datasets
+
+    calls = []
+
+    def fake_hub(hub_id, config=None, split=None):
+        calls.append((hub_id, config, split))
+
+        class Rows:
+            def to_list(self):
+                return [{"question": "hub q", "answer": "x\n#### 7"}]
+
+        return Rows()
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_hub)
+    explicit, env_root = tmp_path / "explicit", tmp_path / "env"
+    for root, n in ((explicit, 2), (env_root, 1)):
+        (root / "gsm8k").mkdir(parents=True)
+        rows = [{"question": f"{root.name} {i}", "answer": f"#### {i}"} for i in range(n)]
+        (root / "gsm8k" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setenv(DATA_DIR_ENV, str(env_root))
+
+    def make(**kw):
+        return gym.make("mpo_gym/GSM8K-v0", tokenizer="char", **kw).unwrapped
+
+    both = make(data_path=str(explicit), hub_id="openai/gsm8k")
+    assert len(both.tasks) == 2 and both.data_source.startswith("file:")
+    assert Path(both.data_source[5:]) == (explicit / "gsm8k" / "test.jsonl").resolve()
+    env_over_hub = make(hub_id="openai/gsm8k")
+    assert len(env_over_hub.tasks) == 1
+    assert env_over_hub.tasks[0].metadata["question"] == "env 0" and not calls
+    # MPO_GYM_DATA_DIR without this suite's file falls through: to the hub when asked ...
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "empty"))
+    hub = make(hub_id="openai/gsm8k")
+    assert hub.data_source == "hub:openai/gsm8k" and len(hub.tasks) == 1
+    assert calls == [("openai/gsm8k", "main", "test")]
+    # ... else to the shipped data, without asking the hub
+    shipped = make()
+    assert shipped.data_source == "embedded:gsm8k/test.jsonl.gz" and len(shipped.tasks) == 1319
+    assert len(calls) == 1
+    monkeypatch.delenv(DATA_DIR_ENV)
+    assert resolve_source("gsm8k", "train") == "embedded:gsm8k/train.jsonl.gz"
+    assert resolve_source("mbpp", "prompt", variant="sanitized") == (
+        "embedded:mbpp/sanitized-mbpp.json.gz"
+    )
+
+
+def test_local_root_may_hold_gzip_copies_of_the_files(tmp_path, monkeypatch):
+    """A copy of the shipped data folder works as MPO_GYM_DATA_DIR (names with .gz)."""
+    root = tmp_path / "copy"
+    (root / "math500").mkdir(parents=True)
+    shipped = _data_dir().joinpath("math500").joinpath("test.jsonl.gz").read_bytes()
+    (root / "math500" / "test.jsonl.gz").write_bytes(shipped)
+    monkeypatch.setenv(DATA_DIR_ENV, str(root))
+    assert resolve_source("math500") == f"file:{(root / 'math500' / 'test.jsonl.gz').resolve()}"
+    assert len(load_rows("math500")) == 500
+
+
+GOOD = '{"question": "q", "answer": "a\\n#### 1"}\n'
+
+
+@pytest.mark.parametrize(
+    "content, where, what",
+    [
+        (GOOD + GOOD + '{"question": "q", "answer": \n', "line 3", "invalid JSON"),
+        (GOOD + "\n" + GOOD + "[1, 2]\n", "line 4", "expected a JSON object, got list"),
+        (GOOD + '{"question": "q"}\n', "line 2", "missing field 'answer'"),
+        (GOOD + '{"question": "q", "answer": "no final line"}\n', "line 2", "'#### N'"),
+        ('[\n  {"question": "q", "answer": "#### 1"},\n  {"question": "q"}\n]\n', "line 3",
+         "missing field 'answer'"),
+        ('[\n  {"question": "q", "answer": "#### 1"},\n  {"question": \n]\n', "line 4",
+         "invalid JSON"),
+        (GOOD.encode() + b'{"question": "\xff"}\n', "line 2", "not UTF-8"),
+        ("", "", "no records"),
+    ],
+)  # fmt: skip
+def test_malformed_file_error_names_file_and_line(tmp_path, content, where, what):
+    path = tmp_path / "gsm8k" / "test.jsonl"
+    path.parent.mkdir()
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    with pytest.raises(DataFileError) as err:
+        gym.make("mpo_gym/GSM8K-v0", tokenizer="char", data_path=str(tmp_path))
+    message = str(err.value)
+    assert message.startswith(f"{path.resolve()}, {where}" if where else f"{path.resolve()}:")
+    assert what in message and "position" not in message
+
+
+def test_malformed_gzip_file_is_named(tmp_path):
+    path = tmp_path / "HumanEval.jsonl.gz"
+    path.write_bytes(gzip.compress(GOOD.encode())[:20])
+    with pytest.raises(DataFileError, match=f"{path.name}: not a readable gzip file"):
+        load_rows("humaneval", "test", path)
+    path.write_bytes(gzip.compress(b'{"task_id": "HumanEval/0"}\n{"oops"\n'))
+    with pytest.raises(DataFileError, match=f"{path.name}, line 2: invalid JSON"):
+        load_rows("humaneval", "test", path)
+    path.write_bytes(gzip.compress(b'{"task_id": "HumanEval/0"}\n'))
+    with pytest.raises(DataFileError, match=f"{path.name}, line 1: missing field 'prompt'"):
+        load_rows("humaneval", "test", path)
+
+
+def test_shipped_files_licences_and_provenance():
+    data = _data_dir()
+    for rel, upstream in UPSTREAM_SHA256.items():
+        folder, name = rel.split("/")
+        shipped = data.joinpath(folder).joinpath(name).read_bytes()
+        same = shipped if folder == "humaneval" else gzip.decompress(shipped)
+        assert hashlib.sha256(same).hexdigest() == upstream, rel
+        provenance = data.joinpath(folder).joinpath("PROVENANCE.md").read_text()
+        assert hashlib.sha256(shipped).hexdigest() in provenance, rel
+        assert upstream in provenance and "commit" in provenance, rel
+        assert data.joinpath(folder).joinpath("LICENSE").read_text().strip(), rel
+    mbpp_licence = data.joinpath("mbpp").joinpath("LICENSE").read_text()
+    assert "CC BY 4.0" in mbpp_licence and "Austin" in mbpp_licence
+
+
+def test_pyproject_package_data_covers_every_shipped_file():
+    """What setuptools puts in the wheel: the package-data globs must match every data file."""
+    import fnmatch
+    import re
+
+    # (tomllib is 3.11+; the one line is read directly)
+    text = (REPO / "pyproject.toml").read_text()
+    section = text.split("[tool.setuptools.package-data]", 1)[1].split("\n[", 1)[0]
+    line = re.search(r'^"mpo_gym\.envs"\s*=\s*(\[.*\])\s*$', section, re.M)
+    assert line, "no package-data entry for mpo_gym.envs"
+    globs = json.loads(line.group(1))
+    envs_dir = REPO / "envs"
+    shipped = sorted(p.relative_to(envs_dir).as_posix() for p in (envs_dir / "data").rglob("*")
+                     if p.is_file())  # fmt: skip
+    assert len(shipped) == 14
+    unmatched = [f for f in shipped if not any(fnmatch.fnmatch(f, g) and
+                 f.count("/") == g.count("/") for g in globs)]  # fmt: skip
+    assert not unmatched
+
+
+@pytest.mark.slow
+def test_wheel_contains_the_data_and_stays_small(tmp_path):
+    """Build the wheel from a copy of the tree (pip's build isolation fetches setuptools)."""
+    import zipfile
+
+    tree = tmp_path / "tree"
+    skip = shutil.ignore_patterns(".venv", "build", "*.egg-info", "runs", "__pycache__", ".*")
+    shutil.copytree(REPO, tree, ignore=skip)
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "w"),
+         str(tree)], capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    (wheel,) = (tmp_path / "w").glob("mpo_gym-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for rel in UPSTREAM_SHA256:
+        folder = rel.split("/")[0]
+        assert {f"mpo_gym/envs/data/{rel}", f"mpo_gym/envs/data/{folder}/LICENSE",
+                f"mpo_gym/envs/data/{folder}/PROVENANCE.md"} <= names  # fmt: skip
+    assert wheel.stat().st_size < 3_000_000, wheel.stat().st_size
+
+
+def test_shipped_rows_equal_the_shared_files(shared, no_data_dir):
+    for name, info in SUITES.items():
+        for split in info.splits:
+            assert load_rows(name, split) == load_rows(name, split, shared), (name, split)
+    assert load_rows("mbpp", "test", variant="sanitized") == load_rows(
+        "mbpp", "test", shared, variant="sanitized"
+    )
