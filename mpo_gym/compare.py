@@ -138,6 +138,17 @@ PRESETS: dict[str, dict[str, Any]] = {
 # Equal wall-clock with TRL's GRPOTrainer reference run (12 min per run), three seeds: ~2 h.
 PRESETS["trl-parity"] = {**PRESETS["quickstart"], "seeds": (0, 1, 2), "budget_s": 720.0}
 
+# Where ratios matter: 2 epochs of 4 mini-batches per rollout batch (8 optimizer steps, 7 of them
+# off-policy), so token (PPO, GRPO), window (MPO) and sequence (GSPO, GMPO) ratios move apart and
+# the report's diagnostics table (the MPO paper's Fig. 4 numbers) tells them apart. Each agent
+# keeps its own paper's clip range (GSPO 3e-4/4e-4, GMPO e^±0.4 per token).
+PRESETS["offpolicy"] = {
+    **PRESETS["quickstart"],
+    "agents": ("ppo", "mpo", "grpo", "gspo", "gmpo"),
+    "common_kwargs": {**_CPU_COMMON, "minibatch_size": 4, "micro_batch_size": 4, "ppo_epochs": 2},
+    "agent_kwargs": {**_CPU_AGENTS, "gspo": {"group_size": 4}, "gmpo": {"group_size": 4}},
+}
+
 
 def _run_one(cfg_json: str, result_path: str) -> None:
     """Child process: train one run and write its summary (with peak RSS) as JSON."""

@@ -19,6 +19,16 @@ MPO_DIAGNOSTICS = (
     "mpo/clip_disagreement",
 )
 
+# The MPO paper's Fig. 4 diagnostics for each kind of ratio, as the metric names that give them:
+# (the clip fraction the loss applied, Var of the agent's ratio, Var of the token ratio, the clip
+# fraction of the token ratio at the agent's range, and how often the two clip decisions differ).
+RATIO_DIAGNOSTICS = {
+    "window (MPO)": ("mpo/clipfrac_united", "mpo/ratio_var_united", "mpo/ratio_var_token", "mpo/clipfrac_token", "mpo/clip_disagreement"),
+    "sequence (GSPO)": ("losses/clipfrac", "gspo/ratio_var_seq", "gspo/ratio_var_token", "gspo/clipfrac_token", "gspo/clip_disagreement"),
+    "sequence (GMPO)": ("losses/clipfrac", "gmpo/ratio_var_seq", "gmpo/ratio_var_token", "gmpo/clipfrac_token", "gmpo/clip_disagreement"),
+    "token": ("losses/clipfrac", "losses/ratio_var", "losses/ratio_var", "losses/clipfrac", ""),
+}
+
 
 def wilson_interval(successes: float, n: float, z: float = 1.96) -> tuple[float, float]:
     """95% Wilson score interval of a binomial proportion."""
@@ -71,7 +81,7 @@ def write_report(cfg: Any, out: Path, summaries: dict[tuple[str, int], dict[str,
             _verdict(cfg, summaries, before),
             "",
             *_held_out_curve(cfg, summaries, runs, before),
-            "## MPO diagnostics (mean over updates)",
+            "## MPO diagnostics: token, window and sequence ratios (mean over optimizer steps)",
             "",
             *_diagnostics_table(cfg, runs),
             "",
@@ -182,15 +192,30 @@ def _held_out_curve(cfg: Any, summaries: dict[tuple[str, int], dict[str, Any]],
 
 
 def _diagnostics_table(cfg: Any, runs: dict[tuple[str, int], list[dict[str, Any]]]) -> list[str]:
-    rows = ["| agent | seed | " + " | ".join(k.split("/")[1] for k in MPO_DIAGNOSTICS) + " |", "|---|---|" + "---|" * len(MPO_DIAGNOSTICS)]
-    found = False
+    """The MPO paper's Fig. 4 numbers (clip fraction, ratio variance) per run, by kind of ratio."""
+    rows = ["| agent | seed | ratio | clip range | clipfrac (applied) | Var(ratio) | Var(token ratio) | "
+            "token clipfrac at that range | clip disagreement |", "|---|---|---|---|---|---|---|---|---|"]
     for (agent, seed), history in runs.items():
-        if not any(MPO_DIAGNOSTICS[0] in r for r in history):
+        kind = next((k for k, names in RATIO_DIAGNOSTICS.items() if any(names[1] in r for r in history)), None)
+        if kind is None:
             continue
-        found = True
-        means = [np.mean([r[k] for r in history if k in r]) for k in MPO_DIAGNOSTICS]
-        rows.append(f"| {agent} | {seed} | " + " | ".join(f"{m:.4f}" for m in means) + " |")
-    return rows if found else ["No MPO run in this comparison."]
+        cells = [f"{np.mean([r[k] for r in history if k in r]):.4g}" if k else "(same)" for k in RATIO_DIAGNOSTICS[kind]]
+        rows.append(f"| {agent} | {seed} | {kind} | {_clip_range(cfg, agent, seed, kind)} | " + " | ".join(cells) + " |")
+    if len(rows) == 2:
+        return ["No run logged ratio diagnostics."]
+    return rows + ["", "Var(ratio) is over tokens for token and window ratios and over responses for sequence ratios;",
+                   "clipfrac is the fraction of tokens whose gradient the clip dropped. With one on-policy",
+                   "mini-batch per rollout every ratio is 1: the columns differ only with off-policy steps."]
+
+
+def _clip_range(cfg: Any, agent: str, seed: int, kind: str) -> str:
+    agent_cfg = cfg.run_config(agent, seed).agent_config()
+    low, high = getattr(agent_cfg, "clip_low", None), getattr(agent_cfg, "clip_high", None)
+    if low is None or high is None:
+        return ""
+    if kind == "sequence (GMPO)":
+        return f"log r in [-{low:g}, {high:g}] per token"
+    return f"[{1 - low:g}, {1 + high:g}]"
 
 
 def _cost_table(cfg: Any, summaries: dict[tuple[str, int], dict[str, Any]], runs: dict[tuple[str, int], list[dict[str, Any]]]) -> list[str]:

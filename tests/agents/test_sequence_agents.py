@@ -202,4 +202,23 @@ def test_compare_with_the_tiny_preset(tmp_path):
     for row in rows:
         assert np.isfinite(row["losses/policy"]) and f"{row['agent']}/ratio_var_seq" in row
     report = (out / "report.md").read_text()
-    assert "| gspo | 0 |" in report and "| gmpo | 0 |" in report
+    assert "| gspo | 0 | sequence (GSPO) | [0.9997, 1.0004] |" in report
+    assert "| gmpo | 0 | sequence (GMPO) | log r in [-0.4, 0.4] per token |" in report
+
+
+def test_report_diagnostics_table_by_kind_of_ratio(tmp_path):
+    """One row per run: the Fig. 4 numbers of its own ratio next to the token ratio's."""
+    from mpo_gym.compare import PRESETS, CompareConfig
+    from mpo_gym.report import _diagnostics_table
+
+    cfg = CompareConfig(**{**PRESETS["offpolicy"], "out_dir": str(tmp_path)})
+    token = [{"losses/clipfrac": c, "losses/ratio_var": v} for c, v in ((0.1, 0.02), (0.3, 0.04))]
+    seq = [{"losses/clipfrac": 0.5, "losses/ratio_var": 9.0, "gspo/ratio_var_seq": 0.001, "gspo/ratio_var_token": 0.03,
+            "gspo/clipfrac_token": 0.7, "gspo/clip_disagreement": 0.2}]
+    window = [{"mpo/clipfrac_united": 0.05, "mpo/ratio_var_united": 0.01, "mpo/ratio_var_token": 0.02,
+               "mpo/clipfrac_token": 0.08, "mpo/clip_disagreement": 0.03, "losses/ratio_var": 0.01}]
+    rows = _diagnostics_table(cfg, {("ppo", 0): token, ("gspo", 0): seq, ("mpo", 0): window, ("grpo", 0): []})
+    assert "| ppo | 0 | token | [0.8, 1.2] | 0.2 | 0.03 | 0.03 | 0.2 | (same) |" in rows
+    assert "| gspo | 0 | sequence (GSPO) | [0.9997, 1.0004] | 0.5 | 0.001 | 0.03 | 0.7 | 0.2 |" in rows
+    assert "| mpo | 0 | window (MPO) | [0.8, 1.2] | 0.05 | 0.01 | 0.02 | 0.08 | 0.03 |" in rows
+    assert not any(r.startswith("| grpo") for r in rows)  # nothing logged
