@@ -17,6 +17,7 @@ __all__ = [
     "ReasoningEnv",
     "ReasoningGymEnv",
     "available_splits",
+    "check_data",
     "list_envs",
     "register_builtin",
 ]
@@ -137,6 +138,13 @@ def available_splits(env_id: str) -> tuple[str, ...] | None:
         if info.env_id == env_id:
             return info.splits
     return None
+
+
+def check_data(env_id: str, split: str = "test", **kwargs: Any) -> int | None:
+    """Load a suite split before anything heavy; see :func:`mpo_gym.envs.suites.check_data`."""
+    from .suites import check_data as check
+
+    return check(env_id, split, **kwargs)
 
 
 def _describe(spec: Any) -> str:

@@ -123,6 +123,7 @@ __all__ = [
     "MBPPEnv",
     "SuiteEnv",
     "SuiteInfo",
+    "check_data",
     "load_rows",
     "load_tasks",
     "read_json_records",
@@ -558,6 +559,26 @@ def load_tasks(
     info, variant = _info(suite, split, variant)
     source = resolve_source(suite, split, data_path, variant, hub_id)
     return _load_tasks_cached(info.name, split, variant, source, style)
+
+
+def check_data(
+    env_id: str,
+    split: str = "test",
+    data_path: str | os.PathLike | None = None,
+    variant: str | None = None,
+    hub_id: str | None = None,
+) -> int | None:
+    """Load the tasks a suite env id would serve and return their number (None: not a suite).
+
+    For command lines, to fail before a model is loaded: it raises what ``gym.make`` would
+    (``ValueError`` for a split the suite lacks, ``FileNotFoundError``, :class:`DataFileError`
+    naming file and line, ``RuntimeError`` for an unreachable ``hub_id``). The shipped data
+    loads in well under a second and is cached, so the env made afterwards reuses it.
+    """
+    suite = next((name for name, info in SUITES.items() if info.env_id == env_id), None)
+    if suite is None:
+        return None
+    return len(load_tasks(suite, split, data_path, variant, "chat", hub_id))
 
 
 @functools.lru_cache(maxsize=32)

@@ -678,3 +678,17 @@ def test_shipped_rows_equal_the_shared_files(shared, no_data_dir):
     assert load_rows("mbpp", "test", variant="sanitized") == load_rows(
         "mbpp", "test", shared, variant="sanitized"
     )
+
+
+def test_check_data_fails_like_gym_make_without_making_an_env(tmp_path, no_data_dir):
+    from mpo_gym.envs import check_data
+
+    assert check_data("mpo_gym/GSM8K-v0", "train") == 7473
+    assert check_data("mpo_gym/MBPP-v0", "validation") == 90
+    assert check_data("mpo_gym/Toy-v0", "train") is None
+    with pytest.raises(ValueError, match="available splits: test$"):
+        check_data("mpo_gym/HumanEval-v0", "train")
+    (tmp_path / "gsm8k").mkdir()
+    (tmp_path / "gsm8k" / "test.jsonl").write_text(GOOD + "{\n")
+    with pytest.raises(DataFileError, match=r"test\.jsonl, line 2: invalid JSON"):
+        check_data("mpo_gym/GSM8K-v0", data_path=str(tmp_path))
