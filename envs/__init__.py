@@ -121,10 +121,13 @@ def available_splits(env_id: str) -> tuple[str, ...] | None:
       ``("train", "validation", "test", "prompt")``; ``mpo_gym/MATH500-v0`` and
       ``mpo_gym/HumanEval-v0`` -> ``("test",)`` (no train split: training on them uses test
       tasks).
-    - Procedural envs (Arithmetic, LinearEquation, CodeFunctions, ReasoningGym) ->
-      ``("train", "test")``, seeded streams with disjoint prompts. ``mpo_gym/Toy-v0`` also
-      gives ``("train", "test")`` but its space is four prompts, so the two share them (it is a
-      learning smoke test, not a benchmark).
+    - Procedural envs (Arithmetic, LinearEquation, CodeFunctions) -> ``("train", "test")``,
+      seeded streams whose train prompts never appear in test. ``mpo_gym/ReasoningGym-v0``
+      -> ``("train", "test")``: two seeds of reasoning-gym's generator, independent draws that
+      are not checked for overlap. ``mpo_gym/Toy-v0`` -> ``("train", "test")`` but its space
+      is four prompts, so the two share them (a learning smoke test, not a benchmark).
+
+    Every built-in env records the split it serves as ``env.unwrapped.split``.
     - Anything else (a user's env, an unknown id) -> None: the caller cannot tell.
 
     A split name is a promise about the data, not only a string the env accepts: ``"train"``

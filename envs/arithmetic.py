@@ -97,3 +97,4 @@ class ArithmeticEnv(ReasoningEnv):
     ):
         tasks = make_arithmetic_tasks(digits, terms, ops, fractions, split=split, seed=seed, test_size=test_size)
         super().__init__(tasks, verifier=verifier, **kwargs)
+        self.split = split  # the split served (trainers check it)

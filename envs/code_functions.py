@@ -122,3 +122,4 @@ class CodeFunctionsEnv(ReasoningEnv):
         kwargs.setdefault("max_new_tokens", 128)
         tasks = make_code_tasks(families, n_tests, split=split, seed=seed, test_size=test_size)
         super().__init__(tasks, verifier=verifier, **kwargs)
+        self.split = split  # the split served (trainers check it)

@@ -83,3 +83,4 @@ class LinearEquationEnv(ReasoningEnv):
     ):
         tasks = make_linear_tasks(max_coef, both_sides, integer_answers, split=split, seed=seed, test_size=test_size)
         super().__init__(tasks, verifier=verifier, **kwargs)
+        self.split = split  # the split served (trainers check it)

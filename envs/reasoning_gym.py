@@ -145,3 +145,4 @@ class ReasoningGymEnv(ReasoningEnv):
         tasks = ReasoningGymTasks(dataset, size, seed + (split == "test"), config)
         kwargs.setdefault("verifier", "reasoning-gym")
         super().__init__(tasks, **kwargs)
+        self.split = split  # the split served (trainers check it)

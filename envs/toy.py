@@ -61,3 +61,4 @@ class ToyEnv(ReasoningEnv):
         kwargs.setdefault("block_size", 4)
         kwargs.setdefault("max_prompt_tokens", 64)
         super().__init__(make_toy_tasks(letters, split=split, seed=seed), verifier="repeat-letter", **kwargs)
+        self.split = split  # the split served (trainers check it)

@@ -407,13 +407,17 @@ def test_available_splits_of_builtin_ids():
     assert all(available_splits(env_id) for env_id in BUILTIN)
 
 
-@pytest.mark.parametrize("env_id", ["mpo_gym/Arithmetic-v0", "mpo_gym/Toy-v0"])
+@pytest.mark.parametrize(
+    "env_id", ["mpo_gym/Arithmetic-v0", "mpo_gym/LinearEquation-v0", "mpo_gym/Toy-v0",
+               "mpo_gym/CodeFunctions-v0"],
+)  # fmt: skip
 def test_procedural_splits_make_and_report_their_split(env_id):
     from mpo_gym.envs import available_splits
 
     for split in available_splits(env_id):
-        env = gym.make(env_id, tokenizer="char", split=split)
-        assert env.unwrapped.tasks.split == split
+        extra = {"verifier": "exact"} if "Code" in env_id else {}  # no sandbox needed here
+        env = gym.make(env_id, tokenizer="char", split=split, **extra).unwrapped
+        assert env.split == env.tasks.split == split
 
 
 # ---------------------------------------------------------------------------- shipped data
