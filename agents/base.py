@@ -317,6 +317,11 @@ class BaseAgent:
         if self.config.max_grad_norm > 0:
             norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
             logs["losses/grad_norm"] = float(norm)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        if not torch.isfinite(norm):  # a finite loss can still have inf/nan gradients
+            self.optimizer.zero_grad(set_to_none=True)
+            raise FloatingPointError(f"non-finite gradient norm {float(norm)} ({self.name}); optimizer step skipped")
         self.optimizer.step()
         return logs
 

@@ -1,16 +1,28 @@
-"""The ``mpo-gym`` command line: list, check, train, eval, compare, audit-math."""
+"""The ``mpo-gym`` command line: list, check, train, eval, compare, export, env, audit-math.
+
+User errors (:class:`~mpo_gym.errors.MpoGymError`) print a short message and exit with code 2
+(a run stopped by SIGINT/SIGTERM: 130/143) without a traceback; ``--debug`` anywhere on the
+command line, or ``MPO_GYM_DEBUG=1``, shows the traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any
+
+from .errors import DEBUG_ENV, MpoGymError
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
     from .envs import list_envs
+    from .plugins import import_modules, load_entry_points
 
+    import_modules(args.imports)
+    load_entry_points()
     envs = list_envs()
     width = max(len(k) for k in envs)
     for env_id, description in envs.items():
@@ -22,10 +34,16 @@ def _cmd_check(args: argparse.Namespace) -> int:
     import gymnasium as gym
     import numpy as np
 
+    from .plugins import check_env_id, import_modules
     from .testing import check_reasoning_env
 
+    import_modules(args.imports)
+    check_env_id(args.env_id, flag="env id")
     kwargs = {} if args.tokenizer is None else {"tokenizer": args.tokenizer}
-    env = gym.make(args.env_id, **kwargs)
+    try:
+        env = gym.make(args.env_id, **kwargs)
+    except (TypeError, ValueError, FileNotFoundError, OSError) as exc:
+        raise MpoGymError(f"could not make {args.env_id}: {type(exc).__name__}: {exc}") from exc
     check_reasoning_env(env, seed=args.seed)
     print(f"{args.env_id}: check_env and check_reasoning_env passed")
     obs, info = env.reset(seed=args.seed)
@@ -43,41 +61,63 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_env(args: argparse.Namespace) -> int:
+    from .envinfo import environment_report
+
+    print(environment_report())
+    return 0
+
+
 _OPTIONAL = {
     "train": ("mpo_gym.trainer", "train one agent on one env"),
     "eval": ("mpo_gym.evaluation", "evaluate models on GSM8K, MATH-500, HumanEval, MBPP"),
     "compare": ("mpo_gym.compare", "train several agents side by side and report"),
+    "export": ("mpo_gym.export", "write a run's policy as a Hugging Face model folder"),
     "audit-math": ("mpo_gym.verifiers.math_audit", "compare math verdicts with math-verify"),
 }
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+def _add_imports(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (it registers user envs); repeatable")
+
+
+def build_parser(command: str | None = None, argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     """The parser; only ``command``'s module is imported (so ``list`` never imports torch)."""
-    parser = argparse.ArgumentParser(prog="mpo-gym", description=__doc__)
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="mpo-gym", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"mpo-gym {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="list the registered mpo_gym/ env ids")
+    _add_imports(p)
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("check", help="run the env checkers and a random rollout")
     p.add_argument("env_id")
     p.add_argument("--tokenizer", default=None, help="override the env's tokenizer (e.g. 'char')")
     p.add_argument("--seed", type=int, default=0)
+    _add_imports(p)
     p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("env", help="versions, device and sandbox layers (for bug reports)")
+    p.set_defaults(func=_cmd_env)
 
     for name, (module, help_text) in _OPTIONAL.items():
         if name == command:
-            _add_optional(sub, name, module, help_text)
+            _add_optional(sub, name, module, help_text, list(argv))
         else:
             sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
-def _add_optional(sub: argparse._SubParsersAction, name: str, module: str, help_text: str) -> None:
+def _add_optional(sub: Any, name: str, module: str, help_text: str, argv: list[str]) -> None:
     """Add a subcommand whose module defines ``add_arguments(parser)`` and ``run(args)``."""
     import importlib
+    import inspect
 
-    p = sub.add_parser(name, help=help_text)
+    p = sub.add_parser(name, help=help_text, description=help_text)
     try:
         mod = importlib.import_module(module)
     except ImportError as exc:
@@ -85,7 +125,10 @@ def _add_optional(sub: argparse._SubParsersAction, name: str, module: str, help_
         p.set_defaults(func=lambda args: _fail(message))
         return
     if hasattr(mod, "add_arguments"):
-        mod.add_arguments(p)
+        if "argv" in inspect.signature(mod.add_arguments).parameters:
+            mod.add_arguments(p, argv=argv[argv.index(name) + 1:] if name in argv else argv)
+        else:
+            mod.add_arguments(p)
         p.set_defaults(func=mod.run)
     else:  # a module with its own ``main(argv)``
         p.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the subcommand")
@@ -99,9 +142,22 @@ def _fail(message: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     command = next((a for a in argv if not a.startswith("-")), None)
-    args = build_parser(command).parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        args = build_parser(command, argv).parse_args(argv)
+        return int(args.func(args) or 0)
+    except MpoGymError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"mpo-gym: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:  # outside a run (a run handles its own signals and saves)
+        if debug:
+            traceback.print_exc()
+        print("mpo-gym: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,9 +4,12 @@ Each (agent, seed) run trains in its own process (so its peak memory is its own)
 wall-clock or update budget, and is evaluated greedily on the same held-out tasks before and
 after. The run folder gets ``report.md``, ``curves.png``, ``metrics.jsonl`` (every update of
 every run, tagged with agent and seed), ``compare.json`` (the resolved settings and the command),
-and one sub-folder per run (config, metrics, eval, checkpoint). ``--resume RUN_DIR`` finishes
-an interrupted comparison: finished runs are kept, unfinished ones continue from their last
-checkpoint.
+and one sub-folder per run (config, metrics, eval, checkpoint). Re-running the same command
+(or ``--resume``, or ``--resume RUN_DIR``) finishes an interrupted comparison: finished runs are
+kept, unfinished ones continue from their last checkpoint. The budget (``--updates``,
+``--time-budget-s``) may change on resume; any other difference is refused before anything is
+written. SIGINT/SIGTERM stop the current run cleanly (it saves a checkpoint) and print the
+resume command.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import dataclasses
 import json
 import multiprocessing as mp
 import shlex
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +53,11 @@ class CompareConfig:
         checkpoint_every: updates between checkpoints (for resume).
         threads: torch CPU threads per run (0: torch's default; 1 is fastest for tiny models).
         out_dir: the run folder.
+        data_dir: local data for suite envs (their ``data_path``; empty: the embedded data).
+        allow_test_split: train on the test split of an env without a train split, on purpose
+            (the report then says so in its first line).
+        report_to: per-run tracker: ``none``, ``tensorboard``, ``wandb`` or ``trackio``.
+        imports: comma-separated modules to import first (they register user envs).
     """
 
     agents: tuple[str, ...] = ("ppo", "mpo", "grpo")
@@ -66,20 +76,26 @@ class CompareConfig:
     checkpoint_every: int = 10
     threads: int = 0
     out_dir: str = ""
+    data_dir: str = ""
+    allow_test_split: bool = False
+    report_to: str = "none"
+    imports: str = ""
 
     def __post_init__(self) -> None:
         from .agents import AGENTS
+        from .errors import ConfigError, did_you_mean
 
         unknown = [a for a in self.agents if a not in AGENTS]
         if unknown or not self.agents:
-            raise ValueError(f"unknown agents {unknown}; known: {sorted(AGENTS)}")
+            hint = did_you_mean(unknown[0], AGENTS) if unknown else ""
+            raise ConfigError(f"unknown agents {unknown}{hint}; known: {', '.join(sorted(AGENTS))}")
         if not self.seeds:
-            raise ValueError("give at least one seed")
+            raise ConfigError("give at least one seed")
         if self.budget_s <= 0 and self.updates <= 0:
-            raise ValueError("set a budget: budget_s > 0 or updates > 0")
+            raise ConfigError("set a budget: --time-budget-s > 0 or --updates > 0")
         for name in self.agent_kwargs:
             if name not in self.agents:
-                raise ValueError(f"agent_kwargs names {name!r}, which is not in agents {self.agents}")
+                raise ConfigError(f"agent_kwargs names {name!r}, which is not in agents {self.agents}")
         for agent in self.agents:  # TrainConfig validates the rest (dtype, eval_every, agent kwargs)
             self.run_config(agent, self.seeds[0])
 
@@ -96,7 +112,8 @@ class CompareConfig:
             model=self.model, dtype=self.dtype, num_envs=self.num_envs, updates=self.updates,
             time_budget_s=self.budget_s, eval_tasks=self.eval_tasks, eval_every=self.eval_every, seed=seed,
             out_dir=str(Path(self.out_dir) / f"{agent}-s{seed}"), checkpoint_every=self.checkpoint_every,
-            threads=self.threads,
+            threads=self.threads, data_dir=self.data_dir, allow_test_split=self.allow_test_split,
+            report_to=self.report_to, imports=self.imports,
         )
 
 
@@ -151,13 +168,22 @@ PRESETS["offpolicy"] = {
 
 
 def _run_one(cfg_json: str, result_path: str) -> None:
-    """Child process: train one run and write its summary (with peak RSS) as JSON."""
+    """Child process: train one run and write its summary (with peak RSS) as JSON.
+
+    A user error or a signal ends the child with the error's exit code and a one-line message
+    (no traceback); the parent turns that into its own message.
+    """
+    from .errors import MpoGymError
     from .trainer import TrainConfig, train
 
     data = json.loads(cfg_json)
     label = data.pop("_label")
     cfg = TrainConfig(**data)
-    result = train(cfg, label=label)
+    try:
+        result = train(cfg, label=label)
+    except MpoGymError as exc:
+        print(f"mpo-gym: {label}: {exc}", file=sys.stderr, flush=True)
+        sys.exit(exc.exit_code)
     summary = {
         "updates": result.updates, "train_seconds": result.train_seconds, "warmup_seconds": result.warmup_seconds,
         "eval_before": result.eval_before, "eval_after": result.eval_after, "peak_rss_mb": result.peak_rss_mb,
@@ -192,11 +218,33 @@ def _train_dict(train_cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(train_cfg)
 
 
+def _differences(cfg: CompareConfig) -> Any:
+    from . import runs
+
+    new = dataclasses.asdict(cfg)
+    names = [f.name for f in dataclasses.fields(CompareConfig)]
+    defaults = {f.name: f.default for f in dataclasses.fields(CompareConfig) if f.default is not dataclasses.MISSING}
+    return lambda stored: runs.config_differences(stored.get("config", {}), new, names, defaults)
+
+
 def compare(cfg: CompareConfig, command: str = "") -> Path:
-    """Run every (agent, seed) and write the report; returns the run folder."""
+    """Run every (agent, seed) and write the report; returns the run folder.
+
+    A folder holding a comparison with another config is refused (nothing written); the same
+    config resumes it.
+    """
+    from . import runs
     from .report import write_report
+    from .trainer import preflight
 
     out = Path(cfg.out_dir)
+    for agent in cfg.agents:  # env id, model, splits, trackers: checked before anything is written
+        preflight(cfg.run_config(agent, cfg.seeds[0]))
+    stored = runs.check_run_folder(out, _differences(cfg), what="comparison", config_name="compare.json")
+    if stored is not None:
+        done = sum((Path(cfg.run_config(a, s).out_dir) / "summary.json").exists() for s in cfg.seeds for a in cfg.agents)
+        print(f"resuming comparison in {out}: {done} of {len(cfg.agents) * len(cfg.seeds)} runs finished", flush=True)
+        command = stored.get("command") or command
     out.mkdir(parents=True, exist_ok=True)
     settings = {"config": dataclasses.asdict(cfg), "command": command}
     (out / "compare.json").write_text(json.dumps(settings, indent=2))
@@ -208,10 +256,47 @@ def compare(cfg: CompareConfig, command: str = "") -> Path:
         for agent in cfg.agents:
             summaries[(agent, seed)] = _run(cfg, agent, seed, before, ctx)
     write_report(cfg, out, summaries, before, command)
+    if cfg.allow_test_split:
+        _label_test_split(cfg, out)
     return out
 
 
+def _label_test_split(cfg: CompareConfig, out: Path) -> None:
+    """Put the trained-on-the-test-split warning in the first line of ``report.md``."""
+    from .trainer import test_split_warning
+
+    record = json.loads((Path(cfg.run_config(cfg.agents[0], cfg.seeds[0]).out_dir) / "config.json").read_text())
+    warning = test_split_warning(cfg.run_config(cfg.agents[0], cfg.seeds[0]), record.get("train_split"),
+                                 record.get("eval_split", "test"))
+    if warning:
+        report = out / "report.md"
+        report.write_text(f"**{warning}**\n\n" + report.read_text())
+
+
+def _wait_for_child(proc: Any) -> int | None:
+    """Start and join ``proc``; SIGINT/SIGTERM reach it (and are recorded here, not raised)."""
+    received: list[int] = []
+
+    def handle(signum: int, frame: Any) -> None:
+        if signum == signal.SIGTERM or received:  # a SIGTERM to the parent alone, or a second signal
+            proc.terminate() if not received else proc.kill()
+        received.append(signum)
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    old = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
+    try:
+        proc.start()
+        proc.join()
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    return received[0] if received else None
+
+
 def _run(cfg: CompareConfig, agent: str, seed: int, before: dict[str, Any] | None, ctx: Any) -> dict[str, Any]:
+    from . import runs
+    from .errors import MpoGymError, RunInterrupted
+
     train_cfg = cfg.run_config(agent, seed)
     run_dir = Path(train_cfg.out_dir)
     result_path = run_dir / "summary.json"
@@ -225,12 +310,18 @@ def _run(cfg: CompareConfig, agent: str, seed: int, before: dict[str, Any] | Non
     data = {**_train_dict(train_cfg), "_label": f"{agent} s{seed}"}
     proc = ctx.Process(target=_run_one, args=(json.dumps(data), str(result_path)))
     t0 = time.perf_counter()
-    proc.start()
-    proc.join()
+    received = _wait_for_child(proc)
+    resume = runs.resume_command("compare", cfg.out_dir)
+    if received is not None or proc.exitcode in (130, 143, -signal.SIGINT, -signal.SIGTERM):
+        signum = received or (signal.SIGINT if proc.exitcode in (130, -signal.SIGINT) else signal.SIGTERM)
+        raise RunInterrupted(
+            f"{runs.signal_name(signum)}: comparison stopped during {agent} seed {seed} (its last checkpoint is "
+            f"kept in {run_dir}). Resume with: {resume}", signum,
+        )
     if proc.exitcode != 0 or not result_path.exists():
-        raise SystemExit(
+        raise MpoGymError(
             f"run {agent} seed {seed} failed (exit code {proc.exitcode}); its folder {run_dir} keeps the last "
-            f"checkpoint; fix the cause and rerun with --resume {cfg.out_dir}"
+            f"checkpoint; fix the cause and resume with: {resume}"
         )
     summary = json.loads(result_path.read_text())
     summary["wall_seconds"] = time.perf_counter() - t0
@@ -243,58 +334,126 @@ def _run(cfg: CompareConfig, agent: str, seed: int, before: dict[str, Any] | Non
 
 # ---------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``mpo-gym compare`` (names shared with ``train``: --out-dir, --updates, ...)."""
+    from .options import parse_bool
+
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help="start from a preset")
+    parser.add_argument("--config", metavar="FILE", help="YAML or JSON file of options (keys: flag names, "
+                        "dashes or underscores; a comparison's compare.json works); flags given override it")
     parser.add_argument("--agents", help="comma-separated agent names (default ppo,mpo,grpo)")
     parser.add_argument("--env", help="env id")
-    parser.add_argument("--env-kwargs", type=json.loads, help="JSON dict of env kwargs")
+    parser.add_argument("--env-kwargs", type=_json_arg, help="JSON dict of env kwargs")
     parser.add_argument("--model", help="default | tiny | PATH | hub id")
     parser.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2")
-    parser.add_argument("--budget", help="per-run budget: '300s' (wall-clock) or '40u' (updates)")
+    parser.add_argument("--updates", type=int, help="update budget per run (0: use --time-budget-s only)")
+    parser.add_argument("--time-budget-s", dest="budget_s", type=float,
+                        help="training wall-clock per run in seconds (0: use --updates only)")
+    parser.add_argument("--budget", help="shorthand: '300s' or '5m' (wall-clock) or '40u' (updates)")
     parser.add_argument("--num-envs", type=int)
     parser.add_argument("--eval-tasks", type=int)
     parser.add_argument("--eval-every", type=int, help="held-out evaluation every N updates too")
     parser.add_argument("--dtype", choices=("auto", "bfloat16", "float32"))
-    parser.add_argument("--agent-kwargs", type=json.loads, help='JSON, e.g. {"mpo": {"mpo_k": 3}}')
-    parser.add_argument("--common-kwargs", type=json.loads, help='JSON, e.g. {"lr": 2e-5}')
-    parser.add_argument("--out", help="run folder (default runs/compare-<time>)")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted comparison")
+    parser.add_argument("--threads", type=int, help="torch CPU threads per run")
+    parser.add_argument("--checkpoint-every", type=int, help="updates between checkpoints")
+    parser.add_argument("--agent-kwargs", type=_json_arg, help='JSON, e.g. {"mpo": {"mpo_k": 3}}')
+    parser.add_argument("--common-kwargs", type=_json_arg, help='JSON, e.g. {"lr": 2e-5}')
+    parser.add_argument("--data-dir", help="local data for suite envs (default: the embedded data)")
+    parser.add_argument("--allow-test-split", type=parse_bool, nargs="?", const=True, metavar="{true,false}",
+                        help="train on the test split of an env without a train split (labelled in the report)")
+    parser.add_argument("--report-to", choices=("none", "tensorboard", "wandb", "trackio"))
+    parser.add_argument("--import", dest="imports", action="append", metavar="MODULE",
+                        help="import MODULE first (it registers user envs); repeatable")
+    parser.add_argument("--out-dir", "--out", dest="out", help="run folder (default runs/compare-<time>)")
+    parser.add_argument("--resume", nargs="?", const="", metavar="RUN_DIR",
+                        help="continue the comparison in RUN_DIR (or --out-dir) with its stored config")
+
+
+def _json_arg(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc.msg}): {text!r}") from exc
+
+
+_FIELDS_FROM_ARGS = ("env", "env_kwargs", "model", "num_envs", "eval_tasks", "eval_every", "dtype", "agent_kwargs",
+                     "common_kwargs", "updates", "budget_s", "threads", "checkpoint_every", "data_dir",
+                     "allow_test_split", "report_to")
 
 
 def config_from_args(args: argparse.Namespace) -> CompareConfig:
-    if args.resume:
-        saved = json.loads((Path(args.resume) / "compare.json").read_text())["config"]
-        saved["agents"], saved["seeds"] = tuple(saved["agents"]), tuple(saved["seeds"])
-        return CompareConfig(**saved)
-    values: dict[str, Any] = dict(PRESETS[args.preset]) if args.preset else {}
-    for name in ("env", "env_kwargs", "model", "num_envs", "eval_tasks", "eval_every", "dtype", "agent_kwargs", "common_kwargs"):
+    from .errors import ConfigError
+    from .options import load_config_file
+
+    values: dict[str, Any] = {}
+    if args.resume is not None:
+        run_dir = args.resume or args.out
+        if not run_dir:
+            raise ConfigError("--resume needs the comparison's folder: --resume RUN_DIR or --out-dir RUN_DIR --resume")
+        path = Path(run_dir) / "compare.json"
+        if not path.is_file():
+            raise ConfigError(f"--resume: {run_dir} holds no comparison (no compare.json)")
+        values = dict(load_config_file(path, flag="--resume").get("config", {}))
+        values["out_dir"] = str(run_dir)
+    if args.preset:
+        values.update(PRESETS[args.preset])
+    if args.config:
+        data = load_config_file(args.config)
+        data = data.get("config", data) if isinstance(data.get("config"), dict) else data
+        names = {f.name for f in dataclasses.fields(CompareConfig)}
+        for key, value in data.items():
+            name = key.replace("-", "_")
+            name = {"time_budget_s": "budget_s", "out": "out_dir"}.get(name, name)
+            if name not in names:
+                from .errors import did_you_mean
+
+                raise ConfigError(f"{args.config}: unknown option {key!r}{did_you_mean(name, names)}")
+            values[name] = value
+    for name in _FIELDS_FROM_ARGS:
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
+    if args.imports:
+        values["imports"] = ",".join(args.imports)
     if args.agents:
         values["agents"] = tuple(a.strip() for a in args.agents.split(","))
     if args.seeds:
-        values["seeds"] = tuple(int(s) for s in args.seeds.split(","))
+        try:
+            values["seeds"] = tuple(int(s) for s in args.seeds.split(","))
+        except ValueError as exc:
+            raise ConfigError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from exc
     if args.budget:
         values.update(_parse_budget(args.budget))
-    values["out_dir"] = args.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}"
-    return CompareConfig(**values)
+    if args.out:
+        values["out_dir"] = args.out
+    if not values.get("out_dir"):
+        values["out_dir"] = f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    for key in ("agents", "seeds"):
+        if key in values:
+            values[key] = tuple(values[key])
+    try:
+        return CompareConfig(**values)
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def _parse_budget(text: str) -> dict[str, Any]:
+    from .errors import ConfigError
+
     text = text.strip().lower()
-    if text.endswith("s"):
-        return {"budget_s": float(text[:-1]), "updates": 0}
-    if text.endswith("m"):
-        return {"budget_s": 60 * float(text[:-1]), "updates": 0}
-    if text.endswith("u"):
-        return {"updates": int(text[:-1]), "budget_s": 0.0}
-    raise SystemExit(f"--budget must look like '300s', '5m' or '40u'; got {text!r}")
+    try:
+        if text.endswith("s"):
+            return {"budget_s": float(text[:-1]), "updates": 0}
+        if text.endswith("m"):
+            return {"budget_s": 60 * float(text[:-1]), "updates": 0}
+        if text.endswith("u"):
+            return {"updates": int(text[:-1]), "budget_s": 0.0}
+    except ValueError:
+        pass
+    raise ConfigError(f"--budget must look like '300s', '5m' or '40u'; got {text!r}")
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     command = "mpo-gym " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
-    if args.resume:
-        command = json.loads((Path(args.resume) / "compare.json").read_text()).get("command", command)
     out = compare(cfg, command=command)
     print(f"\nreport: {out / 'report.md'}\ncurves: {out / 'curves.png'}")
     print((out / "summary.txt").read_text())

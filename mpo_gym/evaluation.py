@@ -389,7 +389,7 @@ def write_results(results: Results, out_dir: str | Path) -> dict[str, Path]:
 
 # ---------------------------------------------------------------------------- command line
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Options of ``mpo-gym eval``."""
+    """Options of ``mpo-gym eval`` (the same names as ``train`` and ``compare`` where shared)."""
     add = parser.add_argument
     add(
         "--suite",
@@ -400,18 +400,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--model",
         action="append",
         default=None,
-        help="'default', a model folder or a training checkpoint; repeat (or comma-separate) to compare",
+        help="'default', 'tiny', a model folder or a training run; repeat (or comma-separate) to compare",
     )
     add("--n-samples", type=int, default=1, help="responses per task (n of pass@k)")
     add("--k", default="1", help="comma-separated k values for pass@k (each <= --n-samples)")
     add("--temperature", type=float, default=0.0, help="0 = greedy")
     add("--top-p", type=float, default=1.0)
     add("--limit", type=int, default=None, help="only the first L tasks of each suite")
-    add("--out", default=None, help="output folder (default runs/eval-<time>)")
+    add("--out-dir", "--out", dest="out", default=None, help="output folder (default runs/eval-<time>)")
     add(
         "--data-dir",
         default=None,
-        help="local data root laid out like <dir>/gsm8k/test.jsonl (else MPO_GYM_DATA_DIR, else the hub)",
+        help="local data root laid out like <dir>/gsm8k/test.jsonl (else MPO_GYM_DATA_DIR, else the embedded data)",
     )
     add("--split", default="test", help="dataset split")
     add(
@@ -423,13 +423,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add("--max-new-tokens", type=int, default=None, help="override the env's response budget")
     add("--block-size", type=int, default=None, help="override the env's K")
     add("--seed", type=int, default=0)
-    add("--dtype", default="float32")
+    add("--dtype", default="float32", choices=("auto", "bfloat16", "float32"))
     add(
         "--threads",
         type=int,
         default=0,
         help="torch CPU threads (0: torch's default; 1 avoids thrashing on a busy machine)",
     )
+    add("--import", dest="imports", action="append", default=[], metavar="MODULE",
+        help="import MODULE first (it registers user envs); repeatable")
     add("--no-progress", action="store_true")
     return parser
 
@@ -437,11 +439,61 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 add_eval_arguments = add_arguments
 
 
-def run(args: argparse.Namespace) -> int:
-    """``mpo-gym eval``: every model on every suite, then the reports and a comparison table."""
+def _preflight(args: argparse.Namespace) -> tuple[list[str], list[str], list[int], dict[str, Any]]:
+    """Check suites, models, data and sampling options before any model is loaded."""
+    import gymnasium as gym
+
+    from .errors import ConfigError, MpoGymError, did_you_mean
+    from .plugins import check_env_id, import_modules
+
+    import_modules(args.imports)
     suites = list(SUITE_IDS) if args.suite == "all" else _split(args.suite)
     models = [m for spec in (args.model or ["default"]) for m in _split(spec)]
-    ks = [int(k) for k in _split(str(args.k))]
+    try:
+        ks = [int(k) for k in _split(str(args.k))]
+    except ValueError as exc:
+        raise ConfigError(f"--k: expected comma-separated integers, got {args.k!r}") from exc
+    try:
+        _check_sampling(args.n_samples, ks, args.temperature)
+    except ValueError as exc:
+        raise ConfigError(str(exc).replace("n_samples", "--n-samples")) from exc
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be >= 1; got {args.limit}")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1; got {args.batch_size}")
+    if args.data_dir is not None and not Path(args.data_dir).exists():
+        raise ConfigError(f"--data-dir {args.data_dir}: no such file or directory")
+    try:
+        env_kwargs = _env_kwargs(args)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--env-kwargs: not valid JSON ({exc.msg}): {args.env_kwargs!r}") from exc
+    for suite in suites:
+        if suite not in SUITE_IDS and "/" not in suite:
+            raise ConfigError(
+                f"--suite: unknown suite {suite!r}{did_you_mean(suite, SUITE_IDS)} "
+                f"(allowed: {', '.join(SUITE_IDS)}, all, or an env id)"
+            )
+        env_id = resolve_suite(suite)[1]
+        check_env_id(env_id, flag="--suite")
+        kwargs = {**env_kwargs, "tokenizer": "char"}  # loads the data (cached), not a tokenizer
+        if args.data_dir is not None:
+            kwargs.setdefault("data_path", args.data_dir)
+        try:
+            gym.make(env_id, **kwargs)
+        except MpoGymError:
+            raise
+        except (TypeError, ValueError, KeyError, OSError) as exc:
+            raise ConfigError(f"--suite {suite}: {type(exc).__name__}: {exc}") from exc
+    from . import errors
+
+    for spec in models:
+        errors.check_model_spec(spec)
+    return suites, models, ks, env_kwargs
+
+
+def run(args: argparse.Namespace) -> int:
+    """``mpo-gym eval``: every model on every suite, then the reports and a comparison table."""
+    suites, models, ks, env_kwargs = _preflight(args)
     out = Path(args.out or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}")
     if args.threads:
         import torch
@@ -449,13 +501,13 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     rows: dict[str, dict[str, SuiteResult]] = {}
     for spec, name in zip(models, _model_names(models)):
-        policy = load_policy(spec, dtype=args.dtype)
+        policy = _tiny_policy(args.seed) if spec == "tiny" else load_policy(spec, dtype=args.dtype)
         for suite in suites:
             result = evaluate(
                 suite, policy, n_samples=args.n_samples, ks=ks, temperature=args.temperature,
                 top_p=args.top_p, limit=args.limit, batch_size=args.batch_size,
                 data_path=args.data_dir, seed=args.seed, progress=not args.no_progress,
-                model_name=name, env_kwargs=_env_kwargs(args),
+                model_name=name, env_kwargs=env_kwargs,
             )  # fmt: skip
             rows.setdefault(name, {})[suite] = result
             print(_one_line(result), flush=True)
@@ -464,6 +516,14 @@ def run(args: argparse.Namespace) -> int:
         f"\n{comparison_table(rows, k=min(ks))}\nwrote {out}/results.json, results.md, samples.jsonl"
     )
     return 0
+
+
+def _tiny_policy(seed: int) -> Any:
+    """``--model tiny``: the small random test model with the char tokenizer (as in ``train``)."""
+    from .policy import LMPolicy, tiny_model
+
+    model, tokenizer = tiny_model(seed=seed)
+    return LMPolicy(model, tokenizer)
 
 
 def _split(text: str) -> list[str]:
@@ -484,10 +544,11 @@ run_eval = run
 
 def main_eval(argv: Sequence[str] | None = None) -> int:
     """``python -m mpo_gym.evaluation ...`` (same options as ``mpo-gym eval``)."""
-    parser = add_arguments(
-        argparse.ArgumentParser(prog="mpo-gym eval", description=__doc__.split("\n")[0])
-    )
-    return run(parser.parse_args(argv))
+    import sys
+
+    from .cli import main
+
+    return main(["eval", *(sys.argv[1:] if argv is None else list(argv))])
 
 
 def load_policy(spec: str, dtype: str = "float32") -> Any:

@@ -1,11 +1,21 @@
 """``mpo-gym train``: one agent, one env, a budget; metrics, checkpoints, exact resume.
 
-A run folder holds ``config.json`` (the resolved config), ``metrics.jsonl`` (one line per
-update with namespaced names: ``charts/reward``, ``losses/policy``, ``verdicts/correct``,
-``mpo/clipfrac_united``, ...), ``eval.json`` (held-out greedy accuracy before and after) and
-``checkpoint/`` (policy with value head and MTP modules, optimizer, RNG states, step). A run
-resumed from its folder continues exactly where it stopped (bit-exact on CPU). A non-finite
-loss stops the run with a clear message and leaves the last good checkpoint in place.
+A run folder holds ``config.json`` (the resolved config, with ``train_split`` and
+``eval_split``), ``metrics.jsonl`` (one line per update with namespaced names:
+``charts/reward``, ``losses/policy``, ``verdicts/correct``, ``mpo/clipfrac_united``, ...),
+``eval.json`` (held-out greedy accuracy before and after), ``completions.jsonl`` (sampled
+prompts, responses, verdicts and rewards every ``completions_every`` updates) and
+``checkpoint/`` + ``checkpoint.prev/`` (policy with value head and MTP modules, optimizer, RNG
+states, step; the last two, written atomically every ``checkpoint_every`` updates and every
+``checkpoint_every_s`` seconds).
+
+Training uses the env's ``train`` split and held-out evaluation its ``test`` split; an env
+without a train split is refused unless ``allow_test_split`` (then the metrics' first line
+says so). Re-running the same config into its folder resumes it exactly where it stopped
+(bit-exact on CPU; budget and logging fields may change); another config is refused before
+anything is written. SIGINT/SIGTERM finish the current update, save a checkpoint and the
+metrics, and stop with :class:`~mpo_gym.errors.RunInterrupted`. A non-finite loss or gradient
+stops the run (:class:`TrainingDiverged`) and leaves the last good checkpoint in place.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +34,12 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from . import runs
 from .agents import AGENTS, make_agent
+from .errors import ConfigError, MpoGymError, RunInterrupted, check_model_spec, did_you_mean
 from .rollout import rollout
 
-__all__ = ["TrainConfig", "TrainResult", "evaluate_held_out", "make_policy", "train"]
+__all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "evaluate_held_out", "make_policy", "train"]
 
 
 @dataclass(frozen=True)
@@ -54,12 +67,25 @@ class TrainConfig:
             metrics row. Evaluation time is not counted in ``time_budget_s``.
         eval_batch: episodes per evaluation rollout.
         seed: seeds the agent (task choice, sampling) and torch.
-        out_dir: run folder.
-        checkpoint_every: save a checkpoint every N updates (0: only at the end).
+        out_dir: run folder (the same config run again into it resumes it).
+        checkpoint_every: also save a checkpoint every N updates (0: only by time and at the end).
+        checkpoint_every_s: save a checkpoint when this many seconds passed since the last one
+            (0: only by update count and at the end).
         value_head: critic form for agents that use one (``"head"`` or ``"separate"``).
         threads: torch CPU threads (0: torch's default).
         reuse_memory: keep freed memory in the process for reuse instead of returning large
             blocks to the kernel (glibc; see :func:`mpo_gym.policy.reuse_freed_memory`).
+        data_dir: local data for suite envs (passed as their ``data_path``; empty: the
+            embedded data or ``MPO_GYM_DATA_DIR``).
+        allow_test_split: train on the test split of an env that has no train split, on
+            purpose (the metrics then say so in their first line).
+        lora: LoRA rank of adapters on the backbone (0: train all weights; needs peft).
+        report_to: also log metrics to ``none``, ``tensorboard`` (event files in
+            ``<out_dir>/tensorboard``), ``wandb`` or ``trackio`` (both offline).
+        log_every: print a plain progress line every N updates when stdout is not a terminal.
+        completions_every: append sampled prompts, responses, verdicts and rewards to
+            ``completions.jsonl`` every N updates (0: never).
+        imports: comma-separated modules to import first (they register user envs).
     """
 
     env: str = "mpo_gym/Arithmetic-v0"
@@ -78,20 +104,41 @@ class TrainConfig:
     seed: int = 0
     out_dir: str = "runs/train"
     checkpoint_every: int = 0
+    checkpoint_every_s: float = 300.0
     value_head: str = "head"
     threads: int = 0
     reuse_memory: bool = True
+    data_dir: str = ""
+    allow_test_split: bool = False
+    lora: int = 0
+    report_to: str = "none"
+    log_every: int = 10
+    completions_every: int = 10
+    imports: str = ""
 
     def __post_init__(self) -> None:
         if self.agent not in AGENTS:
-            raise ValueError(f"unknown agent {self.agent!r}; known: {sorted(AGENTS)}")
+            raise ConfigError(
+                f"unknown agent {self.agent!r}{did_you_mean(self.agent, AGENTS)}; known: {', '.join(sorted(AGENTS))}"
+            )
         from .policy.models import check_run_dtype
 
-        check_run_dtype(self.dtype)
-        if self.num_envs < 1 or self.updates < 0 or self.eval_tasks < 0 or self.time_budget_s < 0:
-            raise ValueError("need num_envs >= 1, updates >= 0, eval_tasks >= 0, time_budget_s >= 0")
-        if self.eval_every < 0 or (self.eval_every and not self.eval_tasks):
-            raise ValueError("eval_every must be >= 0 and needs eval_tasks > 0")
+        try:
+            check_run_dtype(self.dtype)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        for name in ("updates", "eval_tasks", "time_budget_s", "checkpoint_every", "checkpoint_every_s",
+                     "threads", "lora", "log_every", "completions_every", "eval_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0; got {getattr(self, name)}")
+        if self.num_envs < 1 or self.eval_batch < 1:
+            raise ConfigError(f"num_envs and eval_batch must be >= 1; got {self.num_envs}, {self.eval_batch}")
+        if self.eval_every and not self.eval_tasks:
+            raise ConfigError("eval_every needs eval_tasks > 0")
+        for name, allowed in (("device", ("auto", "cpu", "cuda")), ("value_head", ("head", "separate")),
+                              ("report_to", ("none", "tensorboard", "wandb", "trackio"))):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
         self.agent_config()  # validates agent_kwargs against the agent's config class
 
     def agent_config(self) -> Any:
@@ -99,8 +146,13 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(config_cls)}
         unknown = set(self.agent_kwargs) - names
         if unknown:
-            raise ValueError(f"{config_cls.__name__} has no field(s) {sorted(unknown)}; fields: {sorted(names)}")
-        return config_cls(**{"seed": self.seed, **self.agent_kwargs})
+            raise ConfigError(f"{config_cls.__name__} has no field(s) {sorted(unknown)}; fields: {sorted(names)}")
+        try:
+            return config_cls(**{"seed": self.seed, **self.agent_kwargs})
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as exc:  # the agent config's own checks
+            raise ConfigError(str(exc)) from exc
 
     @property
     def resolved_device(self) -> str:
@@ -112,6 +164,8 @@ class TrainConfig:
     def resolved_env_kwargs(self) -> dict[str, Any]:
         kwargs = dict(self.env_kwargs)
         kwargs.setdefault("tokenizer", "char" if self.model == "tiny" else self.model)
+        if self.data_dir:
+            kwargs.setdefault("data_path", self.data_dir)
         return kwargs
 
 
@@ -188,65 +242,177 @@ def evaluate_held_out(cfg: TrainConfig, policy: Any, envs: list[Any] | None = No
     return result
 
 
-def _checkpoint(path: Path, policy: Any, agent: Any, step: int, train_seconds: float) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    torch.save(policy.state_dict(), tmp / "policy.pt")
-    torch.save(
-        {"agent": agent.state_dict(), "step": step, "train_seconds": train_seconds,
-         "torch_rng": torch.get_rng_state()},
-        tmp / "state.pt",
-    )
-    if path.exists():
-        for f in path.iterdir():
-            f.unlink()
-        path.rmdir()
-    tmp.rename(path)
-
-
-def _restore(path: Path, policy: Any, agent: Any) -> tuple[int, float]:
-    policy.load_state_dict(torch.load(path / "policy.pt", map_location="cpu"))
-    state = torch.load(path / "state.pt", weights_only=False)
-    agent.load_state_dict(state["agent"])
-    torch.set_rng_state(state["torch_rng"])
-    return int(state["step"]), float(state["train_seconds"])
-
-
 def _peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class TrainingDiverged(MpoGymError):
+    """A non-finite loss, gradient or metric stopped the run (the last good checkpoint is kept)."""
+
+    exit_code = 1
+
+
+def resolve_splits(cfg: TrainConfig) -> tuple[str | None, str]:
+    """``(train split, eval split)`` of ``cfg.env``; refuses training on a test-only env.
+
+    ``None`` as the train split means the env's splits are unknown (a user env): its default
+    tasks are used and the run says so.
+    """
+    from .envs import available_splits
+
+    splits = available_splits(cfg.env)
+    asked = cfg.env_kwargs.get("split")
+    if splits is None:
+        return (str(asked) if asked is not None else None), "test"
+    eval_split = "test" if "test" in splits else splits[-1]
+    train_split = str(asked) if asked is not None else ("train" if "train" in splits else eval_split)
+    if train_split == eval_split and not cfg.allow_test_split:
+        why = f"has no train split (splits: {', '.join(splits)})" if asked is None else f"was given split={asked!r}"
+        raise ConfigError(
+            f"{cfg.env} {why}: training would use its {eval_split!r} split, the one held-out evaluation "
+            "reports; pass --allow-test-split to do that on purpose"
+        )
+    return train_split, eval_split
+
+
+def test_split_warning(cfg: TrainConfig, train_split: str | None, eval_split: str) -> str | None:
+    """The first-line warning of a run that trains on its evaluation split, else None."""
+    if train_split is not None and train_split == eval_split:
+        return (f"WARNING: trained on the {eval_split!r} split of {cfg.env} (--allow-test-split): "
+                "held-out numbers are measured on training tasks")
+    return None
+
+
+def preflight(cfg: TrainConfig) -> tuple[str | None, str]:
+    """Every check that needs no model: user modules, env id, model path, splits, data dir."""
+    from .plugins import check_env_id, import_modules
+
+    if cfg.imports:
+        import_modules(cfg.imports)
+    check_env_id(cfg.env)
+    check_model_spec(cfg.model)
+    if cfg.data_dir and not Path(cfg.data_dir).exists():
+        raise ConfigError(f"--data-dir {cfg.data_dir}: no such file or directory")
+    if cfg.lora:
+        import importlib.util
+
+        if importlib.util.find_spec("peft") is None:
+            raise ConfigError("--lora needs peft: pip install 'mpo-gym[peft]'")
+    from .tracking import check_report_to
+
+    check_report_to(cfg.report_to)
+    return resolve_splits(cfg)
+
+
+def _make_envs_checked(cfg: TrainConfig, n: int, split: str | None) -> list[Any]:
+    """:func:`make_envs`, with a failure to build the env (bad kwargs, bad data) as a user error."""
+    try:
+        return make_envs(cfg, n, split)
+    except MpoGymError:
+        raise
+    except (TypeError, ValueError, FileNotFoundError, KeyError, OSError) as exc:
+        kwargs = {k: v for k, v in cfg.resolved_env_kwargs().items() if k != "tokenizer"}
+        where = f" (split {split!r})" if split else ""
+        raise ConfigError(
+            f"could not make {cfg.env}{where} with env kwargs {kwargs}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _build_policy(cfg: TrainConfig) -> Any:
+    policy = make_policy(cfg)
+    if cfg.lora:
+        policy.apply_lora(r=cfg.lora, lora_alpha=2 * cfg.lora, target_modules="all-linear")
+        policy.to(cfg.resolved_device)
+    return policy
+
+
+def _differences(cfg: TrainConfig, record: dict[str, Any]) -> Any:
+    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "agent_kwargs"]
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+
+    def differences(stored: dict[str, Any]) -> list[str]:
+        out = runs.config_differences(stored, record, names, defaults)
+        old_agent, new_agent = stored.get("resolved_agent_config"), record["resolved_agent_config"]
+        if old_agent is None:
+            out += runs.config_differences(stored, record, ["agent_kwargs"])
+        elif stored.get("agent") == record["agent"]:
+            keys = sorted(set(old_agent) | set(new_agent))
+            out += runs.config_differences(old_agent, new_agent, keys)
+        return out
+
+    return differences
+
+
+def _budget_text(cfg: TrainConfig) -> str:
+    if cfg.updates:
+        return str(cfg.updates)
+    return f"a {cfg.time_budget_s:g} s budget"
+
+
 def train(cfg: TrainConfig, *, progress: bool = True, resume: bool = True, label: str | None = None) -> TrainResult:
-    """Run (or resume) one training run; see the module docstring for the run folder."""
+    """Run (or resume) one training run; see the module docstring for the run folder.
+
+    ``resume=False`` refuses a folder that already holds a run. User errors (unknown env id,
+    missing model folder, a folder holding another config, a test-only env) are raised as
+    :class:`~mpo_gym.errors.MpoGymError` before a model is loaded or anything is written.
+    """
+    train_split, eval_split = preflight(cfg)
+    record = _config_json(cfg, train_split, eval_split)
+    out = Path(cfg.out_dir)
+    stored = runs.check_run_folder(out, _differences(cfg, record), resume=resume)
+    envs = _make_envs_checked(cfg, cfg.num_envs, train_split)
+    eval_envs = _make_envs_checked(cfg, min(cfg.eval_batch, cfg.eval_tasks), eval_split) if cfg.eval_tasks else None
+    warning = test_split_warning(cfg, train_split, eval_split)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.reuse_memory:
         from .policy import reuse_freed_memory
 
         reuse_freed_memory()
-    out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(_config_json(cfg), indent=2))
-    policy = make_policy(cfg)
+    (out / "config.json").write_text(json.dumps(record, indent=2))
+    if warning:
+        print(warning, file=sys.stderr)
+    if train_split is None:
+        print(f"note: mpo-gym cannot tell the splits of {cfg.env}; training uses its default tasks and "
+              f"held-out evaluation passes split={eval_split!r}", file=sys.stderr)
+    with runs.StopSignals() as stop:
+        try:
+            return _train(cfg, out, envs, eval_envs, stop, warning, progress, label, resumed=stored is not None)
+        except runs.Abandon as exc:
+            raise RunInterrupted(
+                f"{runs.signal_name(exc.signum)}: stopped at once; the last checkpoint in {out} is kept. "
+                f"Resume with: {runs.resume_command('train', out)}", exc.signum,
+            ) from None
+
+
+def _train(cfg: TrainConfig, out: Path, envs: list[Any], eval_envs: list[Any] | None, stop: runs.StopSignals,
+           warning: str | None, progress: bool, label: str | None, resumed: bool) -> TrainResult:
+    from .tracking import Progress, make_tracker, write_completions
+
+    policy = _build_policy(cfg)
     agent = make_agent(cfg.agent, policy, **{"seed": cfg.seed, **cfg.agent_kwargs})
-    envs = make_envs(cfg, cfg.num_envs)
-    ckpt, metrics_path, eval_path = out / "checkpoint", out / "metrics.jsonl", out / "eval.json"
+    metrics_path, eval_path = out / "metrics.jsonl", out / "eval.json"
     step, train_seconds = 0, 0.0
-    evals: dict[str, Any] = json.loads(eval_path.read_text()) if eval_path.exists() and resume else {}
-    if resume and ckpt.exists():
-        step, train_seconds = _restore(ckpt, policy, agent)
-        _truncate_metrics(metrics_path, step)
-    elif metrics_path.exists():
-        metrics_path.unlink()
-    eval_envs = make_envs(cfg, min(cfg.eval_batch, cfg.eval_tasks), split="test") if cfg.eval_tasks else None
+    evals: dict[str, Any] = json.loads(eval_path.read_text()) if eval_path.exists() else {}
+    loaded = runs.load_checkpoint(out, ("policy.pt", "state.pt"))
+    if loaded is not None:
+        files, folder = loaded
+        step, train_seconds = _restore(files, policy, agent)
+    _keep_rows_up_to(out, step)
+    if step == 0 and warning:
+        _append(metrics_path, {"step": 0, "warning": warning})
+    if resumed or step:
+        print(f"resuming from update {step} of {_budget_text(cfg)} in {out}", flush=True)
     if cfg.eval_tasks and "before" not in evals:
         evals["before"] = evaluate_held_out(cfg, policy, eval_envs)
         eval_path.write_text(json.dumps(evals, indent=2))
 
     history: list[dict[str, Any]] = []
-    bar = _progress(cfg, step, label, progress)
+    bar = Progress(cfg, step, label, progress)
+    tracker = make_tracker(cfg, out, step)
     warmup_seconds = float(evals.get("warmup_seconds", 0.0))
     if step == 0 and hasattr(agent, "warmup"):
         t0 = time.perf_counter()
@@ -255,7 +421,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, resume: bool = True, label
         warmup_seconds = time.perf_counter() - t0
         if warm:
             _append(metrics_path, {"step": 0, "time": 0.0, "warmup/seconds": warmup_seconds, "warmup/steps": len(warm), **warm[-1]})
-    last_good = step
+    last_good, last_save = step, time.monotonic()
+    stop.deferred = True
     while step < _max_updates(cfg) and not (cfg.time_budget_s and train_seconds >= cfg.time_budget_s):
         t0 = time.perf_counter()
         try:
@@ -264,9 +431,12 @@ def train(cfg: TrainConfig, *, progress: bool = True, resume: bool = True, label
                 metrics = agent.update(batch)
             _check_finite(metrics)
         except FloatingPointError as exc:
-            raise SystemExit(
-                f"stopped at update {step + 1}: {exc}. The last good checkpoint (update {last_good}) is "
-                f"in {ckpt if ckpt.exists() else '(none saved yet)'}; lower the learning rate or use float32."
+            bar.close()
+            tracker.close()
+            saved = f"update {last_good} in {out / runs.LATEST}" if (out / runs.LATEST).exists() else "none saved yet"
+            raise TrainingDiverged(
+                f"stopped at update {step + 1}: {exc}. The last good checkpoint is {saved}; "
+                "lower the learning rate or use float32."
             ) from exc
         train_seconds += time.perf_counter() - t0
         step += 1
@@ -276,19 +446,63 @@ def train(cfg: TrainConfig, *, progress: bool = True, resume: bool = True, label
             row.update({f"eval/{k}": v for k, v in held_out.items() if k not in ("n", "outcomes")})
         _append(metrics_path, row)
         history.append(row)
+        tracker.log(row, step)
+        if cfg.completions_every and step % cfg.completions_every == 0:
+            table = write_completions(out / "completions.jsonl", step, batch, envs)
+            tracker.log_completions(table, step)
         bar.update(step, train_seconds, row)
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-            _checkpoint(ckpt, policy, agent, step, train_seconds)
-            last_good = step
+        due = (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or (
+            cfg.checkpoint_every_s and time.monotonic() - last_save >= cfg.checkpoint_every_s)
+        if due or stop.received is not None:
+            _checkpoint(out, policy, agent, step, train_seconds)
+            last_good, last_save = step, time.monotonic()
+        if stop.received is not None:
+            bar.close()
+            tracker.close()
+            raise RunInterrupted(
+                f"{runs.signal_name(stop.received)}: stopped after update {step} of {_budget_text(cfg)}; "
+                f"checkpoint and metrics saved in {out}. Resume with: {runs.resume_command('train', out)}",
+                stop.received,
+            )
+    stop.deferred = False
     bar.close()
-    _checkpoint(ckpt, policy, agent, step, train_seconds)
-    if cfg.eval_tasks:
+    tracker.close()
+    if last_good != step or not (out / runs.LATEST).exists():
+        _checkpoint(out, policy, agent, step, train_seconds)
+    if cfg.eval_tasks and not ("after" in evals and evals.get("updates") == step):
         evals["after"] = evaluate_held_out(cfg, policy, eval_envs)
         evals["train_seconds"], evals["updates"], evals["warmup_seconds"] = train_seconds, step, warmup_seconds
         eval_path.write_text(json.dumps(evals, indent=2))
     return TrainResult(
         out, step, train_seconds, evals.get("before"), evals.get("after"), history, _peak_rss_mb(), warmup_seconds
     )
+
+
+def _checkpoint(out: Path, policy: Any, agent: Any, step: int, train_seconds: float) -> None:
+    state = {"agent": agent.state_dict(), "step": step, "train_seconds": train_seconds,
+             "torch_rng": torch.get_rng_state()}
+    runs.save_checkpoint(out, {"policy.pt": policy.state_dict(), "state.pt": state})
+
+
+def _restore(files: dict[str, Any], policy: Any, agent: Any) -> tuple[int, float]:
+    policy.load_state_dict(files["policy.pt"])
+    state = files["state.pt"]
+    agent.load_state_dict(state["agent"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["step"]), float(state["train_seconds"])
+
+
+def _keep_rows_up_to(out: Path, step: int) -> None:
+    """Drop what was logged after the checkpoint we resume from (each update once, in order)."""
+    if step == 0:
+        for name in ("metrics.jsonl", "completions.jsonl"):
+            runs.truncate_jsonl(out / name, lambda row: False)
+    else:
+        runs.truncate_jsonl(out / "metrics.jsonl", lambda row: int(row.get("step", 0)) <= step)
+        runs.truncate_jsonl(out / "completions.jsonl", lambda row: int(row.get("step", 0)) <= step)
+    # held-out rows of --eval-every evaluations after the checkpoint ("before"/"after" stay)
+    runs.truncate_jsonl(out / "eval_tasks.jsonl",
+                        lambda row: not isinstance(row.get("when"), int) or row["when"] <= step)
 
 
 def _max_updates(cfg: TrainConfig) -> int:
@@ -310,99 +524,131 @@ def _append(path: Path, row: dict[str, Any]) -> None:
         f.write(json.dumps(row) + "\n")
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric rows logged after the checkpoint we resume from."""
-    if not path.exists():
-        return
-    rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    path.write_text("".join(r + "\n" for r in rows))
-
-
-def _config_json(cfg: TrainConfig) -> dict[str, Any]:
+def _config_json(cfg: TrainConfig, train_split: str | None = None, eval_split: str = "test") -> dict[str, Any]:
+    from . import __version__
     from .policy import compute_dtype
 
     data = dataclasses.asdict(cfg)
+    data["train_split"], data["eval_split"] = train_split, eval_split
     data["resolved_agent_config"] = cfg.agent_config().to_dict()
     data["resolved_env_kwargs"] = cfg.resolved_env_kwargs()
     data["resolved_dtype"] = compute_dtype(cfg.dtype, cfg.resolved_device)
+    data["mpo_gym_version"] = __version__
     return data
 
 
-class _progress:
-    """A tqdm bar with live reward (silent when disabled)."""
-
-    def __init__(self, cfg: TrainConfig, start: int, label: str | None, enabled: bool):
-        self.bar = None
-        if enabled:
-            from tqdm.auto import tqdm
-
-            total = cfg.updates if cfg.updates else None
-            self.bar = tqdm(total=total, initial=start, desc=label or cfg.agent, unit="upd", dynamic_ncols=True)
-        self.budget = cfg.time_budget_s
-
-    def update(self, step: int, seconds: float, row: dict[str, Any]) -> None:
-        if self.bar is None:
-            return
-        self.bar.n = step
-        left = f"{max(self.budget - seconds, 0):.0f}s left" if self.budget else ""
-        self.bar.set_postfix_str(f"reward {row.get('charts/reward', 0):.3f} {left}".strip())
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 # ---------------------------------------------------------------------- CLI
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments generated from ``TrainConfig`` and the agent config classes."""
-    add_dataclass_arguments(parser, TrainConfig, skip=("env_kwargs", "agent_kwargs"))
-    parser.add_argument("--env-kwargs", type=json.loads, default={}, help="JSON dict of env kwargs")
-    seen: set[str] = set()
-    group = parser.add_argument_group("agent options (any registered agent's config fields)")
-    for _, config_cls in AGENTS.values():
-        for f in dataclasses.fields(config_cls):
-            if f.name in seen or f.name == "seed":
-                continue
-            seen.add(f.name)
-            group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"agent__{f.name}", type=_parser_for(f), default=None, help=f"(agent) default {f.default!r}")
-    parser.add_argument("--no-resume", action="store_true", help="start over even if out_dir has a checkpoint")
+def add_arguments(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> None:
+    """Options generated from ``TrainConfig`` and the chosen agent's config class.
+
+    The agent is read from ``argv`` first (``--agent``, else ``--config``'s ``agent``, else the
+    stored run of ``--out-dir`` with ``--resume``), so ``--help`` shows that agent's options and
+    defaults. A config file's values become defaults; flags given override them.
+    """
+    from .options import add_dataclass_arguments, pre_scan
+
+    argv = list(argv or [])
+    base = _baseline(argv)
+    agent = str(pre_scan(argv, "agent").get("agent") or base.get("agent") or TrainConfig.agent)
+    if agent not in AGENTS:
+        raise ConfigError(f"--agent: unknown agent {agent!r}{did_you_mean(agent, AGENTS)} (allowed: {', '.join(sorted(AGENTS))})")
+    parser.add_argument("--config", metavar="FILE", help="YAML or JSON file of options (keys: flag names, "
+                        "dashes or underscores; a run's config.json works); flags given override it")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out-dir with its stored config (budget flags may change)")
+    group = parser.add_argument_group("run options")
+    dests = add_dataclass_arguments(group, TrainConfig, skip=("agent_kwargs",), flags={"imports": ("--import",)},
+                                    choices={"agent": sorted(AGENTS)})
+    config_cls = AGENTS[agent][1]
+    agroup = parser.add_argument_group(f"{agent} agent options ({config_cls.__name__})")
+    agent_dests = add_dataclass_arguments(agroup, config_cls, skip=("seed",), dest_prefix="agent__", defaults_none=True)
+    mine = set(agent_dests)
+    for _, other_cls in AGENTS.values():
+        for f in dataclasses.fields(other_cls):
+            if f.name not in mine and f.name not in dests:
+                mine.add(f.name)
+                owners = sorted(a for a, (_, c) in AGENTS.items() if f.name in {x.name for x in dataclasses.fields(c)})
+                parser.add_argument("--" + f.name.replace("_", "-"), nargs="?", help=argparse.SUPPRESS,
+                                    action=_WrongAgent, agent=agent, owners=owners)
+    if base:
+        from .options import file_defaults
+
+        parser.set_defaults(**file_defaults(_flatten(base), {**dests, **agent_dests}, parser, base["__source__"],
+                                            ignore=("__source__", "train_split", "eval_split", "mpo_gym_version")))
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: Any, skip: tuple[str, ...] = ()) -> None:
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else None
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=_parser_for(f), default=default, help=f"default {default!r}")
+class _WrongAgent(argparse.Action):
+    def __init__(self, option_strings: list[str], dest: str, agent: str = "", owners: list[str] | None = None, **kw: Any):
+        super().__init__(option_strings, dest, **kw)
+        self.agent, self.owners = agent, owners or []
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        raise ConfigError(f"{option_string} is not an option of the {self.agent!r} agent "
+                          f"(it is one of {', '.join(self.owners)}'s; see mpo-gym train --agent {self.agent} --help)")
 
 
-def _parser_for(f: dataclasses.Field[Any]) -> Any:
-    kind = type(f.default) if f.default is not dataclasses.MISSING else str
-    if kind is bool:
-        return lambda s: s.lower() in ("1", "true", "yes", "on")
-    return kind if kind in (int, float, str) else str
+def _baseline(argv: list[str]) -> dict[str, Any]:
+    """Options from ``--config FILE`` or, with ``--resume``, the stored run's config.json."""
+    from .options import load_config_file, pre_scan
+
+    found = pre_scan(argv, "config", "out-dir", "out_dir")
+    data: dict[str, Any] = {}
+    if "--resume" in argv:
+        out_dir = found.get("out-dir") or found.get("out_dir") or TrainConfig.out_dir
+        path = Path(out_dir) / "config.json"
+        if not path.is_file():
+            raise ConfigError(f"--resume: {out_dir} holds no run (no config.json); give its folder with --out-dir")
+        data = {**load_config_file(path, flag="--resume"), "__source__": str(path)}
+    if found.get("config"):
+        data = {**data, **load_config_file(str(found["config"])), "__source__": str(found["config"])}
+    elif "config" in found:
+        raise ConfigError("--config needs a file name")
+    return data
+
+
+def _flatten(data: dict[str, Any]) -> dict[str, Any]:
+    """A config mapping with nested ``agent_kwargs`` (config.json's shape) as flat options."""
+    flat = {k: v for k, v in data.items() if k != "agent_kwargs"}
+    nested = data.get("agent_kwargs") or {}
+    if not isinstance(nested, dict):
+        raise ConfigError(f"{data.get('__source__')}: agent_kwargs must be a mapping")
+    return {**flat, **nested}
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"env_kwargs", "agent_kwargs"}
-    agent_cls = AGENTS[args.agent][1]
-    allowed = {f.name for f in dataclasses.fields(agent_cls)}
-    agent_kwargs = {}
-    for key, value in vars(args).items():
-        if key.startswith("agent__") and value is not None:
-            name = key[len("agent__"):]
-            if name not in allowed:
-                raise SystemExit(f"--{name.replace('_', '-')} is not an option of the {args.agent!r} agent")
-            agent_kwargs[name] = value
-    return TrainConfig(
-        env_kwargs=args.env_kwargs, agent_kwargs=agent_kwargs, **{k: getattr(args, k) for k in fields}
-    )
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"agent_kwargs"}
+    agent_kwargs = {k[len("agent__"):]: v for k, v in vars(args).items() if k.startswith("agent__") and v is not None}
+    return TrainConfig(agent_kwargs=agent_kwargs, **{k: getattr(args, k) for k in fields})
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    result = train(cfg, resume=not args.no_resume)
-    summary = {"out_dir": str(result.out_dir), "updates": result.updates, "train_seconds": round(result.train_seconds, 1),
-               "eval_before": result.eval_before, "eval_after": result.eval_after}
-    print(json.dumps(summary, indent=2))
+    from .errors import flagify
+
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as exc:
+        names = [f.name for f in dataclasses.fields(TrainConfig)]
+        names += [f.name for _, c in AGENTS.values() for f in dataclasses.fields(c)]
+        raise ConfigError(flagify(str(exc), names)) from exc
+    result = train(cfg)
+    print(summary_text(cfg, result))
     return 0
+
+
+def summary_text(cfg: TrainConfig, result: TrainResult) -> str:
+    """A short human summary of a finished run."""
+    split = json.loads((result.out_dir / "config.json").read_text()).get("train_split")
+    lines = [f"trained {cfg.agent} on {cfg.env}" + (f" ({split} split)" if split else "")
+             + f": {result.updates} updates in {result.train_seconds:.1f} s"
+             + (f" (+ {result.warmup_seconds:.1f} s warm-up)" if result.warmup_seconds else "")]
+    if result.history:
+        first, last = result.history[0], result.history[-1]
+        if "charts/reward" in last:
+            lines.append(f"train reward: {first['charts/reward']:.3f} at update {first['step']} -> "
+                         f"{last['charts/reward']:.3f} at update {last['step']}")
+    if result.eval_before and result.eval_after:
+        n = int(result.eval_after.get("n", 0))
+        lines.append(f"held-out greedy accuracy ({n} test tasks): {result.eval_before['accuracy']:.3f} before -> "
+                     f"{result.eval_after['accuracy']:.3f} after")
+    lines.append(f"run folder: {result.out_dir} (config.json, metrics.jsonl, eval.json, checkpoint/)")
+    return "\n".join(lines)

@@ -197,6 +197,7 @@ def test_eval_command_line_compares_models(fake_model, tmp_path, monkeypatch, ca
     monkeypatch.setattr(
         evaluation, "load_policy", lambda spec, dtype="float32": GoldPolicy(answers[spec])
     )
+    monkeypatch.setattr("mpo_gym.errors.check_model_spec", lambda spec, flag="--model": spec)
     out = tmp_path / "eval"
     code = main(
         ["eval", "--suite", "gsm8k,mbpp", "--model", "good", "--model", "bad", "--limit", "2",

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from mpo_gym.trainer import TrainConfig, train
+from mpo_gym.trainer import TrainConfig, TrainingDiverged, train
 
 
 def tiny_cfg(tmp_path, **kwargs):
@@ -28,13 +28,15 @@ def test_run_folder_contents(tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["resolved_agent_config"]["lr"] == 1e-3 and config["resolved_env_kwargs"]["tokenizer"] == "char"
     assert config["resolved_dtype"] == "float32"
+    assert (config["train_split"], config["eval_split"]) == ("train", "test")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     for key in ("charts/reward", "losses/policy", "losses/value", "losses/clipfrac", "losses/approx_kl", "verdicts/correct"):
         assert key in rows[0]
     evals = json.loads((out / "eval.json").read_text())
-    assert set(evals) >= {"before", "after"} and 0 <= evals["after"]["accuracy"] <= 1
+    assert set(evals) >= {"before", "after"} and evals["after"]["n"] == 4
     assert (out / "checkpoint" / "policy.pt").exists() and (out / "checkpoint" / "state.pt").exists()
+    assert not (out / "checkpoint.tmp").exists()
 
 
 @pytest.mark.parametrize("agent", ["ppo", "mpo"])
@@ -83,7 +85,7 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path, monkeypatch):
 
     original = PPOAgent.loss
     monkeypatch.setattr(PPOAgent, "loss", broken)
-    with pytest.raises(SystemExit, match="non-finite"):
+    with pytest.raises(TrainingDiverged, match="non-finite loss"):
         train(tiny_cfg(tmp_path, eval_tasks=0), progress=False)
 
 
@@ -102,9 +104,15 @@ def test_train_cli(tmp_path):
         capture_output=True, text=True, timeout=300,
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert json.loads(out.stdout)["updates"] == 1
-    bad = subprocess.run(
-        [sys.executable, "-m", "mpo_gym", "train", "--agent", "grpo", "--mpo-k", "3", "--model", "tiny"],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert bad.returncode != 0 and "not an option" in bad.stderr
+    assert "trained grpo on mpo_gym/Toy-v0 (train split): 1 updates" in out.stdout
+    assert "held-out greedy accuracy (2 test tasks)" in out.stdout and "{" not in out.stdout
+    rows = (tmp_path / "cli" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in rows] == [1]
+
+
+def test_train_cli_rejects_another_agents_option(capsys):
+    from mpo_gym.cli import main
+
+    assert main(["train", "--agent", "grpo", "--mpo-k", "3", "--model", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "--mpo-k is not an option of the 'grpo' agent" in err and "Traceback" not in err

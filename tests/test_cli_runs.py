@@ -1,0 +1,261 @@
+"""Run folders: resume or refuse, signals, atomic checkpoints, the NaN guard, splits."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mpo_gym.errors import ConfigError, MpoGymError
+from mpo_gym.trainer import TrainConfig, TrainingDiverged, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_cfg(out, **kwargs):
+    base = dict(
+        env="mpo_gym/Toy-v0", model="tiny", agent="ppo", dtype="float32", num_envs=4, updates=2,
+        eval_tasks=0, out_dir=str(out), threads=1,
+        agent_kwargs={"lr": 1e-3, "minibatch_size": 4, "micro_batch_size": 2},
+    )
+    base.update(kwargs)
+    return TrainConfig(**base)
+
+
+def steps(out):
+    return [json.loads(line)["step"] for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def weights(folder):
+    return torch.load(Path(folder) / "policy.pt", map_location="cpu")
+
+
+# ---------------------------------------------------------------------- resume or refuse
+def test_same_config_resumes_and_the_budget_may_change(tmp_path, capsys):
+    out = tmp_path / "run"
+    train(tiny_cfg(out, updates=2), progress=False)
+    capsys.readouterr()
+    train(tiny_cfg(out, updates=3), progress=False)
+    assert "resuming from update 2 of 3" in capsys.readouterr().out
+    assert steps(out) == [1, 2, 3]
+    assert json.loads((out / "config.json").read_text())["updates"] == 3  # the record says what ran
+
+
+def test_another_config_is_refused_and_the_folder_left_byte_identical(tmp_path, capsys):
+    from mpo_gym.cli import main
+
+    out = tmp_path / "run"
+    train(tiny_cfg(out), progress=False)
+    before = snapshot(out)
+    with pytest.raises(MpoGymError) as err:
+        train(tiny_cfg(out, agent_kwargs={"lr": 1e-2, "minibatch_size": 4, "micro_batch_size": 2}), progress=False)
+    message = str(err.value)
+    assert "lr (stored: 0.001, now: 0.01)" in message and "--out-dir" in message and "--resume" in message
+    assert "\n" not in message
+    code = main(["train", "--agent", "grpo", "--env", "mpo_gym/Toy-v0", "--model", "tiny", "--out-dir", str(out)])
+    captured = capsys.readouterr()
+    assert code == 2 and "agent (stored: \"ppo\", now: \"grpo\")" in captured.err and "Traceback" not in captured.err
+    assert snapshot(out) == before
+
+
+def test_resume_flag_continues_with_the_stored_config(tmp_path, capsys):
+    from mpo_gym.cli import main
+
+    out = tmp_path / "run"
+    train(tiny_cfg(out), progress=False)
+    capsys.readouterr()
+    assert main(["train", "--out-dir", str(out), "--resume", "--updates", "3"]) == 0
+    assert "resuming from update 2 of 3" in capsys.readouterr().out
+    assert steps(out) == [1, 2, 3]
+    with pytest.raises(ConfigError, match="holds no run"):
+        from mpo_gym.trainer import add_arguments
+
+        add_arguments(__import__("argparse").ArgumentParser(), ["--out-dir", str(tmp_path / "none"), "--resume"])
+
+
+def test_resume_false_refuses_a_folder_with_a_run(tmp_path):
+    out = tmp_path / "run"
+    train(tiny_cfg(out), progress=False)
+    with pytest.raises(MpoGymError, match="already holds a run"):
+        train(tiny_cfg(out), progress=False, resume=False)
+
+
+# ---------------------------------------------------------------------- checkpoints
+def test_checkpoints_are_periodic_atomic_and_the_last_two_kept(tmp_path):
+    out = tmp_path / "run"
+    train(tiny_cfg(out, updates=3, checkpoint_every=1), progress=False)
+    names = sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint"))
+    assert names == ["checkpoint", "checkpoint.prev"]
+    state = lambda sub: torch.load(out / sub / "state.pt", weights_only=False)["step"]  # noqa: E731
+    assert (state("checkpoint"), state("checkpoint.prev")) == (3, 2)
+
+
+def test_a_corrupted_latest_checkpoint_falls_back_to_the_previous(tmp_path, capsys):
+    straight = tmp_path / "straight"
+    train(tiny_cfg(straight, updates=4), progress=False)
+    out = tmp_path / "run"
+    train(tiny_cfg(out, updates=3, checkpoint_every=1), progress=False)
+    (out / "checkpoint" / "policy.pt").write_bytes(b"not a checkpoint")
+    capsys.readouterr()
+    train(tiny_cfg(out, updates=4, checkpoint_every=1), progress=False)
+    captured = capsys.readouterr()
+    assert "warning: checkpoint" in captured.err and "failed to load" in captured.err
+    assert "resuming from update 2 of 4" in captured.out
+    assert steps(out) == [1, 2, 3, 4]  # update 3 re-done once, not logged twice
+    a, b = weights(straight / "checkpoint"), weights(out / "checkpoint")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # and the same as never interrupted
+
+
+def test_checkpoints_that_all_fail_to_load_are_an_error_not_a_restart(tmp_path):
+    out = tmp_path / "run"
+    train(tiny_cfg(out), progress=False)
+    (out / "checkpoint" / "state.pt").write_bytes(b"garbage")
+    with pytest.raises(MpoGymError, match="could be loaded"):
+        train(tiny_cfg(out, updates=3), progress=False)
+
+
+def _train_cmd(out, updates):
+    return [sys.executable, "-m", "mpo_gym", "train", "--agent", "ppo", "--env", "mpo_gym/Toy-v0", "--model", "tiny",
+            "--dtype", "float32", "--num-envs", "4", "--eval-tasks", "0", "--threads", "1", "--lr", "0.001",
+            "--minibatch-size", "4", "--micro-batch-size", "2", "--log-every", "1", "--updates", str(updates),
+            "--out-dir", str(out)]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_mid_run_saves_and_the_same_command_resumes_each_update_once(tmp_path, sig):
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(_train_cmd(out, 100000), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=tmp_path)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if (out / "metrics.jsonl").exists() and len((out / "metrics.jsonl").read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, stderr[-2000:]
+    assert "Traceback" not in stderr and "mpo-gym train --out-dir" in stderr and "--resume" in stderr
+    stopped = torch.load(out / "checkpoint" / "state.pt", weights_only=False)["step"]
+    assert stopped >= 3 and steps(out) == list(range(1, stopped + 1))  # checkpoint and metrics agree
+    again = subprocess.run(_train_cmd(out, stopped + 2), capture_output=True, text=True, timeout=240, env=env,
+                           cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resuming from update {stopped} of {stopped + 2}" in again.stdout
+    assert steps(out) == list(range(1, stopped + 3))
+
+
+def test_progress_lines_when_stdout_is_not_a_terminal(tmp_path):
+    out = subprocess.run(_train_cmd(tmp_path / "run", 2), capture_output=True, text=True, timeout=240,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [line for line in out.stdout.splitlines() if " update " in line and "s/update" in line]
+    assert [line.split(" | ")[0] for line in lines] == ["ppo update 1/2", "ppo update 2/2"]
+
+
+# ---------------------------------------------------------------------- the NaN guard
+def test_non_finite_gradients_never_reach_the_optimizer_and_the_last_good_checkpoint_stays(tmp_path, monkeypatch):
+    from mpo_gym.agents import PPOAgent
+
+    class NanGrad(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad * float("nan")
+
+    calls = {"loss": 0, "bad_steps": 0}
+    original_loss = PPOAgent.loss
+
+    def loss_with_nan_grads_from_update_2(self, mb):
+        loss, metrics = original_loss(self, mb)
+        calls["loss"] += 1
+        return (NanGrad.apply(loss) if calls["loss"] > 2 else loss), metrics  # 2 micro-batches per update
+
+    original_step = torch.optim.AdamW.step
+
+    def checked_step(self, *args, **kwargs):
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        calls["bad_steps"] += any(not torch.isfinite(g).all() for g in grads)
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(PPOAgent, "loss", loss_with_nan_grads_from_update_2)
+    monkeypatch.setattr(torch.optim.AdamW, "step", checked_step)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match="non-finite gradient") as err:
+        train(tiny_cfg(out, updates=4, checkpoint_every=1), progress=False)
+    assert "update 1" in str(err.value)
+    assert calls["bad_steps"] == 0
+    state = torch.load(out / "checkpoint" / "state.pt", weights_only=False)
+    assert state["step"] == 1
+    assert all(torch.isfinite(v).all() for v in weights(out / "checkpoint").values() if v.is_floating_point())
+
+
+# ---------------------------------------------------------------------- splits
+def test_training_on_a_test_only_suite_is_refused_before_anything_is_written(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError) as err:
+        train(tiny_cfg(out, env="mpo_gym/HumanEval-v0"), progress=False)
+    assert "'test' split" in str(err.value) and "--allow-test-split" in str(err.value)
+    assert not out.exists()
+    with pytest.raises(ConfigError, match="--allow-test-split"):
+        train(tiny_cfg(out, env="mpo_gym/GSM8K-v0", env_kwargs={"split": "test"}), progress=False)
+
+
+def test_allowed_test_split_is_recorded_and_labelled_in_the_first_line(tmp_path, monkeypatch):
+    import mpo_gym.envs
+
+    monkeypatch.setattr(mpo_gym.envs, "available_splits", lambda env_id: ("test",))
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError):
+        train(tiny_cfg(out), progress=False)
+    train(tiny_cfg(out, allow_test_split=True), progress=False)
+    config = json.loads((out / "config.json").read_text())
+    assert (config["train_split"], config["eval_split"]) == ("test", "test")
+    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["step"] == 0 and "trained on the 'test' split" in first["warning"]
+
+
+def test_mpo_warmup_draws_only_training_tasks(tmp_path, monkeypatch):
+    from mpo_gym.agents import MPOAgent
+
+    seen: list[str] = []
+    original = MPOAgent._solution_batch
+
+    class Recording:
+        def __init__(self, tasks):
+            self.tasks = tasks
+
+        def __len__(self):
+            return len(self.tasks)
+
+        def __getitem__(self, i):
+            task = self.tasks[i]
+            seen.append(task.id)
+            return task
+
+    def recording_batch(self, env, policy):
+        tasks, env.tasks = env.tasks, Recording(env.tasks)
+        try:
+            return original(self, env, policy)
+        finally:
+            env.tasks = tasks
+
+    monkeypatch.setattr(MPOAgent, "_solution_batch", recording_batch)
+    kwargs = {"lr": 1e-3, "minibatch_size": 4, "micro_batch_size": 2, "mpo_k": 3, "warmup_steps": 3,
+              "warmup_batch_size": 4}
+    train(tiny_cfg(tmp_path / "run", agent="mpo", updates=1, eval_tasks=2, agent_kwargs=kwargs), progress=False)
+    assert len(seen) >= 12 and all(t.startswith("toy/train/") for t in seen), seen
