@@ -4,9 +4,13 @@ Pipeline for one check:
 
 1. **Extraction** (caller's process, pure string code; :mod:`.math_extract`): the last
    ``\boxed{}``/``\fbox{}``; else the last "final answer is X" / "the answer is X" /
-   "Answer: X" / "#### X" line; else the whole response when it is only an answer.
-   Otherwise ``no_answer``. Never "any number in the text". ``boxed_only=True`` keeps only
-   the first rule (recommended for RL: the format is then part of the task).
+   "Answer: X" / "Answer $X$" / "#### X" line (also "la réponse est", "la respuesta es",
+   "die Antwort ist", "答案是"), with display math after the phrase allowed to run over
+   lines; else the one math span of a short final sentence ("We find that $x < 3$.",
+   "Therefore $x \geq 5$ is the solution."); else the whole response when it is only an
+   answer. Otherwise ``no_answer``. Never "any number in the text". ``boxed_only=True``
+   keeps only the first rule (recommended for RL: the format is then part of the task).
+   A reference is read with the same rules (a worked solution gives its own final answer).
 2. **Cheap path** (caller's process): equal normalised strings are ``correct`` at once.
 3. **Worker** (a process from a shared :class:`~mpo_gym.verifiers.pool.WorkerPool`): parse
    both sides (:mod:`.math_parse`, LaTeX through ``latex2sympy2_extended``, plain text
@@ -41,26 +45,45 @@ Conventions (what a careful grader does; the gold side decides where they are as
   ``\frac{\pi}{6}``.
 - ``\pm``: ``1 \pm \sqrt{2}`` is the list ``1+\sqrt{2}, 1-\sqrt{2}``.
 - Several boxes: when the reference lists ``n`` answers and the response's last ``n`` boxes
-  are exactly the boxes of one line (``x = \boxed{2}`` or ``x = \boxed{3}``), they are read
-  as one list; otherwise only the last box counts.
+  form the whole trailing run of boxes with short glue on one line (``x = \boxed{2}`` or
+  ``x = \boxed{3}``), they are read as one list; otherwise only the last box counts. A
+  reference's boxes joined by list glue (``\boxed{1}\boxed{2}``, ``\boxed{1} and \boxed{2}``,
+  commas) are one list. A "final answer is X" line after the last box (X a math span or a
+  number) wins over the box.
 - Collections: ``(a, b)`` and ``[a, b)`` are ordered and their brackets must match (an open
   interval is not a closed one); ``\{a, b\}``, bare lists ``a, b``, "a or b" and unions are
   order-insensitive and must have the same number of items. A 1-row/1-column matrix equals
   the same tuple ``(a, b)``.
-- Relations: ``x = 2`` equals ``2`` when the left side is a single name (``k=1``, ``f(3)=5``);
-  ``a + 3z = 0`` is never ``0``. ``a < b`` equals ``b > a``; equations equal when both sides
-  match (either order) or ``lhs - rhs`` agree up to sign. A gold inequality in one variable
-  accepts the same set as an interval (``x > 2`` accepts ``(2, \infty)``); a gold interval
-  does not accept an inequality.
+- Ratios and clock times: ``11:21`` and ``12:00`` compare term by term (``12:00`` is not
+  ``1:00``; ``2:4`` is not ``1:2``; ``11:21`` is not ``11/21``). A division by zero equals
+  nothing.
+- Labels: ``x = 2`` equals ``2`` when the left side is a label: a name (``k``, ``x_1``,
+  ``f(3)``), ``|z|``, capital-letter segments and their ratios (``AB``, ``|AB|``,
+  ``\frac{NO}{BO}``), a tuple or ratio of names (``(p, q) = (3, 2)``, ``V_1 : V_2 = 11 : 21``).
+  ``a + 3z = 0`` and ``xy = 6`` are never ``0`` / ``6``. ``AB = 4, CD = 5`` wants ``4, 5`` in
+  that order; ``x_1 = 2, x_2 = 3`` accepts either order. A chain of equal numbers
+  (``35 + 70 = 105``) is its value; a false one (``1/2 = 10/9``) is nothing.
+- Relations: ``a < b`` equals ``b > a``; equations equal when both sides match (either
+  order) or ``lhs - rhs`` agree up to a constant non-zero factor (``2x + 4y - 3 = 0`` is
+  ``y = -x/2 + 3/4``; for an inequality the factor must be positive). A gold inequality in
+  one variable (``x``, ``f(x)`` or ``|z|``) accepts the same set as an interval or union,
+  also written ``x \in [...]`` (``-2 \le x \le 7`` accepts ``[-2, 7]``); a gold interval does
+  not accept an inequality.
+- Matrices: ``pmatrix``/``bmatrix``/``array`` (also in ``\left[...\right]``) compare cell by
+  cell; sums, differences and products of matrix literals are evaluated first.
+- Separators: ``11,\!111`` and ``14{,}916`` are thousands; ``;`` separates items like ``,``;
+  a tuple listed twice in an "all solutions" answer counts once. ``X \approx Y`` is read as
+  ``X`` (``x \approx 11`` as ``x = 11``). ``\textnormal{}`` units are dropped like ``\text{}``.
 - Words (``\text{Monday}``) compare case-insensitively; single letters are symbols and are
   case-sensitive.
 
-Not handled (known blind spots): ``0.333`` for ``1/3`` (rounding conventions), scaled
-equations (``2x = 4`` vs ``x = 2``), units are dropped, not checked or converted (``5 m``
-passes for ``5 cm``), answers spread over several boxes on different lines (only the last
-box counts, even if a later line says "the answer is"), ``\log`` is read as base 10 (``latex2sympy2_extended``),
-multi-letter plain words are text (``xy`` is not ``yx``), the name in ``x = 2`` is not
-checked against the question, and anything ``latex2sympy2_extended`` cannot parse.
+Not handled (known blind spots, each rejected rather than guessed): ``0.333`` for ``1/3``
+(rounding conventions), decimal commas (``1000,99`` is read as a list), numbers in prose
+with no answer phrase or math delimiters ("... is 2/3. <|im_start|>"), units are dropped,
+not checked or converted (``5 m`` passes for ``5 cm``), ``\log`` is read as base 10
+(``latex2sympy2_extended``), multi-letter plain words are text (``xy`` is not ``yx``), the
+name in ``x = 2`` is not checked against the question, ratios are not reduced, and
+anything ``latex2sympy2_extended`` cannot parse.
 """
 
 from __future__ import annotations

@@ -26,7 +26,13 @@ EXACT_TOL = sympy.Float("1e-40", 60)
 def equivalent(gold: Any, pred: Any, rel_tol: float = 1e-6) -> bool:
     """True when ``pred`` answers the question whose answer is ``gold`` (not symmetric)."""
     if isinstance(gold, Rel) and isinstance(pred, Rel):
-        return _rel_equiv(gold, pred, rel_tol)
+        if _rel_equiv(gold, pred, rel_tol):
+            return True
+        chain, value = _numeric_chain_value(pred), _assigned_value(gold)
+        if chain is not None and value is not None:
+            return equivalent(value, chain, rel_tol)
+        answer = _assigned_value(pred)  # x \\in [-2, 7] for -2 \\le x \\le 7
+        return answer is not None and value is None and _inequality_vs_interval(gold, answer)
     if isinstance(pred, Rel):
         value = _assigned_value(pred)
         return value is not None and equivalent(gold, value, rel_tol)
@@ -55,8 +61,17 @@ _UNORDERED = {"set", "bag", "union"}
 
 
 def _group_equiv(gold: Group, pred: Group, rel_tol: float) -> bool:
+    if gold.kind in _UNORDERED and pred.kind in _UNORDERED:
+        pred = _drop_repeated_tuples(gold, pred)
     if len(gold.items) != len(pred.items):
         return False
+    if gold.kind == pred.kind == "bag" and _labelled_list(gold) and not any(
+        isinstance(p, Rel) for p in pred.items
+    ):  # AB = 4, CD = 5 answered 4, 5: in the order of the labels
+        if all(equivalent(g, p, rel_tol) for g, p in zip(gold.items, pred.items)):
+            return True
+        if not _one_family(gold):  # x_1 = a, x_2 = b may come in either order; AB, CD not
+            return False
     if gold.kind in _UNORDERED and pred.kind in _UNORDERED:
         if "union" in (gold.kind, pred.kind) and gold.kind != pred.kind:
             return False
@@ -67,6 +82,41 @@ def _group_equiv(gold: Group, pred: Group, rel_tol: float) -> bool:
     if ordered:
         return all(equivalent(g, p, rel_tol) for g, p in zip(gold.items, pred.items))
     return False
+
+
+def _labelled_list(group: Group) -> bool:
+    return all(isinstance(g, Rel) and set(g.ops) == {"="} and _is_label(g.parts[0])
+               for g in group.items)
+
+
+def _one_family(group: Group) -> bool:
+    """``x_1 = ..., x_2 = ...``: one name with different subscripts (roots, in any order)."""
+    bases = set()
+    for g in group.items:
+        label = g.parts[0]
+        if not (isinstance(label, Expr) and isinstance(label.value, sympy.Symbol)):
+            return False
+        name = str(label.value)
+        if "_" not in name:
+            return False
+        bases.add(name.split("_")[0])
+    return len(bases) == 1
+
+
+def _drop_repeated_tuples(gold: Group, pred: Group) -> Group:
+    """A tuple listed twice in an "all solutions" answer counts once, when the gold lists
+    distinct tuples (scalars keep their multiplicity: ``1, 1, 2`` is not ``1, 2``)."""
+    if len(pred.items) <= len(gold.items) or not all(
+        isinstance(p, Group) and p.kind == "seq" for p in pred.items
+    ):
+        return pred
+    if len({repr(g) for g in gold.items}) != len(gold.items):
+        return pred
+    seen: list[Any] = []
+    for p in pred.items:
+        if repr(p) not in {repr(q) for q in seen}:
+            seen.append(p)
+    return Group(pred.kind, tuple(seen), pred.open, pred.close)
 
 
 def _unordered_match(gold: tuple[Any, ...], pred: tuple[Any, ...], rel_tol: float) -> bool:
@@ -118,17 +168,57 @@ def _is_name(node: Any) -> bool:
     return isinstance(v, sympy.Symbol) or isinstance(v, sympy.core.function.AppliedUndef)
 
 
+def _is_label(node: Any) -> bool:
+    """The left side of a labelled answer: a name (``k``, ``x_1``, ``f(3)``), ``|z|``, a
+    segment or a ratio of segments (``AB``, ``|AB|``, ``\\frac{NO}{BO}``: capital letters or
+    subscripted names only, so ``xy`` is no label), a tuple of names (``(p, q)``) or a
+    ratio of names (``V_1 : V_2``). Never anything with a number or a sum in it."""
+    if isinstance(node, Group) and (node.kind == "ratio" or (node.kind, node.open) == ("seq", "(")):
+        return len(node.items) > 1 and all(_is_label(i) for i in node.items)
+    return isinstance(node, Expr) and _label_value(node.value, top=True)
+
+
+def _label_value(v: Any, top: bool) -> bool:
+    if isinstance(v, sympy.Symbol) or isinstance(v, sympy.core.function.AppliedUndef):
+        name = str(v).split("(")[0]
+        return top or "_" in name or (name.isalpha() and name.isupper())
+    if isinstance(v, sympy.Abs):
+        return _label_value(v.args[0], top)
+    if isinstance(v, sympy.Pow):
+        return v.exp == -1 and _label_value(v.base, False)
+    if isinstance(v, sympy.Mul):
+        return all(_label_value(a, False) for a in v.args)
+    return False
+
+
 def _assigned_value(rel: Rel) -> Any:
-    """``x = v`` (or ``x = ... = v``) gives ``v``; anything else gives ``None``."""
-    if set(rel.ops) == {"="} and _is_name(rel.parts[0]) and not _is_name(rel.parts[-1]):
+    """``x = v`` (or ``x = ... = v``, with ``x`` a label) gives ``v``; so does a chain of
+    equal numbers (``35 + 70 = 105`` gives ``105``); anything else gives ``None``."""
+    if set(rel.ops) != {"="}:
+        return None
+    if _is_label(rel.parts[0]) and not _is_label(rel.parts[-1]):
         return rel.parts[-1]
+    return _numeric_chain_value(rel)
+
+
+def _numeric_chain_value(rel: Rel) -> Any:
+    parts = rel.parts
+    if set(rel.ops) != {"="} or not all(isinstance(p, Expr) for p in parts):
+        return None
+    if any(p.value.free_symbols or p.percent or p.degree for p in parts):
+        return None
+    last = parts[-1]
+    if all(_scalar_equal(p.value, last.value, 1e-12) for p in parts[:-1]):
+        return last
     return None
 
 
 def _collapse(rel: Rel) -> Rel:
     """``x = 2 + 3 = 5`` -> ``x = 5`` (an assignment chain keeps its ends)."""
+    if len(rel.parts) == 2 or not _is_label(rel.parts[0]):
+        return rel
     value = _assigned_value(rel)
-    if value is None or len(rel.parts) == 2:
+    if value is None:
         return rel
     return Rel(("=",), (rel.parts[0], value))
 
@@ -150,7 +240,34 @@ def _rel_equiv(gold: Rel, pred: Rel, rel_tol: float) -> bool:
     dp = pred.parts[0].value - pred.parts[1].value
     if gold.ops[0] in ("=", "!=") and _scalar_equal(dg, -dp, rel_tol):
         return True
-    return _scalar_equal(dg, dp, rel_tol)
+    if _scalar_equal(dg, dp, rel_tol):
+        return True
+    return _proportional(dg, dp, positive=gold.ops[0] not in ("=", "!="))
+
+
+def _proportional(dg: Any, dp: Any, positive: bool) -> bool:
+    """``lhs - rhs`` of the two sides differ by a constant non-zero factor (positive for an
+    inequality): ``2x + 4y - 3 = 0`` is ``y = -x/2 + 3/4``. Needs a free symbol; the
+    factor is read at one rational point, then the identity is proven as usual."""
+    symbols = sorted(dg.free_symbols | dp.free_symbols, key=str)
+    if not symbols:
+        return False
+    rng = random.Random(4321)
+    factor = None
+    for _ in range(3):
+        point = {s: sympy.Rational(rng.randint(11, 97), rng.randint(7, 31)) for s in symbols}
+        try:
+            vg, vp = sympy.nsimplify(dg.xreplace(point)), sympy.nsimplify(dp.xreplace(point))
+        except (TypeError, ValueError, ArithmeticError, AttributeError):
+            return False
+        if vp != 0 and vg != 0:
+            factor = vg / vp
+            break
+    if factor is None or factor.free_symbols or factor.has(sympy.zoo, sympy.nan):
+        return False
+    if positive and not bool(factor.is_positive):
+        return False
+    return _scalar_equal(dg, factor * dp, 1e-12)
 
 
 def _inequality_vs_interval(gold: Rel, pred: Any) -> bool:
@@ -163,13 +280,23 @@ def _inequality_vs_interval(gold: Rel, pred: Any) -> bool:
 
 
 def _rel_as_set(rel: Rel) -> Any:
+    """The real set of a chain in one variable: ``1 < x \\le 3``, ``0 < f(x) < 1``,
+    ``1 \\le |z| \\le 3/2``; ``None`` when it is not one."""
     if not all(isinstance(p, Expr) for p in rel.parts) or "!=" in rel.ops or "=" in rel.ops:
         return None
     values = [p.value for p in rel.parts]
-    names = [v for v in values if isinstance(v, sympy.Symbol)]
-    if len(names) != 1 or any(v.free_symbols for v in values if v is not names[0]):
+    applied = set().union(*(v.atoms(sympy.core.function.AppliedUndef) for v in values))
+    if len(applied) > 1:
         return None
-    var = names[0]
+    if applied:  # f(x) is the variable: a stand-in symbol, so x is not one too
+        stand_in = sympy.Dummy("v")
+        values = [v.xreplace({next(iter(applied)): stand_in}) for v in values]
+    names = set().union(*(v.free_symbols for v in values))
+    if len(names) != 1:
+        return None
+    var = next(iter(names))
+    if sum(bool(v.free_symbols) for v in values) != 1:
+        return None
     result = sympy.S.Reals
     for op, a, b in zip(rel.ops, values, values[1:]):
         rel_fn = sympy.Lt if op == "<" else sympy.Le

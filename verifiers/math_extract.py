@@ -17,10 +17,27 @@ PERCENT = "%"
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
 _HASH_RE = re.compile(r"^[ \t]*####[ \t]*(.+)$", re.M)
 _FINAL_RE = re.compile(
-    r"(?:final[ \t]+answer|the[ \t]+answer)[ \t]*(?:is|:)[ \t]*:?[ \t]*(.+)$", re.I | re.M
+    r"(?:final[ \t]+answer|\banswer)[ \t*_]*(?:is|:)[ \t*_]*:?[ \t*_]*(.+)$"
+    r"|(?:r[ée]ponse(?:[ \t]+finale)?[ \t]+est|la[ \t]+respuesta(?:[ \t]+final)?[ \t]+es"
+    r"|die[ \t]+(?:endg[üu]ltige[ \t]+)?antwort[ \t]+ist|答案[是为])[ \t]*:?[ \t]*(.+)$",
+    re.I | re.M,
 )
-_ANSWER_LINE_RE = re.compile(r"^[ \t*#>_]*answer[ \t*_]*[:：][ \t*_]*(.+)$", re.I | re.M)
+_ANSWER_WORD = r"(?:final[ \t]+)?(?:answer|r[ée]ponse|respuesta|antwort|resposta|ответ|答案)"
+_ANSWER_LINE_RE = re.compile(
+    r"^[ \t*#>_]*" + _ANSWER_WORD + r"[ \t*_]*(?:[:：]|(?=\$|\\\[|\\\())[ \t*_]*(.+)$", re.I | re.M
+)
 _PROSE_RE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{2,}[\s,.;:'’]+[a-zA-Z]{1,}(?![a-zA-Z]*\})")
+_END_TOKEN_RE = re.compile(r"<\|(?:im_start|im_end|endoftext|eot_id|end)\|>")
+_CONCLUSION_RE = re.compile(
+    r"^\W*(?:therefore|thus|hence|so|finally|in conclusion|we (?:find|get|obtain|conclude|have)"
+    r"|the (?:solution|answer|result))\b",
+    re.I,
+)
+_AFTER_SPAN_RE = re.compile(
+    r"^[ \t]*(?:(?:is|are)[ \t]+(?:the|our|a)?[ \t]*(?:final[ \t]+)?(?:solution|answer|result)s?)?"
+    r"[ \t]*[.!]?[ \t]*$",
+    re.I,
+)
 
 
 def last_boxed(text: str) -> tuple[str | None, bool]:
@@ -43,18 +60,20 @@ def last_boxed(text: str) -> tuple[str | None, bool]:
 
 
 def _joined_boxes(text: str, items: int) -> str | None:
-    """The last ``items`` boxes joined by commas, if they sit on one line, else ``None``."""
+    """The last ``items`` boxes joined by commas, if they form the whole trailing run of
+    boxes with short glue on one line, else ``None``."""
     every = list(_BOX_RE.finditer(text))
     if items > 20 or len(every) < items:
         return None
     matches = every[-items:]
-    if len(every) > items:  # the group must be all the boxes on that line
+    if len(every) > items:  # the run must not go on to the left: then it has more items
         before = every[-items - 1]
-        if "\n" not in text[before.end() : matches[0].start()]:
+        end = _box_end(text, before)
+        if end is not None and _short_glue(text[end : matches[0].start()]):
             return None
     contents, end = [], None
     for m in matches:
-        if end is not None and (m.start() - end > 40 or "\n" in text[end : m.start()]):
+        if end is not None and not _short_glue(text[end : m.start()]):
             return None
         if m.end() >= len(text) or text[m.end()] != "{":
             return None
@@ -64,6 +83,30 @@ def _joined_boxes(text: str, items: int) -> str | None:
         contents.append(inner.strip())
         end = m.end() + len(inner) + 2
     return ", ".join(contents)
+
+
+def _box_end(text: str, m: re.Match[str]) -> int | None:
+    if m.end() >= len(text) or text[m.end()] != "{":
+        return None
+    inner = _braced(text, m.end())
+    return None if inner is None else m.end() + len(inner) + 2
+
+
+def _short_glue(glue: str) -> bool:
+    return len(glue) <= 40 and "\n" not in glue
+
+
+_GLUE_RE = re.compile(r"^[\s,;.]*(?:[A-Za-z]+[ \t]+)?(?:and|or|y|et|und)?[\s,;.]*$", re.I)
+
+
+def _list_glue(glue: str) -> bool:
+    r"""Glue that joins a reference's boxes into one list: commas, "and"/"or" (with at most
+    one word before it: ``\boxed{1} papers and \boxed{2}``), math delimiters and spacing."""
+    if not _short_glue(glue):
+        return False
+    glue = re.sub(r"\\(?:text|mathrm|textnormal|mbox)\s*\{([^{}]*)\}", r" \1 ", glue)
+    glue = re.sub(r"\\q?quad(?![a-zA-Z])|\\[,;: !]|\$|\\[()\[\]]|~", " ", glue)
+    return _GLUE_RE.match(glue) is not None
 
 
 def count_items(reference: str) -> int:
@@ -76,27 +119,154 @@ def count_items(reference: str) -> int:
 
 
 def _braced(text: str, i: int) -> str | None:
-    """The content of the brace group opening at ``text[i] == '{'``, or ``None``."""
-    depth = 0
-    for j in range(i, len(text)):
+    """The content of the brace group opening at ``text[i] == '{'``, or ``None``.
+
+    A backslash escapes the next character (``\\}`` is a brace, ``\\\\}`` a line break then
+    a closing brace)."""
+    depth, j = 0, i
+    while j < len(text):
         ch = text[j]
-        if ch == "{" and (j == 0 or text[j - 1] != "\\"):
+        if ch == "\\":
+            j += 2
+            continue
+        if ch == "{":
             depth += 1
-        elif ch == "}" and text[j - 1] != "\\":
+        elif ch == "}":
             depth -= 1
             if depth == 0:
                 return text[i + 1 : j]
+        j += 1
     return None
+
+
+def _span_at(text: str, i: int) -> tuple[int, str] | None:
+    r"""The math span opening at ``text[i]``: ``(end, content)``, or ``None``.
+
+    Display math (``$$...$$``, ``\[...\]``) may run over lines; inline math (``$...$``,
+    ``\(...\)``) must close on its own line (an unclosed ``$`` is a dollar sign).
+    """
+    if text.startswith("$$", i):
+        j = text.find("$$", i + 2)
+        return (j + 2, text[i + 2 : j]) if j != -1 else None
+    if text.startswith("\\[", i) or text.startswith("\\(", i):
+        close = "\\]" if text[i + 1] == "[" else "\\)"
+        line_end = len(text) if close == "\\]" else _line_end(text, i)
+        j = text.find(close, i + 2, line_end)
+        return (j + 2, text[i + 2 : j]) if j != -1 else None
+    if text.startswith("$", i):
+        j = i + 1
+        while j < len(text) and text[j] not in "$\n":
+            j += 2 if text[j] == "\\" else 1
+        return (j + 1, text[i + 1 : j]) if j < len(text) and text[j] == "$" else None
+    return None
+
+
+def _line_end(text: str, i: int) -> int:
+    j = text.find("\n", i)
+    return len(text) if j == -1 else j
+
+
+def _math_spans(text: str) -> list[tuple[int, int, str]]:
+    """Every math span of ``text`` as ``(start, end, content)``, left to right.
+
+    Linear time: once an opener finds no closer, later openers of that kind are not
+    searched again where the first search already failed (the rest of the text for
+    display math, the rest of the line for inline math)."""
+    spans: list[tuple[int, int, str]] = []
+    dead = {"$$": -1, "\\[": -1, "\\(": -1, "$": -1}  # no closer for this opener before here
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch not in "\\$":
+            i += 1
+            continue
+        opener = next((o for o in ("$$", "\\[", "\\(", "$") if text.startswith(o, i)), None)
+        if opener is None:
+            i += 2 if ch == "\\" else 1
+            continue
+        span = None if dead[opener] > i else _span_at(text, i)
+        if span is not None:
+            spans.append((i, span[0], span[1]))
+            i = span[0]
+            continue
+        if dead[opener] <= i:
+            dead[opener] = len(text) if opener in ("$$", "\\[") else _line_end(text, i)
+        i += len(opener)
+    return spans
 
 
 def _clean_line_answer(ans: str) -> str:
     """Trim an answer taken from a sentence: math delimiters, trailing prose and dots."""
-    ans = ans.strip()
-    dollar = re.match(r"^\$+(.+?)\$+", ans)
-    if dollar:
-        return dollar.group(1).strip()
+    ans = _END_TOKEN_RE.split(ans)[0].strip()
+    span = _span_at(ans, 0)
+    if span is not None:
+        return span[1].strip()
     ans = re.split(r"\.[ \t]+(?=[A-Z])|(?<!\s)\s+(?:I hope|because|since|which)\b", ans)[0]
     return ans.strip().rstrip(".").strip()
+
+
+def _after_phrase(text: str, m: re.Match[str]) -> str:
+    """The answer after an answer phrase: a later phrase on the same line wins ("Final
+    Answer: The final answer is $X$"); then a math span right after it (display math may
+    run over lines), else the rest of its line, trimmed; then "... is X" gives X."""
+    start = _phrase_end(text, m)
+    span = _span_at(text, start)
+    if span is not None:
+        return span[1].strip()
+    return _is_tail(_clean_line_answer(text[start : _line_end(text, start)]))
+
+
+def _phrase_end(text: str, m: re.Match[str]) -> int:
+    start = m.start(1) if m.group(1) is not None else m.start(2)
+    for _ in range(3):  # bounded: a line of repeated phrases costs linear time
+        inner = _FINAL_RE.search(text, start, _line_end(text, start))
+        if inner is None:
+            break
+        start = inner.start(1) if inner.group(1) is not None else inner.start(2)
+    return start
+
+
+def _is_tail(ans: str) -> str:
+    r"""A sentence ending in ``... is X`` gives ``X`` (``The largest $n$ is 34`` -> 34)."""
+    if len(ans) <= 500 and _PROSE_RE.search(_strip_math(ans)):
+        tail = re.search(r"(?:^|\s)(?:is|are|equals)[ \t]+(\S[^\n]*)$", ans)
+        if tail:
+            candidate = _clean_line_answer(tail.group(1))
+            if candidate and not _PROSE_RE.search(_strip_math(candidate)):
+                return candidate
+    return ans
+
+
+def _strip_math(text: str) -> str:
+    return re.sub(r"\$[^$]*\$", " ", text)
+
+
+def _final_math_sentence(text: str) -> str | None:
+    r"""The math of a short final sentence: ``We find that $x \lt 3$.``, ``Therefore $x \geq
+    5$ is the solution.``, ``The identity matrix is $...$.``
+
+    The sentence must hold exactly one math span, followed by nothing but a dot or "is the
+    solution/answer"; when it is not the whole response it must open with a conclusion
+    ("Therefore", "Thus", "So", "We find", "The answer", ...).
+    """
+    text = _END_TOKEN_RE.split(text)[0].rstrip()
+    spans = _math_spans(text)
+    if not spans:
+        return None
+    start, end, content = spans[-1]
+    if not _AFTER_SPAN_RE.match(text[end:]):
+        return None
+    before = text[:start]
+    cut = max(before.rfind(". "), before.rfind(".\n"), before.rfind("\n"), before.rfind("! "),
+              before.rfind("? "))
+    lead = before[cut + 1 :]
+    if len(spans) > 1 and spans[-2][1] > cut + 1:
+        return None  # two math spans in one sentence: which one is the answer?
+    if len(lead.split()) > 15:
+        return None
+    if cut >= 0 and not _CONCLUSION_RE.match(lead):
+        return None
+    return content.strip() or None
 
 
 def is_bare_answer(text: str) -> bool:
@@ -114,8 +284,13 @@ def extract_answer(response: str, boxed_only: bool = False, items: int = 1) -> s
     r"""The answer a response commits to, or ``None`` (fail closed).
 
     Order: the last ``\boxed{}``/``\fbox{}`` (an unclosed last box means ``None``); then the
-    last "final answer is X" / "the answer is X" / "Answer: X" / "#### X" line; then the whole
-    response if it is only an answer. With ``boxed_only`` only the first rule applies.
+    last "final answer is X" / "the answer is X" / "Answer: X" / "Answer $X$" / "#### X"
+    line (also "la réponse est", "la respuesta es", "die Antwort ist", "答案"), where a
+    display-math block right after the phrase may run over lines; then the one math span
+    of a short final sentence (see :func:`_final_math_sentence`); then the whole response
+    if it is only an answer. With ``boxed_only`` only the first rule applies. A "final
+    answer is X" line written after the last box, with X a math span or a number, wins
+    over the box.
 
     ``items`` is how many answers the reference lists (``2, 3`` has two). When it is above
     one and the last ``items`` boxes sit on one line with only short glue between them
@@ -124,36 +299,98 @@ def extract_answer(response: str, boxed_only: bool = False, items: int = 1) -> s
     boxed, found = last_boxed(response)
     if found and items > 1 and boxed is not None:
         boxed = _joined_boxes(response, items) or boxed
+    if found and not boxed_only:
+        later = _final_line_after_last_box(response)
+        if later is not None:
+            return later
     if found or boxed_only:
         return boxed.strip() if boxed and boxed.strip() else None
-    best: tuple[int, str] | None = None
+    best: re.Match[str] | None = None
     for pattern in (_HASH_RE, _FINAL_RE, _ANSWER_LINE_RE):
         for m in pattern.finditer(response):
-            if best is None or m.start() > best[0]:
-                best = (m.start(), m.group(1))
+            if best is None or m.start() > best.start():
+                best = m
     if best is not None:
-        ans = _clean_line_answer(best[1].strip())
-        return ans or None
-    if is_bare_answer(response):
-        return response.strip()
-    return None
+        ans = _after_phrase(response, best)
+        return ans if ans.strip("$ \t") else None
+    sentence = _final_math_sentence(response)
+    if sentence is not None:
+        return sentence
+    return response.strip() if is_bare_answer(response) else None
+
+
+_STRONG_FINAL_RE = re.compile(r"final[ \t]+answer[ \t]*(?:is|:)[ \t]*:?[ \t]*(.+)$", re.I | re.M)
+
+
+def _final_line_after_last_box(response: str) -> str | None:
+    """A "final answer is X" line written after the last box overrides the box, when X is a
+    math span or a plain number (not prose such as "as above")."""
+    last = list(_BOX_RE.finditer(response))[-1]
+    end = _box_end(response, last) or last.end()
+    found = None
+    for m in _STRONG_FINAL_RE.finditer(response, end):
+        found = m
+    if found is None:
+        return None
+    start = _phrase_end(response, found)
+    span = _span_at(response, start)
+    if span is not None:
+        return span[1].strip() or None
+    ans = _clean_line_answer(response[start : _line_end(response, start)])
+    return ans if re.fullmatch(r"[-+]?\d[\d,]*(?:\.\d+)?", ans) else None
 
 
 def extract_reference(reference: object) -> str:
-    r"""The gold answer as a string: the last ``\boxed{}`` if it has one, else all of it."""
+    r"""The gold answer as a string, read with the same rules as a response.
+
+    The last ``\boxed{}`` (several boxes on the last boxed line, with short glue between
+    them, are one list: ``\boxed{1} and \boxed{2}``); else, for a worked solution (prose),
+    its answer line or final math sentence; else all of it.
+    """
     text = str(reference)
-    boxed, _ = last_boxed(text)
-    return (boxed if boxed is not None else text).strip()
+    boxed, found = last_boxed(text)
+    if boxed is not None:
+        run = _box_run(text)
+        return (", ".join(run) if len(run) > 1 else boxed).strip()
+    if not found and not is_bare_answer(text):
+        answer = extract_answer(text)
+        if answer is not None:
+            return answer.strip()
+    return text.strip()
+
+
+def _box_run(text: str) -> list[str]:
+    """Contents of the trailing run of boxes joined by list glue (``\\boxed{2}, \\boxed{3}``,
+    ``\\boxed{1} and \\boxed{2}``), for a reference only."""
+    every = list(_BOX_RE.finditer(text))[-20:]
+    run: list[str] = []
+    start = None
+    for m in reversed(every):
+        end = _box_end(text, m)
+        if end is None or (start is not None and (end > start or not _list_glue(text[end:start]))):
+            break
+        inner = text[m.end() + 1 : end - 1].strip()
+        if not inner:
+            break
+        run.insert(0, inner)
+        start = m.start()
+    return run
 
 
 # -- normalisation ---------------------------------------------------------------------------
 _REPLACEMENTS = [
-    (r"\\[dt]frac", r"\\frac"),
+    (r"\\[dtc]frac", r"\\frac"),
+    (r"^\(?([A-E])\)?[.)][ \t]+\S.*$", r"\1"),  # a choice with its text: "C. x = 42" is C
+    (r"^([\s$]*[A-Za-z](?:_\{?\w+\}?)?)\s*(?:\\approx|≈)", r"\1="),
+    (r"(?<=\S)\s*(?:\\approx|≈).*$", ""),
+    (r",\s*\\!\s*(?=\d)", ","),
+    (r"\\!", ""),
     (r"\\displaystyle|\\limits", ""),
     (r"\\(?:big|Big|bigg|Bigg)[lr]?(?![a-zA-Z])", ""),
     (r"\\left\s*\.|\\right\s*\.", ""),
     (r"\\(?:left|right)(?![a-zA-Z])", ""),
     (r"(?<!\\)\\[!,;:> ]|\\q?quad(?![a-zA-Z])|~", " "),
+    (r"(?<!\\);", ","),
     (r"\\(?:leqslant|leq|le)(?![a-zA-Z])|≤|<=", r"\\leq "),
     (r"\\(?:geqslant|geq|ge)(?![a-zA-Z])|≥|>=", r"\\geq "),
     (r"\\(?:neq|ne)(?![a-zA-Z])|≠|!=", r"\\neq "),
@@ -163,7 +400,7 @@ _REPLACEMENTS = [
     (r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ(?![a-zA-Z])|\\circ(?![a-zA-Z])|\\degree(?![a-zA-Z])", DEGREE),
     (r"\\?%", PERCENT),
     (r"\\\$|\$", ""),
-    (r"\{,\}", ","),
+    (r"\s*\{\s*,\s*\}\s*", ","),
     (r"\\langle(?![a-zA-Z])|⟨", "("),
     (r"\\rangle(?![a-zA-Z])|⟩", ")"),
     (r"∞", r"\\infty "),
@@ -171,15 +408,15 @@ _REPLACEMENTS = [
     (r"−|–", "-"),
     (r"×", r"\\times "),
     (r"·", r"\\cdot "),
-    (r"\\(?:mathbf|mathit|mathrm|textrm|textbf|textit|text|mbox|operatorname)\s*\{\s*(or|and)\s*\}", ","),
-    (r"\s+(?:or|and)\s+", ","),
+    (r"\\(?:mathbf|mathit|mathrm|textrm|textbf|textit|textnormal|text|mbox|operatorname)\s*\{\s*(or|and)\s*\}", ","),
+    (r"\s+(?:or|and)\s+|(?<=[)\]])\s*(?:or|and)\s*(?=[(\[])", ","),
     (r"\\sqrt\s*([0-9a-zA-Z])", r"\\sqrt{\1}"),
     (r"\\frac\s*([0-9a-zA-Z])\s*([0-9a-zA-Z])", r"\\frac{\1}{\2}"),
     (r"\\frac\s*([0-9a-zA-Z])\s*\{", r"\\frac{\1}{"),
     (r"\\frac\s*(\{[^{}]*\})\s*([0-9a-zA-Z])", r"\\frac\1{\2}"),
 ]
-_COMPILED = [(re.compile(p), r) for p, r in _REPLACEMENTS]
-_TEXT_CMD = r"\\(?:mathbf|mathit|mathrm|textrm|textbf|textit|text|mbox|operatorname)\s*"
+_COMPILED = [(re.compile(p, re.S), r) for p, r in _REPLACEMENTS]
+_TEXT_CMD = r"\\(?:mathbf|mathit|mathrm|textrm|textbf|textit|textnormal|text|mbox|operatorname)\s*"
 _TRAILING_UNIT_RE = re.compile(_TEXT_CMD + r"\{[^{}]*\}\s*(?:\^\s*\{?\d\}?)?\s*$")
 _PLAIN_UNIT_RE = re.compile(
     r"^([-+]?[\d.,/]*\d) ?([a-zA-Z]{2,}\.?(?: [a-zA-Z]+\.?)*)(?:\^\{?\d\}?)?$"
@@ -224,6 +461,8 @@ def normalize(answer: str) -> str:
     """Canonical string form of an extracted answer (see the module docstring of ``math``)."""
     s = answer.strip()
     s = re.sub(r"^\\\(|\\\)$|^\\\[|\\\]$", "", s).strip()
+    if "\\begin" not in s:  # doubled backslashes of escaped text: \\frac -> \frac
+        s = re.sub(r"\\\\(?=[a-zA-Z])", r"\\", s)
     for pattern, repl in _COMPILED:
         s = pattern.sub(repl, s)
     s = _strip_units(s)

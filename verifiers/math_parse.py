@@ -136,12 +136,12 @@ def parse_node(s: str, depth: int = 0) -> Any:
     parts, _ = split_top(s, r",")
     if len(parts) > 1:
         return Group("bag", tuple(parse_node(p, depth + 1) for p in parts))
+    parts, seps = split_top(s, _REL_RE)
+    if len(parts) > 1:  # before unions: x = [-2, -1] \cup [1, 2]
+        return _relation(parts, [_REL_MAP[x] for x in seps], depth)
     parts, _ = split_top(s, r"\\cup|∪")
     if len(parts) > 1:
         return Group("union", tuple(parse_node(p, depth + 1) for p in parts))
-    parts, seps = split_top(s, _REL_RE)
-    if len(parts) > 1:
-        return _relation(parts, [_REL_MAP[x] for x in seps], depth)
     parts, _ = split_top(s, _RATIO_RE)
     if len(parts) > 1:  # 11:21, 12:00: never read as a quotient (12:00 is not 12/0)
         return Group("ratio", tuple(parse_node(p, depth + 1) for p in parts))
@@ -150,6 +150,8 @@ def parse_node(s: str, depth: int = 0) -> Any:
     return _bracketed_or_scalar(s, depth)
 
 
+_SEGMENT_RE = re.compile(r"[A-Z]{2,4}")
+_CALL_RE = re.compile(r"[A-Za-z]\((?:[A-Za-z]|\d+)\)")
 _NAME_RE = re.compile(r"[A-Za-z](?:_\{?[A-Za-z0-9]+\}?)?(?:\([^()]*\))?")
 
 
@@ -158,6 +160,11 @@ def _relation(parts: list[str], ops: list[str], depth: int) -> Rel:
     nodes = [parse_node(p, depth + 1) for p in parts]
     if _NAME_RE.fullmatch(parts[0].strip()) and "(" in parts[0]:
         nodes[0] = Expr(sympy.Symbol(parts[0].strip()))
+    if _SEGMENT_RE.fullmatch(parts[0].strip()):  # AB = 4: a segment's name, not the word "ab"
+        nodes[0] = Expr(sympy.Symbol(parts[0].strip()))
+    for k in range(1, len(parts) - 1):  # 0 < f(x) < 1: the function value is the variable
+        if _CALL_RE.fullmatch(parts[k].strip()):
+            nodes[k] = Expr(sympy.Symbol(parts[k].strip()))
     if any(op in (">", ">=") for op in ops):
         if not all(op in (">", ">=") for op in ops):
             raise ParseFailure("mixed inequality directions")
@@ -180,14 +187,65 @@ def _plus_minus(s: str, depth: int) -> Any:
     return Group("bag", tuple(items))
 
 
+_ENV_RE = re.compile(r"\\begin\{([pbBvV]?matrix|array)\}(?:\{[^{}]*\})?(.*?)\\end\{\1\}", re.S)
+MAX_MATRIX_TERMS = 6
+MAX_MATRIX_CELLS = 100
+
+
+def _matrix_expression(s: str, depth: int) -> Matrix:
+    """Sums, differences and products of matrix literals (``A + B``, ``A B``, ``A \\cdot B``),
+    evaluated exactly with sympy; anything else between the literals is a parse failure."""
+    literals = list(_ENV_RE.finditer(s))
+    if len(literals) > MAX_MATRIX_TERMS or s[: literals[0].start()].strip() or s[
+        literals[-1].end() :
+    ].strip():
+        raise ParseFailure("not a matrix expression")
+    value = None
+    op = ""
+    for k, m in enumerate(literals):
+        if k:
+            op = s[literals[k - 1].end() : m.start()].strip()
+            if op not in ("+", "-", "", "\\cdot", "\\times"):
+                raise ParseFailure(f"operator {op[:20]!r} between matrices")
+        mat = _sympy_matrix(_matrix_literal(m.group(2), depth))
+        try:
+            if value is None:
+                value = mat
+            elif op in ("+", "-"):
+                value = value + mat if op == "+" else value - mat
+            else:
+                value = value * mat
+        except (sympy.ShapeError, ValueError, TypeError) as exc:
+            raise ParseFailure(f"matrix shapes: {exc}") from None
+    assert value is not None
+    if value.rows * value.cols > MAX_MATRIX_CELLS:
+        raise ParseFailure("matrix too large")
+    return Matrix(tuple(tuple(Expr(value[i, j]) for j in range(value.cols))
+                        for i in range(value.rows)))
+
+
+def _matrix_literal(body: str, depth: int) -> Matrix:
+    rows = [r for r in re.split(r"\\\\", body) if r.strip()]
+    cells = tuple(tuple(parse_node(c, depth + 1) for c in r.split("&")) for r in rows)
+    if not cells or len({len(r) for r in cells}) != 1:
+        raise ParseFailure("ragged matrix")
+    if len(cells) * len(cells[0]) > MAX_MATRIX_CELLS:
+        raise ParseFailure("matrix too large")
+    return Matrix(cells)
+
+
+def _sympy_matrix(m: Matrix) -> Any:
+    if not all(isinstance(c, Expr) and not c.percent and not c.degree for r in m.rows for c in r):
+        raise ParseFailure("matrix cells must be numbers or expressions")
+    return sympy.Matrix([[c.value for c in r] for r in m.rows])
+
+
 def _bracketed_or_scalar(s: str, depth: int) -> Any:
+    if s.count("\\begin{") > 1:
+        return _matrix_expression(s, depth)
     matrix = _MATRIX_RE.match(s)
     if matrix:
-        rows = [r for r in re.split(r"\\\\", matrix.group(2)) if r.strip()]
-        cells = tuple(tuple(parse_node(c, depth + 1) for c in r.split("&")) for r in rows)
-        if len({len(r) for r in cells}) != 1:
-            raise ParseFailure("ragged matrix")
-        return Matrix(cells)
+        return _matrix_literal(matrix.group(2), depth)
     pair = _outer_pair(s)
     if pair is not None:
         op, inner, cl = pair

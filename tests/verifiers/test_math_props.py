@@ -151,6 +151,10 @@ _REGEX_KILLERS = {
     "thousands": "1,000" * (_N // 5),
     "units": "5\\text{cm}" * (_N // 10),
     "backslashes": "\\" * _N,
+    "dollars": "$ a" * (_N // 3),
+    "open-inline": "\\(" * (_N // 2),
+    "open-display": "\\[ 1 " * (_N // 5),
+    "is-chain": "Final answer: " + "x is " * (_N // 5),
 }
 
 

@@ -280,6 +280,124 @@ CASES: list[tuple[str, str, str, str]] = [
     ("ratio", "3:2", "\\boxed{3 : 2}", C),
     ("ratio", "3:2", "\\boxed{2:3}", W),
     ("ratio", "1:0", "\\boxed{2:0}", W),
+    # -- answer phrase without a colon, then display or inline math ---------------------
+    ("phrase", "7", "Answer \\[ 7 \\]", C),
+    ("phrase", "7", "Answer $ 7 $", C),
+    ("phrase", "12", "Final answer \\( 5+7 \\)", C),
+    ("phrase", "7", "Answer \\[\n 7\n\\]", C),  # display math may run over lines
+    ("phrase", "7", "Answer $$\n7\n$$", C),
+    ("phrase", "7", "Answer $\n7\n$", N),  # inline math closes on its own line
+    ("phrase", "7", "Answer \\[ 8 \\]", W),
+    ("phrase", "7", "The answer is $$\n 7 \n$$ as computed.", C),
+    ("phrase", "7", "Final Answer: The final answer is $7$. I hope it is correct.", C),
+    ("phrase", "7", "Final Answer: The final answer is $8$. I hope it is correct.", W),
+    ("phrase", "34", "Final Answer: The largest $n$ is 34.", C),
+    ("phrase", "34", "Final Answer: The largest $n$ is 35.", W),
+    ("phrase", "2", "We get $\\boxed{3}$ at first.\nFinal Answer: The final answer is $2$.", C),
+    ("phrase", "3", "We get $\\boxed{3}$ at first.\nFinal Answer: The final answer is $2$.", W),
+    ("phrase", "3", "So $x = \\boxed{3}$.\nThe final answer is as above.", C),  # prose: box stays
+    ("phrase", "105", "La réponse est $105$.", C),
+    ("phrase", "105", "La respuesta es $105$.", C),
+    ("phrase", "105", "Die Antwort ist 105.", C),
+    ("phrase", "105", "答案是 $105$", C),
+    ("phrase", "105", "réponse est (35 + 70 = 105).", C),  # a true numeric chain gives its value
+    ("phrase", "105", "réponse est (35 + 70 = 106).", W),  # a false one gives nothing
+    ("phrase", "1", "so $x+y = 1000$ therefore answer is $1$", C),
+    ("phrase", "220", "Réponse: Janeth aura encore 220 $ à payer.", W),  # a number in prose
+    # -- a relation or object in a short final sentence -----------------------------------
+    ("sentence", "x < 3", "We find that $x \\lt 3$.", C),
+    ("sentence", "x < 3", "We find that $x \\gt 3$.", W),
+    ("sentence", "x \\ge 5", "Therefore $x \\geq 5$ is the solution.", C),
+    ("sentence", "x \\ge 5", "Therefore $x > 5$ is the solution.", W),
+    ("sentence", "x \\le 2", "Thus $x <= 2$ is our answer.", C),
+    ("sentence", "x \\neq 5", "The solution is $x != 5$", C),
+    ("sentence", "x \\neq 5", "The solution is $x = 5$", W),
+    ("sentence", "x > 5", "Therefore $x \\gt 5$.", C),
+    ("sentence", "3", "We have $x = 3$ and therefore the final answer", N),  # cut off
+    ("sentence", "3", "First $x = 2$. Then we check $x = 3$.", N),  # not a conclusion
+    ("sentence", "3", "Hence $x = 2$ or $x = 3$.", W),  # two spans: read whole, no value
+    ("sentence", "3", "She pays $3 and gets $2 back.", N),  # dollar signs, not math
+    # -- matrices in prose, sums and products of matrices -------------------------------
+    ("matrix", "\\begin{pmatrix}1 & 0 \\\\ 0 & 1\\end{pmatrix}",
+     "The identity matrix is $\\begin{pmatrix}1 & 0 \\\\ 0 & 1\\end{pmatrix}$.", C),
+    ("matrix", "\\begin{pmatrix}1 & 2 \\\\ 3 & 4\\end{pmatrix}",
+     "So we get: $\\left[\\begin{array}{cc}1 & 2 \\\\ 3 & 4\\end{array}\\right]$", C),
+    ("matrix", "\\begin{pmatrix}6 & 8 \\\\ 10 & 12\\end{pmatrix}",
+     "The sum is $\\begin{pmatrix}1 & 2 \\\\ 3 & 4\\end{pmatrix} + "
+     "\\begin{pmatrix}5 & 6 \\\\ 7 & 8\\end{pmatrix}$", C),
+    ("matrix", "\\begin{pmatrix}6 & 8 \\\\ 10 & 13\\end{pmatrix}",
+     "The sum is $\\begin{pmatrix}1 & 2 \\\\ 3 & 4\\end{pmatrix} + "
+     "\\begin{pmatrix}5 & 6 \\\\ 7 & 8\\end{pmatrix}$", W),
+    ("matrix", "\\begin{pmatrix}19 & 22 \\\\ 43 & 50\\end{pmatrix}",
+     "\\boxed{\\begin{pmatrix}1 & 2 \\\\ 3 & 4\\end{pmatrix}\\begin{pmatrix}5 & 6 \\\\ 7 & 8\\end{pmatrix}}", C),
+    ("matrix", "\\begin{pmatrix}23 & 34 \\\\ 31 & 46\\end{pmatrix}",  # B A, not A B
+     "\\boxed{\\begin{pmatrix}1 & 2 \\\\ 3 & 4\\end{pmatrix}\\begin{pmatrix}5 & 6 \\\\ 7 & 8\\end{pmatrix}}", W),
+    ("matrix", "\\begin{pmatrix}1 \\\\ 2\\end{pmatrix}",
+     "\\boxed{\\begin{pmatrix}1 & 2\\end{pmatrix}\\begin{pmatrix}1 & 2\\end{pmatrix}}", W),  # shapes
+    # -- labelled answers --------------------------------------------------------------
+    ("label", "(p,q)=(3,2)", "\\boxed{(3,2)}", C),
+    ("label", "(p,q)=(3,2)", "\\boxed{(2,3)}", W),
+    ("label", "AB=4,CD=5", "\\boxed{4, 5}", C),
+    ("label", "AB=4,CD=5", "\\boxed{5, 4}", W),  # distinct labels keep their order
+    ("label", "x_1=2, x_2=3", "\\boxed{3, 2}", C),  # roots x_1, x_2 in either order
+    ("label", "V_1:V_2=11:21", "\\boxed{11:21}", C),
+    ("label", "V_1:V_2=11:21", "\\boxed{21:11}", W),
+    ("label", "|AB|=1", "\\boxed{1}", C),
+    ("label", "\\frac{NO}{BO}=\\frac{1}{\\sqrt6}", "\\boxed{\\frac1{\\sqrt6}}", C),
+    ("label", "\\frac{NO}{BO}=\\frac{1}{\\sqrt6}", "\\boxed{\\sqrt6}", W),
+    ("label", "xy=6", "\\boxed{6}", W),  # xy = 6 is a curve: lowercase products are no label
+    ("label", "x+y=5", "\\boxed{5}", W),  # a sum is no label
+    ("label", "(5, 8), (8, 5)", "\\boxed{(x, y) = (5, 8) \\text{ and } (8, 5)}", C),
+    # -- equations equal up to scaling and rearrangement -------------------------------
+    ("equation", "2x+4y-3=0", "\\boxed{y=-\\frac12x+\\frac34}", C),
+    ("equation", "2x+4y-3=0", "\\boxed{y=-\\frac12x+\\frac32}", W),
+    ("equation", "\\frac{x^2}{4}+\\frac{y^2}{3}=1", "\\boxed{\\frac{x^2}{16}+\\frac{y^2}{12}=\\frac14}", C),
+    ("equation", "\\frac{x^2}{4}+\\frac{y^2}{3}=1", "\\boxed{\\frac{x^2}{16}+\\frac{y^2}{12}=1}", W),
+    ("equation", "34x+45y-20z+100=0", "\\boxed{-34x-45y+20z-100=0}", C),
+    ("equation", "x < 2y", "\\boxed{2x < 4y}", C),
+    ("equation", "x < 2y", "\\boxed{-2x < -4y}", W),  # a negative factor flips an inequality
+    ("equation", "y = x^2", "\\boxed{y = 2x^2}", W),  # not a constant multiple of lhs - rhs
+    # -- inequality chains vs intervals ------------------------------------------------
+    ("chain", "-2 \\le x \\le 7", "\\boxed{x \\in [-2,7]}", C),
+    ("chain", "-2 \\le x \\le 7", "\\boxed{x \\in (-2,7]}", W),
+    ("chain", "0<f(x)<1", "\\boxed{(0,1)}", C),
+    ("chain", "0<f(x)<1", "\\boxed{[0,1)}", W),
+    ("chain", "1\\leq|z|\\leq \\frac32",
+     "\\boxed{z \\in \\left[-\\frac{3}{2}, -1\\right] \\cup \\left[1, \\frac{3}{2}\\right]}", C),
+    ("chain", "1\\leq|z|\\leq \\frac32", "\\boxed{z \\in \\left[1, \\frac{3}{2}\\right]}", W),
+    ("chain", "x \\in [-2,7]", "\\boxed{-2 \\le x \\le 7}", W),  # a gold interval wants one
+    # -- separators, units, several boxes, tuples of tuples ------------------------------
+    ("format", "11111111100", "is $\\boxed{11,\\! 111,\\! 111,\\! 100}$", C),
+    ("format", "32349", "\\boxed{32,\\! 349}", C),
+    ("format", "32349", "\\boxed{32,\\! 348}", W),
+    ("format", "14916", "The final answer is $14{, }916$.", C),
+    ("format", "125", "The distance is $\\boxed{125\\textnormal{ miles}}$.", C),
+    ("format", "1, 2", "$\\boxed{1}\\boxed{2}$", C),
+    ("format", "\\boxed{1}\\boxed{2}", "$\\boxed{1,2}$", C),  # a gold with several boxes
+    ("format", "\\boxed{1} papers and \\boxed{2} bins", "$\\boxed{1,2}$", C),
+    ("format", "\\boxed{1} no no no no no \\boxed{2}", "$\\boxed{1,2}$", W),  # not list glue
+    ("format", "$$\\boxed{2}, \\boxed{3}, \\boxed{5}$$", "\\boxed{\\{2, 3, 5\\}}", C),
+    ("format", "(37,3,3,13),(17,3,3,7),(3,3,2,3)", "\\boxed{(3, 3, 2, 3), (17,3,3,7), (37, 3, 3, 13)}", C),
+    ("format", "(37,3,3,13),(17,3,3,7),(3,3,2,3)",
+     "\\boxed{(3, 3, 2, 3), (17,3,3,7), (17, 3, 3, 7), (37, 3, 3, 13)}", C),  # listed twice
+    ("format", "(37,3,3,13),(17,3,3,7),(3,3,2,3)", "\\boxed{(3, 3, 2, 3), (17,3,3,7)}", W),
+    ("format", "(0;0;0),(0;-2;0)", "\\boxed{(0, -2, 0), (0, 0, 0)}", C),
+    ("format", "(11,7)or(7,11)", "\\boxed{(7,11),\\ (11,7)}", C),
+    ("format", "-12;-11;-10", "\\boxed{\\{-12, -11, -10\\}}", C),
+    ("format", "\\frac{9.5}{3.14159}", "$\\boxed{\\frac{9.5}{3.14159} \\approx 3.01}$", C),
+    ("format", "11", "$\\boxed{x \\approx 11}$", C),
+    ("format", "C", "\\boxed{C. x = 42}", C),  # a choice letter with its text
+    ("format", "185", "\\boxed{185\\\\}", C),  # a trailing line break inside the box
+    ("format", "1000.99", "\\boxed{1000,99}", W),  # decimal comma: read as a list (see README)
+    # -- whole worked solutions as the reference ------------------------------------------
+    ("gold", "We have $a = 2$, so the final answer is $a + 1 = 3$... Final Answer: The final "
+     "answer is $3$. I hope it is correct.", "\\boxed{3}", C),
+    ("gold", "We have $a = 2$, so the final answer is $a + 1 = 3$... Final Answer: The final "
+     "answer is $3$. I hope it is correct.", "\\boxed{2}", W),
+    ("gold", "Then $(n - 1)(n + 2) = 0,$ so the solutions are $n = \\boxed{1,-2}.$",
+     "Thus the integers are: \\[ \\boxed{-2} \\quad \\text{and} \\quad \\boxed{1}. \\]", C),
+    ("gold", "Then $(n - 1)(n + 2) = 0,$ so the solutions are $n = \\boxed{1,-2}.$",
+     "Thus the integers are: \\[ \\boxed{-2} \\]", W),
     # -- words ---------------------------------------------------------------------------------
     ("text", "\\text{Monday}", "\\boxed{\\text{monday}}", C),
     ("text", "\\text{Monday}", "\\boxed{Monday}", C),
