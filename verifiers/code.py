@@ -19,7 +19,13 @@ How the code to judge is obtained from the response (:func:`extract_code`, :func
    spaces first.
 
 The verdict is decided here, in the caller's process, from typed primitives that the sandbox
-sent back (see ``code_runner.py`` and ``code_tests.py``); submission code never runs here.
+sent back (see ``code_runner.py``, ``code_tests.py`` and ``code_compare.py``); submission code
+never runs here. Equality rule: a test passes exactly when the official harness's ``==`` would
+hold on the same values (Python's own ``==`` on the rebuilt primitives: ``1 == True``,
+``{1} == {1.0}``, ``240 == 240.0`` pass; ``0 == 1e-10``, ``0.1 + 0.2 == 0.3`` fail); no tolerance
+of ours is added, and a test with its own (``abs(f(x) - y) < tol``) keeps exactly that. For
+stdio tasks a pass needs the right stdout *and* exit status 0 (the real one, not what the
+program reports).
 Status mapping: ``correct``; ``incorrect`` (wrong value, exception in the code, wrong stdout;
 detail names the test, expected vs got); ``timeout`` (wall clock or CPU limit); ``error``
 (syntax error, error while loading, crash by signal, memory limit, output cap, sandbox

@@ -1,9 +1,12 @@
 """Run a test plan in the sandbox and turn the raw result into a :class:`Verdict`.
 
 The parent-side half of the verdict protocol (layer 0): the sandbox's result channel is
-untrusted bytes. It is parsed as JSON lines, values are rebuilt by the strict typed decoder
-into fresh primitives, and compared here with :func:`~.code_tests.values_equal`. Exit codes
-and stdout banners never decide a pass; stdout is only the *answer* for stdio tasks.
+untrusted bytes. It is parsed as JSON lines (split on ``\n`` only, a bounded number of them,
+numbers in the messages at most a few digits), values are rebuilt into fresh primitives
+within a budget taken from the expected value and compared with Python's ``==``
+(:mod:`.code_compare`), so the caller's work per check is bounded whatever the submission
+writes. Stdout banners never decide a pass; stdout is only the *answer* for stdio tasks, and
+a non-zero exit status is never a pass.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from .base import Verdict
-from .code_runner import decode, encode
-from .code_tests import CallPlan, ScriptPlan, values_equal
+from .code_compare import encoded_size_limit, result_equal
+from .code_runner import encode
+from .code_tests import CallPlan, ScriptPlan
 from .sandbox import Sandbox, SandboxResult, collect
 
 SHOW = 200  # characters of a value shown in a detail
@@ -43,19 +47,59 @@ def _show(value: Any) -> str:
     return text if len(text) <= SHOW else text[: SHOW - 3] + "..."
 
 
+def _small_number(text: str) -> int | float:
+    """JSON numbers in runner messages are indices and counts; a long one is malformed (and
+    converting a megabyte of decimal digits would cost this process quadratic time)."""
+    if len(text) > 24:
+        raise ValueError("number too long")
+    return float(text) if any(c in text for c in ".eE") else int(text)
+
+
+def _reject_constant(text: str) -> None:
+    raise ValueError(f"{text} is not allowed in the result channel")
+
+
+_DECODER = json.JSONDecoder(
+    parse_int=_small_number, parse_float=_small_number, parse_constant=_reject_constant
+)
+
+
+MESSAGE_BYTES = 64 << 10  # longest runner message that does not carry a result value
+
+
+def _split_lines(channel: bytes, max_lines: int) -> list[bytes] | None:
+    """The channel's non-blank lines (ended by ``\n`` only); ``None`` if there are more than
+    ``max_lines``. Counted before splitting, so a flood of tiny lines costs nothing here."""
+    if channel.count(b"\n") > max_lines:
+        return None
+    lines = [line for line in channel.split(b"\n") if line.strip()]
+    return lines if len(lines) <= max_lines else None
+
+
+def _parse(line: bytes, max_bytes: int = MESSAGE_BYTES) -> dict | None:
+    """One JSON-object message, or ``None`` (malformed, or longer than ``max_bytes``)."""
+    if len(line) > max_bytes:
+        return None
+    try:
+        message = _DECODER.decode(line.decode("utf-8", "surrogatepass"))
+    except (ValueError, RecursionError):
+        return None
+    return message if type(message) is dict else None
+
+
 def _lines(channel: bytes, max_lines: int) -> list[dict] | None:
     """Parse the channel as JSON-object lines; ``None`` if malformed or longer than expected.
 
-    The line count is checked before parsing, so a flood of tiny messages cannot make this
-    process build millions of objects.
+    The one parser of every channel (calls, script and stdio modes; calls mode parses result
+    lines with a per-test size limit, see :meth:`Judge.calls`). Lines end at ``\n`` only,
+    their count is checked before parsing and each is at most :data:`MESSAGE_BYTES`, so
+    nothing a submission writes makes this process build millions of objects.
     """
-    if channel.count(b"\n") > max_lines:
+    lines = _split_lines(channel, max_lines)
+    if lines is None:
         return None
-    try:
-        messages = [json.loads(line) for line in channel.splitlines() if line.strip()]
-    except (ValueError, RecursionError):
-        return None
-    return messages if all(type(m) is dict for m in messages) else None
+    messages = [_parse(line) for line in lines]
+    return None if any(m is None for m in messages) else messages  # type: ignore[return-value]
 
 
 def _fatal(result: SandboxResult, timeout_s: float, what: str = "") -> Verdict | None:
@@ -93,10 +137,16 @@ def _stderr_tail(result: SandboxResult) -> str:
     return f"; stderr: {tail}" if tail else ""
 
 
-def _load_error(message: dict) -> Verdict:
-    error = message.get("error") or ["?", "", None]
-    kind, text = str(error[0]), str(error[1])
+def _error_triple(error: Any) -> list:
+    """``[kind, message, line]`` from an (untrusted) error report."""
+    if not isinstance(error, list) or len(error) < 2:
+        return ["?", "", None]
     line = error[2] if len(error) > 2 and type(error[2]) is int else None
+    return [str(error[0])[:SHOW], str(error[1])[:DETAIL], line]
+
+
+def _load_error(message: dict) -> Verdict:
+    kind, text, line = _error_triple(message.get("error"))
     where = f" (line {line})" if line else ""
     if kind in ("SyntaxError", "IndentationError", "TabError"):
         return _error(f"syntax error{where}: {kind}: {text}")
@@ -120,12 +170,35 @@ class Judge:
         fatal = _fatal(result, timeout_s, f" (after {done} of {len(calls)} tests)")
         if fatal is not None:
             return _with_code(fatal, code)
-        messages = _lines(result.channel, len(calls) + 1)
+        messages = self._call_messages(plan, result.channel)
         if messages is None:
             return _with_code(_error("malformed result channel"), code)
         if messages and messages[0].get("status") == "load_error":
             return _with_code(_load_error(messages[0]), code)
         return _with_code(self._compare_calls(plan, messages, result), code)
+
+    @staticmethod
+    def _call_messages(plan: CallPlan, channel: bytes) -> list[dict] | None:
+        """Parse a calls-mode channel: line ``i`` holds test ``i``'s result, and one longer than
+        any encoding of a value equal to the expected one is not parsed (it becomes a
+        ``too_large`` placeholder, an unequal result)."""
+        n = len(plan.cases)
+        lines = _split_lines(channel, n + 1)
+        if lines is None:
+            return None
+        messages = []
+        for index, line in enumerate(lines):
+            limit = MESSAGE_BYTES
+            if index < n:
+                limit = max(limit, encoded_size_limit(plan.cases[index].expected))
+            if len(line) > limit:
+                messages.append({"i": index, "too_large": len(line)})
+                continue
+            message = _parse(line, limit)
+            if message is None:
+                return None
+            messages.append(message)
+        return messages
 
     @staticmethod
     def _compare_calls(plan: CallPlan, messages: list[dict], result: SandboxResult) -> Verdict:
@@ -135,6 +208,7 @@ class Judge:
             len(messages) != n + 1
             or not expected_shape
             or messages[n] != {"status": "done", "n": n}
+            or result.returncode != 0
         ):
             return _error(
                 "the runner did not report every test (exit code "
@@ -142,6 +216,16 @@ class Judge:
             )
         for index, (case, message) in enumerate(zip(plan.cases, messages)):
             where = f"test {index + 1}/{n}: {case.source[:SHOW]}"
+            if "too_large" in message:
+                return Verdict(
+                    0.0,
+                    "incorrect",
+                    None,
+                    sanitize(
+                        f"{where}: expected {_show(case.expected)}, got a result of "
+                        f"{message['too_large']} bytes, too large to equal it (not rebuilt)"
+                    ),
+                )
             if "exc" in message:
                 return _raised(where, message["exc"])
             if "bad" in message:
@@ -152,11 +236,14 @@ class Judge:
                     sanitize(f"{where}: returned a non-primitive value: {message['bad']}"),
                 )
             try:
-                got = decode(message.get("ok"))
-            except (ValueError, TypeError, RecursionError, OverflowError) as exc:
+                equal, got = result_equal(
+                    message.get("ok"), case.expected, case.abs_tol, case.inclusive
+                )
+            except (ValueError, TypeError) as exc:
                 return _error(f"{where}: malformed result value ({exc})")
-            if not values_equal(case.expected, got, case.abs_tol):
-                tol = f" (within {case.abs_tol:g})" if case.abs_tol is not None else ""
+            if not equal:
+                op = "<=" if case.inclusive else "<"
+                tol = f" (|got - expected| {op} {case.abs_tol:g})" if case.abs_tol is not None else ""
                 return Verdict(
                     0.0,
                     "incorrect",
@@ -241,27 +328,25 @@ class Judge:
         fatal = _fatal(result, timeout_s, where)
         if fatal is not None:
             return fatal
-        messages = _lines(result.channel, 1)
-        if not messages or len(messages) != 1:
-            return _error(
-                f"the program exited without reporting{where} (exit code "
-                f"{result.returncode}){_stderr_tail(result)}"
-            )
-        status = messages[0]
-        if status.get("status") == "exception":
-            error = status.get("error") or ["?", "", None]
-            if str(error[0]) in ("SyntaxError", "IndentationError", "TabError", "MemoryError"):
-                return _load_error({"error": error})
+        if result.returncode != 0:  # the real exit status decides; the channel only explains
+            messages = _lines(result.channel, 1)
+            status = messages[0] if messages and len(messages) == 1 else {}
+            if status.get("status") == "exception":
+                error = _error_triple(status.get("error"))
+                if str(error[0]) in ("SyntaxError", "IndentationError", "TabError", "MemoryError"):
+                    return _load_error({"error": error})
+                return Verdict(
+                    0.0,
+                    "incorrect",
+                    None,
+                    sanitize(f"runtime error{where}: {error[0]}: {str(error[1])[:SHOW]}"),
+                )
             return Verdict(
                 0.0,
                 "incorrect",
                 None,
-                sanitize(f"runtime error{where}: {error[0]}: {str(error[1])[:SHOW]}"),
+                sanitize(f"exit status {result.returncode}{where}{_stderr_tail(result)}"),
             )
-        if status.get("status") == "exit":
-            return Verdict(0.0, "incorrect", None, f"exit status {status.get('code')}{where}")
-        if status.get("status") != "ok":
-            return _error(f"malformed result channel{where}")
         got = result.stdout.decode("utf-8", "surrogateescape")
         if normalize_output(got) != normalize_output(expected):
             return Verdict(

@@ -149,7 +149,7 @@ def _describe_exception(exc: BaseException) -> list:
         message = message if type(message) is str else "?"
     except BaseException:
         message = "<unprintable message>"
-    return [_type_name(type(exc)), message[:2000]]
+    return [_type_name(type(exc))[:200], message[:2000]]
 
 
 def dumps(obj: object) -> str:
@@ -403,28 +403,50 @@ def _last_call(log: list) -> str:
     return f"{name}({shown[:300]}) -> {got[:300]}"
 
 
-def run_stdio(payload: dict, channel: Channel, input_path: str) -> None:
-    """``stdio`` mode: the case input is fd 0, the program's stdout is the answer."""
+def run_stdio(payload: dict, channel: Channel, input_path: str) -> int:
+    """``stdio`` mode: the case input is fd 0, the program's stdout is the answer.
+
+    Returns the exit status CPython would give the program run as a script; the runner exits
+    with it, and the parent judges by the real exit status, not by the channel.
+    """
     fd = os.open(input_path, os.O_RDONLY)
     os.dup2(fd, 0)
     os.close(fd)
     stdout, stderr = sys.stdout, sys.stderr
     sys.stdin = open(0, closefd=False)  # noqa: SIM115 - a fresh reader over the new fd 0
-    status = {"status": "ok"}
+    status: dict = {"status": "ok", "code": 0}
     try:
         load_submission(payload["code"], "__main__")
     except SystemExit as exc:
-        if exc.code not in (None, 0):
-            status = {"status": "exit", "code": exc.code if type(exc.code) is int else 1}
+        code = _exit_status(exc.code)
+        if code:
+            status = {"status": "exit", "code": code}
     except BaseException as exc:
         line = getattr(exc, "lineno", None) if isinstance(exc, SyntaxError) else None
-        status = {"status": "exception", "error": _describe_exception(exc) + [line]}
+        status = {"status": "exception", "error": _describe_exception(exc) + [line], "code": 1}
     for stream in (stdout, stderr):
         try:
             stream.flush()
         except BaseException:
-            status = {"status": "exception", "error": ["OSError", "could not flush output", None]}
+            error = ["OSError", "could not flush output", None]
+            status = {"status": "exception", "error": error, "code": 120}
     channel.send(status)
+    return status["code"]
+
+
+def _exit_status(code: object) -> int:
+    """What CPython exits with for ``raise SystemExit(code)``: ``None`` is 0, an int is itself
+    (modulo 256), anything else (``0.0``, a message) is printed and gives 1."""
+    if code is None:
+        return 0
+    if not isinstance(code, int):
+        try:
+            sys.stderr.write(str(code) + "\n")
+        except BaseException:
+            pass
+        return 1
+    value = int.__index__(code)
+    return value & 0xFF if -(2**31) <= value < 2**31 else 255
 
 
 def _finish() -> None:
@@ -460,7 +482,7 @@ def main(argv: list) -> None:
     elif mode == "tests":
         run_tests(payload, channel, *extra)
     elif mode == "stdio":
-        run_stdio(payload, channel, payload["input_path"])
+        os._exit(run_stdio(payload, channel, payload["input_path"]))
     _finish()
 
 

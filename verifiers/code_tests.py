@@ -4,8 +4,8 @@ Two kinds of plan:
 
 - :class:`CallPlan` (preferred): assert-style tests rewritten with :mod:`ast` into
   ``(call, expected)`` pairs whose arguments and expected values are literals. Only the
-  arguments go into the sandbox; the parent compares the typed results with
-  :func:`values_equal`.
+  arguments go into the sandbox; the parent compares the typed results with Python's ``==``
+  (:mod:`.code_compare`).
 - :class:`ScriptPlan` (fallback, for tests the rewrite cannot express): the test code runs in
   a *separate* sandboxed process where the submission's functions are proxies that receive
   only serialised return values; it never shares a process with the submission.
@@ -19,12 +19,8 @@ from __future__ import annotations
 import ast
 import builtins
 import functools
-import math
 from dataclasses import dataclass
 from typing import Any
-
-REL_TOL = 1e-9
-ABS_TOL = 1e-9
 
 
 @dataclass(frozen=True)
@@ -36,8 +32,9 @@ class CallCase:
         args, kwargs: literal arguments.
         expected: literal expected value (never sent to the sandbox).
         source: the original assertion, for the verdict detail.
-        abs_tol: set for ``abs(f(x) - y) < tol`` assertions: numeric comparison with that
-            tolerance instead of typed equality.
+        abs_tol: set for ``abs(f(x) - y) < tol`` assertions: that comparison (with the
+            test's own tolerance) instead of ``==``.
+        inclusive: the tolerance assertion used ``<=``.
     """
 
     name: str
@@ -46,6 +43,7 @@ class CallCase:
     expected: Any
     source: str
     abs_tol: float | None = None
+    inclusive: bool = False
 
 
 @dataclass(frozen=True)
@@ -109,7 +107,7 @@ def _assert_case(stmt: ast.Assert, names: set[str] | None, source: str) -> CallC
         name, args, kwargs = _call_parts(right, names)
         return CallCase(name, args, kwargs, _literal(left), source)
     if isinstance(op, (ast.Lt, ast.LtE)):
-        return _tolerance_case(left, right, names, source)
+        return _tolerance_case(left, right, names, source, isinstance(op, ast.LtE))
     raise _NotLiteral
 
 
@@ -117,8 +115,10 @@ def _is_candidate(node: ast.Call, names: set[str] | None) -> bool:
     return isinstance(node.func, ast.Name) and (names is None or node.func.id in names)
 
 
-def _tolerance_case(left: ast.AST, right: ast.AST, names: set[str] | None, source: str) -> CallCase:
-    """``abs(f(x) - y) < tol`` (or ``abs(y - f(x))``)."""
+def _tolerance_case(
+    left: ast.AST, right: ast.AST, names: set[str] | None, source: str, inclusive: bool
+) -> CallCase:
+    """``abs(f(x) - y) < tol`` or ``<= tol`` (or ``abs(y - f(x))``)."""
     if not (
         isinstance(left, ast.Call)
         and isinstance(left.func, ast.Name)
@@ -137,7 +137,7 @@ def _tolerance_case(left: ast.AST, right: ast.AST, names: set[str] | None, sourc
     expected = _literal(other)
     if type(tol) not in (int, float) or type(expected) not in (int, float):
         raise _NotLiteral
-    return CallCase(name, args, kwargs, expected, source, abs_tol=float(tol))
+    return CallCase(name, args, kwargs, expected, source, float(tol), inclusive)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -178,7 +178,9 @@ def humaneval_plan(test: str, entry_point: str, prompt: str = "") -> CallPlan | 
 
 def _renamed(case: CallCase, name: str) -> CallCase:
     source = case.source.replace("candidate(", f"{name}(")
-    return CallCase(name, case.args, case.kwargs, case.expected, source, case.abs_tol)
+    return CallCase(
+        name, case.args, case.kwargs, case.expected, source, case.abs_tol, case.inclusive
+    )
 
 
 def _harmless_top_level(stmt: ast.stmt) -> bool:
@@ -261,62 +263,3 @@ def _proxy_names(trees: list[ast.Module], setup: ast.Module) -> tuple[str, ...]:
                     called.append(node.func.id)
     return tuple(called)
 
-
-def values_equal(expected: Any, got: Any, abs_tol: float | None = None) -> bool:
-    """Typed equality of two *primitive* values built by us (never child objects).
-
-    Types must match exactly (``True`` is not ``1``, a ``tuple`` is not a ``list``), except
-    that ints and floats compare by value, as the dataset's ``==`` does (``240 == 240.0``);
-    anything involving a float uses a small relative/absolute tolerance, and NaN never equals
-    anything. ``bool`` is never a number here. ``abs_tol`` switches to ``abs(got - expected) <
-    abs_tol`` for int/float values, as in the test it came from.
-    """
-    if abs_tol is not None:
-        return type(got) in (int, float) and _finite_close(got, expected, abs_tol)
-    if type(expected) is int and type(got) is int:
-        return expected == got
-    if type(expected) in (int, float) and type(got) in (int, float):
-        return _floats_close(float(expected), float(got))
-    if type(expected) is not type(got):
-        return False
-    if type(expected) is complex:
-        return values_equal(expected.real, got.real) and values_equal(expected.imag, got.imag)
-    if type(expected) in (list, tuple):
-        return len(expected) == len(got) and all(values_equal(e, g) for e, g in zip(expected, got))
-    if type(expected) is dict:
-        return _dicts_equal(expected, got)
-    if type(expected) in (set, frozenset):
-        return {_key(v) for v in expected} == {_key(v) for v in got}
-    return expected == got
-
-
-def _floats_close(expected: float, got: float) -> bool:
-    try:
-        return math.isclose(got, expected, rel_tol=REL_TOL, abs_tol=ABS_TOL)
-    except OverflowError:
-        return False
-
-
-def _finite_close(got: float, expected: float, tol: float) -> bool:
-    diff = abs(got - expected)
-    return not math.isnan(diff) and diff < tol
-
-
-def _dicts_equal(expected: dict, got: dict) -> bool:
-    if len(expected) != len(got):
-        return False
-    by_key = {_key(k): v for k, v in got.items()}
-    for key, value in expected.items():
-        tagged = _key(key)
-        if tagged not in by_key or not values_equal(value, by_key[tagged]):
-            return False
-    return True
-
-
-def _key(value: Any) -> Any:
-    """A hashable form that keeps the type, so ``1``, ``True`` and ``1.0`` stay distinct."""
-    if type(value) is tuple:
-        return ("tuple", tuple(_key(v) for v in value))
-    if type(value) is frozenset:
-        return ("frozenset", frozenset(_key(v) for v in value))
-    return (type(value).__name__, value)

@@ -14,7 +14,9 @@ Layers (each assumes the ones above it failed; :func:`probe` reports which are a
    ``bwrap`` itself is started as uid 65534 (``setpriv``), so the sandbox is not root on the
    host even through the user namespace.
 4. **Syscall filter** (x86_64): a seccomp deny-list (ptrace, mount, namespaces, keyrings,
-   bpf, kernel modules, AF_INET/AF_INET6/AF_PACKET sockets).
+   bpf, kernel modules, io_uring) and an allow-list of socket families for ``socket`` and
+   ``socketpair``: ``AF_UNIX`` only (no ``AF_INET*``, ``AF_PACKET``, ``AF_NETLINK``, and no
+   ``AF_VSOCK``, which the network namespace does not separate from the host or hypervisor).
 5. **Hygiene**: a random scratch directory per run, removed afterwards; nothing from the
    caller's environment, home, repository or temp directory is visible.
 
@@ -22,8 +24,17 @@ What this does **not** protect against:
 
 - Kernel exploits and CPU side channels: everything shares one kernel; a kernel bug that
   escapes namespaces escapes this sandbox.
-- Denial of service on shared resources that cgroups do not cover here: CPU contention
-  beyond the deadline's share, disk I/O bandwidth, kernel memory in some cgroup-v1 setups.
+- Denial of service on shared resources that cgroups do not cover here: disk I/O bandwidth,
+  kernel memory in some cgroup-v1 setups, and CPU: there is no CPU cgroup, so concurrent
+  checks (and everything else on the machine) compete for the cores. A submission that
+  spins, or forks up to the pids limit and spins, slows its neighbours until its deadline
+  kills it; on a loaded machine an honest but slow submission can then hit *its* deadline
+  and be judged ``timeout``. The deadline is wall-clock, so such verdicts depend on the load.
+- The caller's work on what comes back is bounded (the channel, stdout and stderr byte caps;
+  JSON lines split on ``\n`` only and counted before parsing; results rebuilt within a budget
+  taken from the expected value, see ``code_compare.py``), but it runs in the caller's process
+  after the run: up to ``Limits.channel_bytes`` of JSON is parsed there (tens of ms, ~20x
+  the bytes in transient memory), holding the GIL meanwhile.
 - Anything in unsafe mode (``unsafe=True`` without ``bwrap``): then only layers 1-2 apply and
   the code can read and write whatever the calling user can, open network connections, and
   (without cgroups) leave daemonised processes behind. Use it only for code you trust.
@@ -177,7 +188,7 @@ class Sandbox:
         limits: resource limits per run.
         unsafe: allow running without namespace isolation (no ``bwrap``). Only for trusted code.
         cgroups: use pids/memory cgroups when writable.
-        seccomp: install the seccomp deny-list when supported.
+        seccomp: install the seccomp filter when supported.
 
     Raises:
         SandboxUnavailableError: no strong layer is available and ``unsafe`` is false.

@@ -4,7 +4,8 @@
   on cgroup v1 (separate ``pids`` and ``memory`` hierarchies) or v2 (unified hierarchy),
   used only when ``/sys/fs/cgroup`` is writable. The run's processes join it through a tiny
   ``/bin/sh`` wrapper *before* the sandbox starts, so nothing escapes the accounting.
-- :func:`seccomp_program`: a classic-BPF deny-list for x86_64 handed to ``bwrap --seccomp``.
+- :func:`seccomp_program`: a classic-BPF filter for x86_64 handed to ``bwrap --seccomp``: a
+  deny-list of syscalls, and an allow-list of socket families (``AF_UNIX`` only).
 
 Neither is a complete sandbox on its own; see the module docstring of ``sandbox``.
 """
@@ -261,8 +262,11 @@ _DENY_X86_64 = {
     "open_tree": 428,
     "move_mount": 429,
 }
-_SOCKET, _CLONE, _CLONE3 = 41, 56, 435
-_DENIED_FAMILIES = (2, 10, 17)  # AF_INET, AF_INET6, AF_PACKET
+_SOCKET, _SOCKETPAIR, _CLONE, _CLONE3 = 41, 53, 56, 435
+# socket()/socketpair() families allowed: AF_UNIX only. Everything else (AF_INET*, AF_PACKET,
+# AF_NETLINK, AF_VSOCK - which the network namespace does not separate -, AF_ALG, ...) fails
+# with EPERM. Nothing the runner or the standard library needs uses another family.
+ALLOWED_FAMILIES = (1,)
 _NAMESPACE_FLAGS = 0x7E020000  # CLONE_NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET
 _EPERM, _ENOSYS = 1, 38
 _RET_ALLOW, _RET_ERRNO, _RET_KILL = 0x7FFF0000, 0x00050000, 0x80000000
@@ -274,7 +278,8 @@ def seccomp_supported() -> bool:
 
 
 def seccomp_program() -> bytes:
-    """A BPF deny-list: ptrace, mounts, namespaces, keyrings, bpf, kernel modules, inet sockets.
+    """A BPF filter: denies ptrace, mounts, namespaces, keyrings, bpf, kernel modules, and
+    sockets of any family but :data:`ALLOWED_FAMILIES`.
 
     Denied calls fail with ``EPERM`` (``clone3`` with ``ENOSYS`` so libc falls back to
     ``clone``, whose namespace flags are checked); a foreign architecture is killed.
@@ -290,13 +295,16 @@ def seccomp_program() -> bytes:
     ops += [("jeq", nr, "eperm", None) for nr in sorted(_DENY_X86_64.values())]
     ops += [
         ("jeq", _SOCKET, "socket", None),
+        ("jeq", _SOCKETPAIR, "socket", None),
         ("jeq", _CLONE, "clone", None),
         ("jeq", _CLONE3, "enosys", None),
         ("ret", _RET_ALLOW),
     ]
-    ops += [("label", "socket"), ("ld", 16)]
-    ops += [("jeq", family, "eperm", None) for family in _DENIED_FAMILIES]
+    ops += [("label", "socket"), ("ld", 16)]  # low 32 bits of arg 0: the kernel's int family
+    ops += [("jeq", family, "allow", None) for family in ALLOWED_FAMILIES]
     ops += [
+        ("ret", _RET_ERRNO | _EPERM),
+        ("label", "allow"),
         ("ret", _RET_ALLOW),
         ("label", "clone"),
         ("ld", 16),

@@ -236,7 +236,8 @@ FAKE_PASS = [
         "        try:\n            open(os.path.join(d, n), 'w').write('import os\\n')\n"
         "        except OSError:\n            pass\nreturn -1",
     ),
-    add_attack("bool_for_int", "fake", "return a + b if a + b else False"),
+    # ``False == 0`` in the official harness, so this one passes (the equality rule is ``==``)
+    Attack("bool_for_int", "odd", "def add(a, b):\n    return a + b if a + b else False\n", ADD, 1.0),
 ]
 
 MATH_TASK = {
@@ -682,3 +683,237 @@ def test_channel_flood_of_tiny_messages_does_not_bloat_the_caller(verifier: Code
 
 def test_verifier_module_state_is_untouched_by_attacks():
     assert sys.modules["mpo_gym.verifiers.code"].CodeVerifier is CodeVerifier
+
+
+# --- issue 15: six findings of a second red-team pass ------------------------------------
+# Each test below failed on the code before the fix (see the commit message).
+
+COLLIDE = (  # multiples of 2**61 - 1: CPython int hashes all collide (not randomised)
+    "import os, sys\nM = 2 ** 61 - 1\nfd = int(sys.argv[2])\nparts, size, i = [], 0, 1\n"
+    "while True:\n    item = @ITEM@ % (i * M)\n    if size + len(item) > @LIMIT@:\n"
+    "        break\n    parts.append(item)\n    size, i = size + len(item) + 2, i + 1\n"
+    "value = '{\"t\": \"@TAG@\", \"v\": [' + ', '.join(parts) + ']}'\n"
+    "data = ('{\"i\": 0, \"ok\": ' + value + '}\\n{\"status\": \"done\", \"n\": 1}\\n').encode()\n"
+    "while data:\n    data = data[os.write(fd, data):]\nos._exit(0)\n"
+)
+COLLIDING = {
+    "set": (
+        "'{\"t\": \"int\", \"v\": \"%x\"}'",
+        {"entry_point": "f", "test": "def check(candidate):\n    assert candidate() == {1, 2}\n"},
+    ),
+    "dict": (
+        "'[{\"t\": \"int\", \"v\": \"%x\"}, {\"t\": \"none\"}]'",
+        {"entry_point": "f", "test": "def check(candidate):\n    assert candidate() == {1: None}\n"},
+    ),
+}
+
+
+def _colliding_attack(kind: str, limit: int = (4 << 20) - 512) -> tuple[str, dict]:
+    """A submission that writes, as its result, a set (or dict) of as many colliding ints as
+    fit under the channel cap, then exits."""
+    item, reference = COLLIDING[kind]
+    code = COLLIDE.replace("@ITEM@", item).replace("@LIMIT@", str(limit)).replace("@TAG@", kind)
+    return code, reference
+
+
+class _Ticker:
+    """A caller thread that should keep running while a check is judged: records the longest
+    gap between its wake-ups."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.gap, self._stop = 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        last = time.monotonic()
+        while not self._stop.wait(0.01):
+            now = time.monotonic()
+            self.gap, last = max(self.gap, now - last), now
+
+    def __enter__(self) -> _Ticker:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.mark.parametrize("kind", sorted(COLLIDING))
+def test_hash_colliding_result_does_not_stall_the_caller(kind: str, verifier: CodeVerifier):
+    """Finding 1: a forged result of ~100k colliding ints must cost the caller (nearly) nothing:
+    the verdict comes within the deadline and another thread of the caller keeps running."""
+    code, reference = _colliding_attack(kind)
+    with _Ticker() as ticker:
+        start = time.monotonic()
+        verdict = verifier.verify(code, reference)
+        elapsed = time.monotonic() - start
+    assert verdict.reward == 0.0, verdict
+    assert elapsed < TIMEOUT + 1.0, f"verify() took {elapsed:.1f}s"
+    assert ticker.gap < 1.0, f"another caller thread froze for {ticker.gap:.1f}s"
+
+
+def test_hash_colliding_result_does_not_time_out_honest_checks_in_a_batch(
+    verifier: CodeVerifier,
+):
+    code, reference = _colliding_attack("dict")
+    start = time.monotonic()
+    verdicts = verifier.verify_batch([code] + [HONEST] * 3, [reference] + [ADD] * 3)
+    assert [v.status for v in verdicts[1:]] == ["correct"] * 3, verdicts
+    assert verdicts[0].reward == 0.0
+    assert time.monotonic() - start < 2 * (TIMEOUT + 1.0)
+
+
+SOCKET_FAMILIES = (
+    "import socket\ndef probe():\n    opened = []\n    for family in range(0, 64):\n"
+    "        for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM, socket.SOCK_RAW,\n"
+    "                     socket.SOCK_SEQPACKET, socket.SOCK_RDM):\n"
+    "            try:\n                socket.socket(family, kind).close()\n"
+    "            except OSError:\n                continue\n"
+    "            opened.append(family)\n            break\n"
+    "        try:\n            a, b = socket.socketpair(family)\n"
+    "        except (OSError, ValueError):\n            continue\n"
+    "        a.close(); b.close()\n"
+    "        if family not in opened:\n            opened.append(family)\n"
+    "    return opened\n"
+)
+
+
+def test_only_unix_sockets_can_be_created(verifier: CodeVerifier):
+    """Finding 2: seccomp allows AF_UNIX only; every other family (0-63) fails."""
+    reference = {"entry_point": "probe", "test": "def check(candidate):\n    assert candidate() == [1]\n"}
+    verdict = verifier.verify(SOCKET_FAMILIES, reference)
+    assert verdict.correct, verdict
+
+
+def test_vsock_socket_cannot_be_created_or_bound(verifier: CodeVerifier):
+    """Finding 2: AF_VSOCK (not separated by the network namespace) is closed."""
+    code = (
+        "import socket\ndef probe():\n    try:\n"
+        "        s = socket.socket(40, socket.SOCK_STREAM)\n"
+        "        s.bind((0xFFFFFFFF, 0xFFFFFFFF))\n        return 'ok'\n"
+        "    except OSError as exc:\n        return 'no'\n"
+    )
+    assert verifier.verify(code, ORACLE).reward == 0.0
+
+
+# (expected literal in the test, expression the submission returns); the verdict must be
+# what the official harness gives: Python's ``==`` on the same two values.
+EQUALITY_CASES = [
+    ("0", "1e-10"),
+    ("0.3", "0.1 + 0.2"),
+    ("5", "5.000000004"),
+    ("10 ** 16", "float(10 ** 16) + 5e6"),
+    ("1", "True"),
+    ("False", "0"),
+    ("{1}", "{1.0}"),
+    ("1.0", "1 + 0j"),
+    ("{1: 'a'}", "{1.0: 'a'}"),
+    ("{(1, 2): [0.5]}", "{(1.0, 2): [0.5]}"),
+    ("{1}", "frozenset({1})"),
+    ("[1, 2]", "(1, 2)"),
+    ("'a'", "b'a'"),
+    ("None", "0"),
+    ("1.5", "10 ** 400"),
+    ("240", "240.0"),
+    ("[0.5, 'x', (1,)]", "[0.5, 'x', (1,)]"),
+    ("{'a': 1, 'b': 2}", "{'b': 2, 'a': 1}"),
+]
+
+
+@pytest.mark.parametrize(("expected", "returned"), EQUALITY_CASES)
+@pytest.mark.parametrize("shape", ["humaneval", "mbpp"])
+def test_equality_is_the_official_harness_double_equals(
+    expected: str, returned: str, shape: str, verifier: CodeVerifier
+):
+    """Finding 3 (and 6 for ``10 ** 400``): no tolerance of our own, no stricter typing."""
+    official = eval(expected) == eval(returned)  # our own literals, in the test process
+    code = f"def g():\n    return {returned}\n"
+    if shape == "humaneval":
+        reference = {
+            "entry_point": "g",
+            "test": f"def check(candidate):\n    assert candidate() == {expected}\n",
+        }
+    else:
+        reference = {"test_list": [f"assert g() == {expected}"], "test_setup_code": ""}
+    verdict = verifier.verify(code, reference)
+    assert verdict.status == ("correct" if official else "incorrect"), verdict
+
+
+@pytest.mark.parametrize(
+    ("test", "returned", "official"),
+    [
+        ("abs(candidate() - 0.3) < 1e-6", "0.1 + 0.2", True),
+        ("abs(candidate() - 0.25) < 1e-6", "0.2500001", True),
+        ("abs(0.25 - candidate()) <= 0.5", "0.75", True),
+        ("abs(candidate() - 0.25) < 0.5", "0.75", False),
+        ("abs(candidate() - 1.5) < 1e-6", "10 ** 400", False),
+        ("abs(candidate() - 1.5) < 1e-6", "float('nan')", False),
+        ("abs(candidate() - 1.5) < 1e-6", "'1.5'", False),
+        ("abs(candidate() - 1.0) < 1e-6", "1 + 0j", True),
+    ],
+)
+def test_tests_with_their_own_tolerance_keep_it(
+    test: str, returned: str, official: bool, verifier: CodeVerifier
+):
+    """Findings 3 and 6: ``abs(f(x) - y) < tol`` decides as Python does; an OverflowError or a
+    TypeError in that expression fails the test (``incorrect``), it is not our ``error``."""
+    reference = {"entry_point": "g", "test": f"def check(candidate):\n    assert {test}\n"}
+    verdict = verifier.verify(f"def g():\n    return {returned}\n", reference)
+    assert verdict.status == ("correct" if official else "incorrect"), verdict
+
+
+def test_carriage_return_flood_does_not_bypass_the_message_count(verifier: CodeVerifier):
+    """Finding 4: ``\\r`` is not a line break of the channel, so a flood of ``{}\\r`` is one
+    malformed line, not 1.4M messages parsed in the caller."""
+    import tracemalloc
+
+    n = (4 << 20) // 3 - 4096  # just under the channel cap
+    code = (  # written once, while loading; then the runner adds its own lines
+        "import os, sys\nfd = int(sys.argv[2])\n"
+        f"data = b'{{}}\\r' * {n}\n"
+        "while data:\n    data = data[os.write(fd, data):]\n"
+        "def add(a, b):\n    return a + b\n"
+    )
+    tracemalloc.start()
+    try:
+        start = time.monotonic()
+        verdict = verifier.verify(code, ADD)
+        elapsed = time.monotonic() - start
+        peak_mib = tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+    assert verdict.reward == 0.0, verdict
+    assert peak_mib < 40, f"the caller allocated {peak_mib:.0f} MiB"
+    assert elapsed < TIMEOUT + GRACE
+
+
+STDIO_SUM = {"stdio": [{"input": "2 3\n", "output": "5\n"}]}
+READ_SUM = "a, b = map(int, input().split())\nprint(a + b, flush=True)\n"
+
+
+@pytest.mark.parametrize(
+    ("tail", "passes"),
+    [
+        ("raise SystemExit(0.0)", False),  # CPython exits 1
+        ("raise SystemExit('done')", False),
+        ("import sys\nsys.exit(True)", False),
+        (
+            "import os, sys\nos.write(int(sys.argv[2]), b'{\"status\": \"ok\"}\\n')\nos._exit(3)",
+            False,
+        ),
+        ("import os\nos._exit(3)", False),
+        ("raise SystemExit(0)", True),
+        ("raise SystemExit(False)", True),
+        ("import sys\nsys.exit()", True),
+        ("import os\nos._exit(0)", True),
+    ],
+)
+def test_stdio_uses_the_real_exit_status(tail: str, passes: bool, verifier: CodeVerifier):
+    """Finding 5: right output but a non-zero exit status (whatever the channel says) fails."""
+    verdict = verifier.verify(READ_SUM + tail + "\n", STDIO_SUM)
+    assert verdict.correct is passes, verdict
+    if not passes:
+        assert verdict.status == "incorrect", verdict

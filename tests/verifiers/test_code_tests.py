@@ -8,13 +8,20 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mpo_gym.verifiers.code_compare import (
+    Budget,
+    Unequal,
+    budget_for,
+    decode_bounded,
+    result_equal,
+    values_equal,
+)
 from mpo_gym.verifiers.code_runner import EncodeError, decode, dumps, encode
 from mpo_gym.verifiers.code_tests import (
     CallPlan,
     ScriptPlan,
     humaneval_plan,
     mbpp_plan,
-    values_equal,
 )
 
 CHECK = (
@@ -77,21 +84,67 @@ def test_mbpp_with_setup_or_helpers_falls_back_and_imports_used_modules():
     assert "import sys" in plan.prelude and "import math" not in plan.prelude
 
 
-def test_values_equal_is_strict_about_types_but_not_int_versus_float():
-    assert values_equal(240, 240.0) and values_equal(0.1 + 0.2, 0.3)
-    assert not values_equal(1, True) and not values_equal(False, 0)
+def test_values_equal_is_pythons_double_equals():
+    assert values_equal(240, 240.0) and not values_equal(0.3, 0.1 + 0.2)
+    assert not values_equal(0, 1e-10) and not values_equal(5, 5.000000004)
+    assert values_equal(1, True) and values_equal(False, 0) and values_equal(1.0, 1 + 0j)
     assert not values_equal((1, 2), [1, 2]) and not values_equal("1", 1)
     assert not values_equal(float("nan"), float("nan"))
     assert values_equal({1: [1.0], "a": (2,)}, {"a": (2,), 1: [1]})
-    assert not values_equal({1: 1}, {True: 1})
-    assert values_equal({1, 2}, {2, 1}) and not values_equal({1}, frozenset({1}))
+    assert values_equal({1: 1}, {True: 1}) and values_equal({1: "a"}, {1.0: "a"})
+    assert values_equal({1, 2}, {2, 1}) and values_equal({1}, frozenset({1.0}))
+    assert not values_equal(1.5, 10**400)
 
 
-def test_values_equal_with_tolerance_rejects_nan_and_non_numbers():
+def test_values_equal_with_tolerance_is_the_tests_own_expression():
     assert values_equal(0.25, 0.2500001, abs_tol=1e-6)
     assert not values_equal(0.25, float("nan"), abs_tol=1e-6)
     assert not values_equal(0.25, "0.25", abs_tol=1e-6)
     assert not values_equal(0.25, 0.3, abs_tol=1e-6)
+    assert not values_equal(0.25, 0.75, abs_tol=0.5) and values_equal(0.25, 0.75, 0.5, True)
+    assert not values_equal(1.5, 10**400, abs_tol=1e-6)  # OverflowError: a failed test
+    assert values_equal(1.0, 1 + 0j, abs_tol=1e-6)
+
+
+@given(st.integers(0, 3), st.sampled_from(["set", "dict", "list"]))
+def test_bounded_decode_refuses_more_nodes_than_the_expected_value_before_building(n, kind):
+    expected = {"set": set(range(n)), "dict": dict.fromkeys(range(n)), "list": list(range(n))}
+    big = {"set": set(range(n + 1)), "dict": dict.fromkeys(range(n + 1)), "list": [0] * (n + 1)}
+    assert result_equal(encode(expected[kind]), expected[kind])[0]
+    with pytest.raises(Unequal):
+        decode_bounded(encode(big[kind]), budget_for(expected[kind]))
+
+
+def test_bounded_decode_limits_text_and_int_width_by_the_expected_value():
+    budget = budget_for(["abc", 7])
+    assert (budget.nodes, budget.text) == (3, 3)
+    with pytest.raises(Unequal):
+        decode_bounded(encode("abcd"), Budget(1, 3, 260))
+    with pytest.raises(Unequal):
+        decode_bounded(encode(1 << 2000), budget_for(1.5))
+    assert decode_bounded(encode(1 << 1000), budget_for(1.5)) == 1 << 1000  # may equal a float
+    assert decode_bounded(encode(7**3000), budget_for(7**3000)) == 7**3000
+    equal, shown = result_equal(encode(list(range(10_000))), [1])
+    assert not equal and repr(shown) == "<list of 10000 items>"
+
+
+def test_colliding_ints_cost_nothing_when_the_expected_set_is_small():
+    import time
+
+    colliding = {"t": "set", "v": [encode(i * (2**61 - 1)) for i in range(1, 200_000)]}
+    start = time.perf_counter()
+    equal, shown = result_equal(colliding, {1, 2})
+    assert time.perf_counter() - start < 0.5
+    assert not equal and repr(shown) == "<set of 199999 items>"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"t": "float", "v": "0x1." + "0" * 100 + "p0"}, {"t": "evil", "v": []}, {"t": "int", "v": 3}],
+)
+def test_bounded_decode_rejects_malformed_values(bad):
+    with pytest.raises(ValueError):
+        decode_bounded(bad, Budget(10, 10, 10))
 
 
 primitives = st.recursive(

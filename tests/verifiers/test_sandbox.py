@@ -240,6 +240,21 @@ def test_seccomp_blocks_inet_sockets_and_ptrace():
     assert _values(run_in_sandbox(_call(code))) == [[1, -1]]
 
 
+@needs_bwrap
+@pytest.mark.skipif(not CAPS.seccomp, reason="seccomp not active")
+def test_seccomp_allows_only_unix_sockets_whatever_the_upper_bits_of_the_family():
+    code = (
+        "import ctypes\ndef f():\n    libc = ctypes.CDLL(None, use_errno=True)\n"
+        "    libc.syscall.restype = ctypes.c_long\n    ok = []\n"
+        "    for family in list(range(64)) + [1 + (1 << 32), 40 + (1 << 32)]:\n"
+        "        for kind in (1, 2, 3, 5):\n"
+        "            fd = libc.syscall(41, ctypes.c_long(family), kind, 0)\n"
+        "            if fd >= 0:\n                ok.append(family)\n                break\n"
+        "    return ok\n"
+    )
+    assert _values(run_in_sandbox(_call(code))) == [[1, 1 + (1 << 32)]]
+
+
 def test_cgroup_v2_layout_writes_the_v2_limit_files(tmp_path):
     layout = CgroupLayout("v2", {"pids": str(tmp_path), "memory": str(tmp_path)})
     group = RunCgroup(layout, pids_max=12, memory_bytes=1 << 26)
