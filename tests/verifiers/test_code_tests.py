@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from mpo_gym.verifiers.code_compare import (
@@ -226,3 +226,33 @@ def test_runner_json_writer_matches_json():
 
     message = {"i": 0, "ok": encode(["\x1b", "é", None, True, 3]), "exc": ["E", "m\n", None]}
     assert json.loads(dumps(message)) == message
+
+
+@given(primitives)
+@example("\U0001f600" * 1000)  # 12 bytes per character in the channel's ASCII JSON
+@example("\x00" * 1000)
+@example(b"\xff" * 1000)
+@example(7**3000)
+@example([-1.5e300] * 100)
+@example({"k" * 50: [None, True, 1 + 2j]})
+def test_encoded_size_limit_bounds_every_encoding_of_an_equal_value(value):
+    from mpo_gym.verifiers.code_compare import encoded_size_limit
+
+    line = dumps({"i": 0, "ok": encode(value)}).encode()
+    assert len(line) <= encoded_size_limit(value)
+    if type(value) is float:  # an int equal to a float is longer than the float
+        assert len(dumps({"i": 0, "ok": encode(int(value))})) <= encoded_size_limit(value)
+
+
+def test_a_result_line_longer_than_any_equal_value_is_not_parsed():
+    from mpo_gym.verifiers.code_judge import Judge
+    from mpo_gym.verifiers.code_tests import CallCase
+
+    plan = CallPlan((CallCase("f", (), {}, 5, "f() == 5"),))
+    huge = b'{"i": 0, "ok": {"t": "list", "v": [' + b'{"t": "none"}, ' * 20000 + b'{"t": "none"}]}}'
+    done = b'{"status": "done", "n": 1}'
+    messages = Judge._call_messages(plan, huge + b"\n" + done + b"\n")
+    assert messages == [{"i": 0, "too_large": len(huge)}, {"status": "done", "n": 1}]
+    small = b'{"i": 0, "ok": {"t": "int", "v": "5"}}'
+    assert Judge._call_messages(plan, small + b"\n" + done + b"\n")[0]["ok"] == {"t": "int", "v": "5"}
+    assert Judge._call_messages(plan, small + b"\r" + done + b"\n") is None  # \r is no break
