@@ -116,7 +116,7 @@ ATTACKS: dict[str, tuple[str, dict | None, tuple[str, ...] | None]] = {
     "memory": ("def {f}(*a, **k):\n    x = []\n    while True:\n        x.append(bytearray(1 << 24))\n", None, None),
     "flood": ("import sys\ndef {f}(*a, **k):\n    while True:\n        sys.stdout.write('x' * 65536)\n", None, None),
     "eq_hack": ("class A:\n    def __eq__(self, o):\n        return True\ndef {f}(*a, **k):\n    return A()\n", None, None),
-    "exit0": ("import os\nos._exit(0)\n", None, ("error",)),
+    "exit0": ("import os\nos._exit(0)\n", None, ("error", "incorrect")),
     "daemon": ("import os, time\ndef {f}(*a, **k):\n    if os.fork() == 0:\n        os.setsid()\n        time.sleep(600)\n    return None\n", None, None),
     "disk": ("def {f}(*a, **k):\n    with open('/tmp/fill', 'wb') as h:\n        while True:\n            h.write(b'x' * (1 << 20))\n", None, None),
     # the findings of the second red-team pass (issue 15)
@@ -132,7 +132,7 @@ ATTACKS: dict[str, tuple[str, dict | None, tuple[str, ...] | None]] = {
         "import os, sys\ndata = b'{}\\r' * 1390000\nwhile data:\n"
         "    data = data[os.write(int(sys.argv[2]), data):]\ndef {f}(*a, **k):\n    return 0\n",
         None,
-        ("error",),
+        ("error", "incorrect"),  # malformed channel, or a result line too large to parse
     ),
     "vsock_bind": (
         "import socket\ndef probe():\n    try:\n        s = socket.socket(40, socket.SOCK_STREAM)\n"
@@ -193,18 +193,26 @@ def current_rss_mib() -> float:
     return int(line.split()[1]) / 1024
 
 
-def leftovers(settle_s: float = 1.0) -> dict[str, int]:
-    time.sleep(settle_s)  # killed namespaces take a moment to be reaped by the host's init
-    live, zombies = sandbox_processes()
-    return {
-        "processes": live,
-        "zombies": zombies,
-        "cgroups": len(glob.glob(f"/sys/fs/cgroup/*/mpo_gym_{os.getpid()}_*"))
-        + len(glob.glob(f"/sys/fs/cgroup/mpo_gym_{os.getpid()}_*")),
-        "scratch_dirs": len(
-            glob.glob(os.path.join(tempfile.gettempdir(), f"mpo-gym-sbx-{os.getpid()}-*"))
-        ),
-    }
+def leftovers(baseline: dict[str, int] | None = None, settle_s: float = 15.0) -> dict[str, int]:
+    """Sandbox processes, zombies, cgroups and scratch dirs of this run. With a ``baseline``,
+    waits up to ``settle_s`` for them to fall back to it: killed namespaces are reaped by the
+    host's init a moment later (longer on a loaded machine); a real leak stays."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        live, zombies = sandbox_processes()
+        found = {
+            "processes": live,
+            "zombies": zombies,
+            "cgroups": len(glob.glob(f"/sys/fs/cgroup/*/mpo_gym_{os.getpid()}_*"))
+            + len(glob.glob(f"/sys/fs/cgroup/mpo_gym_{os.getpid()}_*")),
+            "scratch_dirs": len(
+                glob.glob(os.path.join(tempfile.gettempdir(), f"mpo-gym-sbx-{os.getpid()}-*"))
+            ),
+        }
+        settled = baseline is None or all(v <= baseline.get(k, 0) for k, v in found.items())
+        if settled or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
 
 
 class Ticker:
@@ -259,7 +267,7 @@ def soak(args: argparse.Namespace) -> int:
             )
     gap = ticker.stop()
     elapsed = time.perf_counter() - start
-    return report(jobs, verdicts, elapsed, before, leftovers(), rss, gap, args)
+    return report(jobs, verdicts, elapsed, before, leftovers(before), rss, gap, args)
 
 
 RSS_GROWTH_MIB = 64.0  # allowed growth of the caller's RSS from the first 100 checks to the end
