@@ -96,12 +96,13 @@ def _short_glue(glue: str) -> bool:
     return len(glue) <= 40 and "\n" not in glue
 
 
-_GLUE_RE = re.compile(r"^[\s,;.]*(?:[A-Za-z]+[ \t]+)?(?:and|or|y|et|und)?[\s,;.]*$", re.I)
+_GLUE_RE = re.compile(r"^[\s,;.]*(?:(?:[A-Za-z]+[ \t]+)?(?:and|et|und))?[\s,;.]*$", re.I)
 
 
 def _list_glue(glue: str) -> bool:
-    r"""Glue that joins a reference's boxes into one list: commas, "and"/"or" (with at most
-    one word before it: ``\boxed{1} papers and \boxed{2}``), math delimiters and spacing."""
+    r"""Glue that joins a reference's boxes into one list: commas, "and" (with at most one
+    word before it: ``\boxed{1} papers and \boxed{2}``), math delimiters and spacing. Not
+    "or": ``\boxed{15\frac{39}{40}}, or \boxed{\frac{639}{40}}`` are two forms of one answer."""
     if not _short_glue(glue):
         return False
     glue = re.sub(r"\\(?:text|mathrm|textnormal|mbox)\s*\{([^{}]*)\}", r" \1 ", glue)

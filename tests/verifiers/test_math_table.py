@@ -280,6 +280,8 @@ CASES: list[tuple[str, str, str, str]] = [
     ("ratio", "3:2", "\\boxed{3 : 2}", C),
     ("ratio", "3:2", "\\boxed{2:3}", W),
     ("ratio", "1:0", "\\boxed{2:0}", W),
+    ("ratio", "1:2", "\\boxed{2:4}", W),  # term by term, never reduced (2:00 is not 1:00)
+    ("ratio", "\\frac{1}{0}", "\\boxed{\\frac{2}{0}}", W),  # no value equals a division by 0
     # -- answer phrase without a colon, then display or inline math ---------------------
     ("phrase", "7", "Answer \\[ 7 \\]", C),
     ("phrase", "7", "Answer $ 7 $", C),
@@ -345,7 +347,8 @@ CASES: list[tuple[str, str, str, str]] = [
     ("label", "|AB|=1", "\\boxed{1}", C),
     ("label", "\\frac{NO}{BO}=\\frac{1}{\\sqrt6}", "\\boxed{\\frac1{\\sqrt6}}", C),
     ("label", "\\frac{NO}{BO}=\\frac{1}{\\sqrt6}", "\\boxed{\\sqrt6}", W),
-    ("label", "xy=6", "\\boxed{6}", W),  # xy = 6 is a curve: lowercase products are no label
+    ("label", "xy=6", "\\boxed{6}", W),  # xy = 6 is a curve, not a value
+    ("label", "x \\cdot y = 6", "\\boxed{6}", W),  # lowercase products are no label
     ("label", "x+y=5", "\\boxed{5}", W),  # a sum is no label
     ("label", "(5, 8), (8, 5)", "\\boxed{(x, y) = (5, 8) \\text{ and } (8, 5)}", C),
     # -- equations equal up to scaling and rearrangement -------------------------------
@@ -501,6 +504,22 @@ def test_math500_shifted_answers_are_rejected(verifier):
     hits = [(g, r["answer"]) for g, r, v in zip(golds, rows, verdicts) if v.correct]
     assert all(_same_value(g, a) for g, a in hits), hits
     assert all(v.status in ("correct", "incorrect") for v in verdicts)
+
+
+@pytest.mark.skipif(not MATH500.exists(), reason="MATH-500 copy not available")
+def test_math500_worked_solution_as_the_reference(verifier):
+    """A whole MATH-style solution as the gold: its own final answer is read with the same
+    rules, so the boxed answer verifies against it, and the next problem's answer does not
+    (unless the two answers are equal)."""
+    rows = [json.loads(line) for line in MATH500.read_text().splitlines()]
+    right = verifier.verify_batch([f"\\boxed{{{r['answer']}}}" for r in rows],
+                                  [r["solution"] for r in rows])
+    assert [(r["answer"], v) for r, v in zip(rows, right) if not v.correct] == []
+    shifted = [rows[(i + 1) % len(rows)]["answer"] for i in range(len(rows))][:200]
+    wrong = verifier.verify_batch([f"\\boxed{{{a}}}" for a in shifted],
+                                  [r["solution"] for r in rows[:200]])
+    hits = [(a, r["answer"]) for a, r, v in zip(shifted, rows, wrong) if v.correct]
+    assert all(_same_value(a, r) for a, r in hits), hits
 
 
 def _same_value(gold: str, answer: str) -> bool:
