@@ -1,0 +1,83 @@
+"""``benchmarks/study_trl.py``: the summary's numbers and the command line (no training here)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "study_trl.py"
+
+
+@pytest.fixture(scope="module")
+def study():
+    spec = importlib.util.spec_from_file_location("study_trl", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def result(run, seed, before, after, updates=10, seconds=100.0):
+    return {"run": run, "seed": seed, "before": sum(before) / len(before), "after": sum(after) / len(after),
+            "outcomes_before": before, "outcomes_after": after, "updates": updates, "train_seconds": seconds,
+            "peak_rss_mb": 1000.0 + seed, "protocol_id": "p"}
+
+
+def test_summary_by_hand(study):
+    before = [0, 0, 1, 1]  # 0.5
+    rows = [result("ppo", 0, before, [1, 0, 1, 1]), result("ppo", 1, before, [1, 1, 1, 1]),
+            result("ppo", 2, before, [0, 0, 1, 1], updates=20)]
+    s = study.summarize(rows)["ppo"]
+    assert s["gains"] == [0.25, 0.5, 0.0]
+    assert s["mean_gain"] == pytest.approx(0.25)
+    # seeds: sd of (0.25, 0.5, 0) is 0.25; t(0.975, 2 df) = 4.303: 4.303 * 0.25 / sqrt(3)
+    assert s["seed_half"] == pytest.approx(4.303 * 0.25 / math.sqrt(3))
+    # tasks: per-task gain averaged over seeds = (2/3, 1/3, 0, 0): mean 1/4, sd sqrt(5/54)... by hand
+    per_task = [2 / 3, 1 / 3, 0.0, 0.0]
+    mean = sum(per_task) / 4
+    sd = math.sqrt(sum((x - mean) ** 2 for x in per_task) / 3)
+    assert s["task_half"] == pytest.approx(1.96 * sd / 2)
+    assert s["updates"] == pytest.approx(40 / 3) and s["peak_rss_mb"] == 1002.0
+    assert s["s_per_update"] == pytest.approx((10 + 10 + 5) / 3)
+
+
+def test_verdict_compares_best_of_ours_with_best_trl(study):
+    before = [0] * 10
+    rows = [result("ppo", s, before, [1] * (6 + s) + [0] * (4 - s)) for s in range(3)]  # gains .6 .7 .8
+    rows += [result("trl", s, before, [1] * (1 + s) + [0] * (9 - s)) for s in range(3)]  # gains .1 .2 .3
+    text = study.verdict(study.summarize(rows))
+    assert "Best of ours: ppo (+0.700)" in text and "best TRL run: trl (+0.200)" in text
+    assert "above TRL's by more than the combined interval" in text
+    close = [result("ppo", s, before, [1] * (1 + s) + [0] * (9 - s)) for s in range(3)] + rows[3:]
+    assert "not resolved" in study.verdict(study.summarize(close))
+    assert "No comparison" in study.verdict(study.summarize(rows[:3]))
+
+
+def test_command_line(study):
+    args = study.parse_args(["--seeds", "3", "--agents", "ppo,trl"])
+    assert args.seed_list == [0, 1, 2] and args.agent_list == ["ppo", "trl"] and args.budget_s == 360.0
+    assert study.parse_args(["--seeds", "4,7"]).seed_list == [4, 7]
+    assert study.parse_args([]).agent_list == list(study.RUNS)
+    with pytest.raises(SystemExit):
+        study.parse_args(["--agents", "a2c"])
+    with pytest.raises(SystemExit):
+        study.parse_args(["--seeds", "x"])
+
+
+def test_protocol_keys_the_results(study):
+    a = study.protocol(study.parse_args([]))
+    b = study.protocol(study.parse_args(["--budget-s", "20"]))
+    assert study.protocol_id(a) != study.protocol_id(b)
+    assert a["budget_s"] == 360.0 and a["eval_tasks"] == 200 and a["env_kwargs"]["digits"] == 2
+
+
+def test_beta1_control_scales_only_the_actor_lr(study, tmp_path):
+    args = study.parse_args([])
+    ppo = study.train_config("ppo", 0, args, tmp_path / "a").agent_config()
+    control = study.train_config("ppo-lr-beta1", 0, args, tmp_path / "b").agent_config()
+    assert control.lr == pytest.approx(ppo.lr * 0.82288) and control.critic_lr == ppo.critic_lr
+    off = study.train_config("mpo-offpolicy", 0, args, tmp_path / "c")
+    assert off.agent == "mpo" and off.agent_config().ppo_epochs == 2 and off.agent_config().minibatch_size == 4
+    assert off.time_budget_s == 360.0 and off.eval_tasks == 200
