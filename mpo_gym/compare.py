@@ -293,6 +293,15 @@ def _wait_for_child(proc: Any) -> int | None:
     return received[0] if received else None
 
 
+def _same_budget(train_cfg: Any, run_dir: Path) -> bool:
+    """Whether the finished run in ``run_dir`` ran to the budget ``train_cfg`` asks for."""
+    try:
+        stored = json.loads((run_dir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return True  # nothing to compare with: keep what finished
+    return (stored.get("updates"), stored.get("time_budget_s")) == (train_cfg.updates, train_cfg.time_budget_s)
+
+
 def _run(cfg: CompareConfig, agent: str, seed: int, before: dict[str, Any] | None, ctx: Any) -> dict[str, Any]:
     from . import runs
     from .errors import MpoGymError, RunInterrupted
@@ -301,8 +310,11 @@ def _run(cfg: CompareConfig, agent: str, seed: int, before: dict[str, Any] | Non
     run_dir = Path(train_cfg.out_dir)
     result_path = run_dir / "summary.json"
     if result_path.exists():
-        print(f"{agent} seed {seed}: finished earlier, kept")
-        return json.loads(result_path.read_text())
+        if _same_budget(train_cfg, run_dir):
+            print(f"{agent} seed {seed}: finished earlier, kept")
+            return json.loads(result_path.read_text())
+        print(f"{agent} seed {seed}: finished with another budget; continuing to the new one", flush=True)
+        result_path.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
     eval_path = run_dir / "eval.json"
     if before is not None and not eval_path.exists():
@@ -415,6 +427,8 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
         values["imports"] = ",".join(args.imports)
     if args.agents:
         values["agents"] = tuple(a.strip() for a in args.agents.split(","))
+        if args.agent_kwargs is None:  # a preset's per-agent settings, for the agents still chosen
+            values["agent_kwargs"] = {k: v for k, v in values.get("agent_kwargs", {}).items() if k in values["agents"]}
     if args.seeds:
         try:
             values["seeds"] = tuple(int(s) for s in args.seeds.split(","))

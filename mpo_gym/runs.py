@@ -203,8 +203,10 @@ class StopSignals:
         self.received: int | None = None
         self.deferred = False
         self._old: dict[int, Any] = {}
+        self._pid = os.getpid()
 
     def __enter__(self) -> StopSignals:
+        self._pid = os.getpid()
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
                 self._old[sig] = signal.signal(sig, self._handle)
@@ -216,6 +218,14 @@ class StopSignals:
         self._old.clear()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self._pid:
+            # a forked child (a verifier worker) inherited this handler: Ctrl-C is for the
+            # trainer, which finishes its update with the workers' help and then stops them;
+            # SIGTERM (how pools stop their workers) keeps its default meaning
+            if signum == signal.SIGTERM:
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+            return
         if self.deferred and self.received is None:
             self.received = signum
             print(f"\n{signal.Signals(signum).name}: finishing the current update, then saving "

@@ -101,6 +101,14 @@ def test_checkpoints_are_periodic_atomic_and_the_last_two_kept(tmp_path):
     assert (state("checkpoint"), state("checkpoint.prev")) == (3, 2)
 
 
+def test_time_based_checkpoints_by_default(tmp_path):
+    assert TrainConfig().checkpoint_every_s > 0 and TrainConfig().checkpoint_every == 0
+    out = tmp_path / "run"
+    train(tiny_cfg(out, updates=3, checkpoint_every_s=1e-9), progress=False)
+    state = torch.load(out / "checkpoint.prev" / "state.pt", weights_only=False)
+    assert state["step"] == 2
+
+
 def test_a_corrupted_latest_checkpoint_falls_back_to_the_previous(tmp_path, capsys):
     straight = tmp_path / "straight"
     train(tiny_cfg(straight, updates=4), progress=False)
@@ -125,43 +133,73 @@ def test_checkpoints_that_all_fail_to_load_are_an_error_not_a_restart(tmp_path):
         train(tiny_cfg(out, updates=3), progress=False)
 
 
-def _train_cmd(out, updates):
-    return [sys.executable, "-m", "mpo_gym", "train", "--agent", "ppo", "--env", "mpo_gym/Toy-v0", "--model", "tiny",
+def _train_cmd(out, updates, env_id="mpo_gym/Toy-v0"):
+    return [sys.executable, "-m", "mpo_gym", "train", "--agent", "ppo", "--env", env_id, "--model", "tiny",
             "--dtype", "float32", "--num-envs", "4", "--eval-tasks", "0", "--threads", "1", "--lr", "0.001",
             "--minibatch-size", "4", "--micro-batch-size", "2", "--log-every", "1", "--updates", str(updates),
             "--out-dir", str(out)]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_mid_run_saves_and_the_same_command_resumes_each_update_once(tmp_path, sig):
+def _wait_for_rows(path, n, proc, timeout=240):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if path.exists() and len(path.read_text().splitlines()) >= n:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{path} did not reach {n} rows")
+
+
+# Ctrl-C in a terminal signals the whole process group (the verifier's worker processes too)
+# (a SIGTERM from `kill PID` reaches the trainer only)
+@pytest.mark.parametrize("env_id, sig, group", [("mpo_gym/Arithmetic-v0", signal.SIGINT, True),
+                                                ("mpo_gym/Toy-v0", signal.SIGTERM, False)])
+def test_a_signal_mid_run_saves_and_the_same_command_resumes_each_update_once(tmp_path, env_id, sig, group):
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(_train_cmd(out, 100000), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, cwd=tmp_path)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        if (out / "metrics.jsonl").exists() and len((out / "metrics.jsonl").read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.2)
-    proc.send_signal(sig)
+    proc = subprocess.Popen(_train_cmd(out, 100000, env_id), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=tmp_path, start_new_session=True)
+    _wait_for_rows(out / "metrics.jsonl", 3, proc)
+    os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 128 + sig, stderr[-2000:]
     assert "Traceback" not in stderr and "mpo-gym train --out-dir" in stderr and "--resume" in stderr
     stopped = torch.load(out / "checkpoint" / "state.pt", weights_only=False)["step"]
     assert stopped >= 3 and steps(out) == list(range(1, stopped + 1))  # checkpoint and metrics agree
-    again = subprocess.run(_train_cmd(out, stopped + 2), capture_output=True, text=True, timeout=240, env=env,
-                           cwd=tmp_path)
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["verdicts/error"] == 0 and last["verdicts/timeout"] == 0  # the update was finished, not broken
+    again = subprocess.run(_train_cmd(out, stopped + 2, env_id), capture_output=True, text=True, timeout=240,
+                           env=env, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"resuming from update {stopped} of {stopped + 2}" in again.stdout
     assert steps(out) == list(range(1, stopped + 3))
+    # stdout is a pipe here: plain progress lines (--log-every 1), no progress bar
+    lines = [line.split(" | ")[0] for line in again.stdout.splitlines() if "s/update" in line]
+    assert lines == [f"ppo update {stopped + 1}/{stopped + 2}", f"ppo update {stopped + 2}/{stopped + 2}"]
+    assert "\r" not in again.stdout
 
 
-def test_progress_lines_when_stdout_is_not_a_terminal(tmp_path):
-    out = subprocess.run(_train_cmd(tmp_path / "run", 2), capture_output=True, text=True, timeout=240,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert out.returncode == 0, out.stderr[-2000:]
-    lines = [line for line in out.stdout.splitlines() if " update " in line and "s/update" in line]
-    assert [line.split(" | ")[0] for line in lines] == ["ppo update 1/2", "ppo update 2/2"]
+@pytest.mark.slow
+def test_a_signal_stops_compare_and_the_resume_finishes_each_update_once(tmp_path):
+    out = tmp_path / "cmp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "mpo_gym", "compare", "--preset", "tiny", "--agents", "ppo", "--eval-tasks", "0",
+           "--checkpoint-every", "1000", "--out-dir", str(out)]
+    proc = subprocess.Popen([*cmd, "--updates", "100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)
+    _wait_for_rows(out / "ppo-s0" / "metrics.jsonl", 3, proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and f"mpo-gym compare --out-dir {out} --resume" in stderr
+    stopped = torch.load(out / "ppo-s0" / "checkpoint" / "state.pt", weights_only=False)["step"]
+    again = subprocess.run([*cmd, "--updates", str(stopped + 1)], capture_output=True, text=True, timeout=300, env=env)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resuming comparison" in again.stdout and f"resuming from update {stopped} of {stopped + 1}" in again.stdout
+    assert steps(out / "ppo-s0") == list(range(1, stopped + 2))
+    # a larger budget continues the finished run instead of keeping it
+    more = subprocess.run([*cmd, "--updates", str(stopped + 2)], capture_output=True, text=True, timeout=300, env=env)
+    assert more.returncode == 0 and "continuing to the new one" in more.stdout, more.stderr[-2000:]
+    assert steps(out / "ppo-s0") == list(range(1, stopped + 3))
 
 
 # ---------------------------------------------------------------------- the NaN guard
@@ -259,3 +297,18 @@ def test_mpo_warmup_draws_only_training_tasks(tmp_path, monkeypatch):
               "warmup_batch_size": 4}
     train(tiny_cfg(tmp_path / "run", agent="mpo", updates=1, eval_tasks=2, agent_kwargs=kwargs), progress=False)
     assert len(seen) >= 12 and all(t.startswith("toy/train/") for t in seen), seen
+
+
+def test_compare_on_a_test_only_suite_says_so_in_the_first_line_of_the_report(tmp_path):
+    from mpo_gym.compare import CompareConfig, compare
+
+    kwargs = dict(agents=("grpo",), env="mpo_gym/MATH500-v0", env_kwargs={"max_new_tokens": 8}, model="tiny",
+                  updates=1, num_envs=2, eval_tasks=2, dtype="float32", threads=1, out_dir=str(tmp_path / "cmp"),
+                  agent_kwargs={"grpo": {"group_size": 2, "minibatch_size": 2, "micro_batch_size": 2}})
+    with pytest.raises(ConfigError, match="--allow-test-split"):
+        compare(CompareConfig(**kwargs))
+    assert not (tmp_path / "cmp").exists()
+    out = compare(CompareConfig(**kwargs, allow_test_split=True))
+    first = (out / "report.md").read_text().splitlines()[0]
+    assert "trained on the 'test' split of mpo_gym/MATH500-v0" in first
+    assert json.loads((out / "grpo-s0" / "config.json").read_text())["train_split"] == "test"
