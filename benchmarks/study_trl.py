@@ -111,7 +111,9 @@ def train_config(name: str, seed: int, args: argparse.Namespace, run_dir: Path) 
     if name == "ppo-lr-beta1":
         kwargs = {**cfg.agent_kwargs, "lr": cfg.agent_config().lr * BETA1}
         cfg = dataclasses.replace(cfg, agent_kwargs=kwargs)
-    return dataclasses.replace(cfg, out_dir=str(run_dir), checkpoint_every=0)
+    names = {f.name for f in dataclasses.fields(cfg)}
+    extra = {"checkpoint_every_s": 0.0} if "checkpoint_every_s" in names else {}  # one checkpoint, at the end
+    return dataclasses.replace(cfg, out_dir=str(run_dir), checkpoint_every=0, **extra)
 
 
 def machine() -> dict[str, Any]:
