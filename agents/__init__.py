@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import AgentConfig, BaseAgent, RolloutBatch, build_batch
+from .base import AgentConfig, BaseAgent, PolicySpec, RolloutBatch, build_batch
 from .gmpo import GMPOAgent, GMPOConfig
 from .grpo import GRPOAgent, GRPOConfig
 from .gspo import GSPOAgent, GSPOConfig
@@ -28,6 +28,7 @@ __all__ = [
     "MPOConfig",
     "PPOAgent",
     "PPOConfig",
+    "PolicySpec",
     "RolloutBatch",
     "build_batch",
     "make_agent",

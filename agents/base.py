@@ -14,11 +14,35 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from mpo_gym.rollout import Episode, rollout
+from mpo_gym.policy import LMPolicy, ScoreOutput
+from mpo_gym.rollout import Episode, rollout, task_count
 
 from . import functional as F
 
-__all__ = ["AgentConfig", "BaseAgent", "RolloutBatch", "build_batch"]
+__all__ = ["AgentConfig", "BaseAgent", "PolicySpec", "RolloutBatch", "build_batch"]
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """What an agent needs from the :class:`~mpo_gym.policy.LMPolicy` it trains.
+
+    Declared by the agent's config (:meth:`AgentConfig.policy_spec`); the trainer builds the
+    policy from it and the agent checks the policy it is given against it.
+
+    Attributes:
+        critic: a value head (or separate critic) is trained and scored.
+        num_mtp_modules: MTP modules scored (and trained) by the agent.
+        share_lm_head: the MTP modules use the backbone's LM head.
+    """
+
+    critic: bool = False
+    num_mtp_modules: int = 0
+    share_lm_head: bool = False
+
+    def policy_kwargs(self, value_head: str = "head") -> dict[str, Any]:
+        """``LMPolicy`` keyword options for this spec (``value_head`` is the critic's form)."""
+        return {"value_head": value_head if self.critic else False,
+                "num_mtp_modules": self.num_mtp_modules, "share_lm_head": self.share_lm_head}
 
 
 @dataclass(frozen=True)
@@ -82,6 +106,10 @@ class AgentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def policy_spec(self) -> PolicySpec:
+        """The policy this agent needs: a bare LM unless a subclass says otherwise."""
+        return PolicySpec()
 
 
 @dataclass
@@ -187,58 +215,84 @@ def build_batch(episodes: Sequence[Episode], pad_id: int, group_ids: Sequence[in
 class BaseAgent:
     """Collection, old-log-prob scoring, mini-batching and the optimizer step.
 
-    Subclasses set ``uses_critic``/``group_size`` and implement ``compute_advantages`` and
-    ``loss``. The policy is bound on the first ``collect`` (or by :meth:`bind`).
+    Subclasses declare the policy they need in their config (:meth:`AgentConfig.policy_spec`),
+    set ``group_size`` and implement ``compute_advantages`` and ``loss``. The policy is bound on
+    the first ``collect`` (or by :meth:`bind`) and checked against the spec.
     """
 
     name: ClassVar[str] = "base"
-    uses_critic: bool = False  # records values and trains a critic (MPO decides per config)
-    needs_mtp: bool = False  # scores MTP log-probs (MPO with ratio_source="mtp")
 
-    def __init__(self, config: AgentConfig, policy: Any = None):
+    def __init__(self, config: AgentConfig, policy: LMPolicy | None = None):
         self.config = config
+        self.spec = config.policy_spec()
+        self.uses_critic = self.spec.critic  # records values and trains a critic
+        self.needs_mtp = self.spec.num_mtp_modules > 0  # scores MTP log-probs
         self.rng = np.random.default_rng(config.seed)
         self.torch_rng = torch.Generator().manual_seed(config.seed)
-        self.policy: Any = None
+        self._policy: LMPolicy | None = None
         self.optimizer: torch.optim.Optimizer | None = None
-        self.reference: Any = None
+        self.reference: LMPolicy | None = None
         self.rollout_calls = 0
         if policy is not None:
             self.bind(policy)
 
     # ------------------------------------------------------------------ setup
-    def bind(self, policy: Any) -> None:
-        """Attach the policy and build the optimizer over the parameters this agent trains."""
-        if self.policy is policy:
+    @property
+    def policy(self) -> LMPolicy:
+        if self._policy is None:
+            raise RuntimeError("bind a policy (or call collect) first")
+        return self._policy
+
+    def bind(self, policy: LMPolicy) -> None:
+        """Check ``policy`` against the spec, attach it and build the optimizer."""
+        if self._policy is policy:
             return
-        self.policy = policy
+        if self.spec.critic and policy.value_head is None:
+            raise ValueError(f"{type(self).__name__} needs a critic: build LMPolicy(..., value_head=True)")
+        if len(policy.mtp) < self.spec.num_mtp_modules:
+            raise ValueError(
+                f"{type(self).__name__} needs LMPolicy(num_mtp_modules={self.spec.num_mtp_modules}); "
+                f"the policy has {len(policy.mtp)}"
+            )
+        self._policy = policy
         groups = self.param_groups(policy)
         self.optimizer = adamw(groups, lr=self.config.lr, weight_decay=self.config.weight_decay,
                                eps=self.config.adam_eps)
         if self.config.kl_coef > 0:
             self.reference = policy.frozen_copy()
 
-    def param_groups(self, policy: Any) -> list[dict[str, Any]]:
+    def param_groups(self, policy: LMPolicy) -> list[dict[str, Any]]:
         return [{"params": [p for p in policy.backbone_parameters() if p.requires_grad]}]
+
+    def warmup(self, envs: Any, policy: LMPolicy) -> list[dict[str, float]]:
+        """A stage before RL (MPO trains its MTP modules here); returns per-step metrics.
+
+        The base agent has none: it binds the policy and returns ``[]``.
+        """
+        self.bind(policy)
+        return []
 
     @property
     def group_size(self) -> int:
         return 1
 
     # ------------------------------------------------------------------ collect
-    def choose_tasks(self, envs: Sequence[Any]) -> list[int]:
+    def choose_tasks(self, envs: Any) -> list[int]:
         """Task indices for one batch: distinct tasks, or G copies of each for groups."""
         g = self.group_size
-        if len(envs) % g:
-            raise ValueError(f"{len(envs)} envs is not a multiple of the group size {g}")
-        n_tasks = len(_base(envs[0]).tasks)
-        picks = self.rng.integers(n_tasks, size=len(envs) // g)
+        n_envs, n_tasks = task_count(envs)
+        if n_envs % g:
+            raise ValueError(f"{n_envs} envs is not a multiple of the group size {g}")
+        picks = self.rng.integers(n_tasks, size=n_envs // g)
         return [int(i) for i in np.repeat(picks, g)]
 
-    def collect(self, envs: Any, policy: Any) -> RolloutBatch:
-        """Sample one episode per env, then record old log-probs (and values, MTP, reference)."""
+    def collect(self, envs: Any, policy: LMPolicy) -> RolloutBatch:
+        """Sample one episode per env, then record old log-probs (and values, MTP, reference).
+
+        ``envs``: anything :func:`mpo_gym.rollout.rollout` steps (a list of (wrapped) envs or a
+        vector env); the batch holds what the outermost wrapper returned.
+        """
         self.bind(policy)
-        envs = list(getattr(envs, "envs", envs))
         tasks = self.choose_tasks(envs)
         seed = int(self.rng.integers(2**31 - 1))
         episodes = rollout(
@@ -258,16 +312,16 @@ class BaseAgent:
         outs = [self._score(self.policy, batch.select(rows), old=True) for rows in self._chunks(batch.size)]
         batch.old_logprobs = _cat_pad([o.logprobs for o in outs], batch.mask.shape[1])
         if self.uses_critic:
-            batch.old_values = _cat_pad([o.values for o in outs], batch.mask.shape[1])
-            batch.last_values = torch.cat([o.last_values for o in outs]).float()
+            batch.old_values = _cat_pad([required(o.values) for o in outs], batch.mask.shape[1])
+            batch.last_values = torch.cat([required(o.last_values) for o in outs]).float()
         if outs[0].mtp_logprobs is not None:
-            batch.old_mtp_logprobs = _cat_pad([o.mtp_logprobs for o in outs], batch.mask.shape[1])
-            batch.mtp_mask = _cat_pad([o.mtp_mask for o in outs], batch.mask.shape[1])
+            batch.old_mtp_logprobs = _cat_pad([required(o.mtp_logprobs) for o in outs], batch.mask.shape[1])
+            batch.mtp_mask = _cat_pad([required(o.mtp_mask) for o in outs], batch.mask.shape[1])
         if self.reference is not None:
             refs = [self._score(self.reference, batch.select(rows), old=False).logprobs for rows in self._chunks(batch.size)]
             batch.ref_logprobs = _cat_pad(refs, batch.mask.shape[1])
 
-    def _score(self, policy: Any, mb: RolloutBatch, old: bool) -> Any:
+    def _score(self, policy: LMPolicy, mb: RolloutBatch, old: bool) -> ScoreOutput:
         return policy.score(
             mb.input_ids, mb.attention_mask, mb.prompt_len,
             values=self.uses_critic and old, temperature=self.config.temperature,
@@ -349,7 +403,7 @@ class BaseAgent:
         return out
 
     # ------------------------------------------------------------------ shared loss terms
-    def regularizers(self, mb: RolloutBatch, out: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+    def regularizers(self, mb: RolloutBatch, out: ScoreOutput) -> tuple[torch.Tensor, dict[str, Any]]:
         """Optional KL-to-reference and entropy terms."""
         cfg = self.config
         loss = torch.zeros((), device=out.logprobs.device)
@@ -393,11 +447,14 @@ def adamw(params: Any, **kwargs: Any) -> torch.optim.AdamW:
         return torch.optim.AdamW(params, **kwargs)
 
 
-def _base(env: Any) -> Any:
-    return getattr(env, "unwrapped", env)
+def required(value: torch.Tensor | None) -> torch.Tensor:
+    """A score output the call asked for (``values=True``, ``mtp=True``): never None."""
+    if value is None:
+        raise RuntimeError("a score output that was asked for is missing")
+    return value
 
 
-def _pad_id(policy: Any) -> int:
+def _pad_id(policy: LMPolicy) -> int:
     pad = getattr(policy.tokenizer, "pad_token_id", None)
     return int(pad if pad is not None else 0)
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from mpo_gym.policy import LMPolicy
+
 from . import functional as F
 from .base import AgentConfig, BaseAgent, RolloutBatch
 
@@ -48,10 +50,9 @@ class GRPOAgent(BaseAgent):
     """Critic-free policy optimisation with group baselines."""
 
     name = "grpo"
-    uses_critic = False
     config: GRPOConfig
 
-    def __init__(self, config: GRPOConfig | None = None, policy: Any = None):
+    def __init__(self, config: GRPOConfig | None = None, policy: LMPolicy | None = None):
         super().__init__(config or GRPOConfig(), policy)
 
     @property

@@ -30,8 +30,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from mpo_gym.policy import LMPolicy, ScoreOutput
+from mpo_gym.rollout import reasoning_env
+
 from . import functional as F
-from .base import RolloutBatch, adamw, pad_sequences
+from .base import PolicySpec, RolloutBatch, adamw, pad_sequences, required
 from .ppo import PPOAgent, PPOConfig
 
 __all__ = ["MPOAgent", "MPOConfig"]
@@ -91,6 +94,11 @@ class MPOConfig(PPOConfig):
         """MTP modules the policy needs (0 for ``ratio_source="backbone"``)."""
         return self.mpo_k - 1 if self.ratio_source == "mtp" else 0
 
+    def policy_spec(self) -> PolicySpec:
+        """A critic for ``advantage="gae"``, K−1 MTP modules for ``ratio_source="mtp"``."""
+        return PolicySpec(critic=self.advantage == "gae", num_mtp_modules=self.num_mtp_modules,
+                          share_lm_head=self.share_lm_head)
+
 
 class MPOAgent(PPOAgent):
     """PPO with the united K-token ratio (see module docstring)."""
@@ -98,10 +106,8 @@ class MPOAgent(PPOAgent):
     name = "mpo"
     config: MPOConfig
 
-    def __init__(self, config: MPOConfig | None = None, policy: Any = None):
+    def __init__(self, config: MPOConfig | None = None, policy: LMPolicy | None = None):
         config = config or MPOConfig()
-        self.uses_critic = config.advantage == "gae"
-        self.needs_mtp = config.num_mtp_modules > 0
         self.betas = F.mpo_betas(config.mpo_k, config.beta2, config.mpo_decay)  # [K]
         super().__init__(config, policy)
 
@@ -109,21 +115,13 @@ class MPOAgent(PPOAgent):
     def group_size(self) -> int:
         return self.config.group_size if self.config.advantage == "group" else 1
 
-    def param_groups(self, policy: Any) -> list[dict[str, Any]]:
-        if self.needs_mtp and len(policy.mtp) < self.config.num_mtp_modules:
-            raise ValueError(
-                f"ratio_source='mtp' with K={self.config.mpo_k} needs LMPolicy(num_mtp_modules="
-                f"{self.config.num_mtp_modules}); the policy has {len(policy.mtp)}"
-            )
-        if self.uses_critic:
-            groups = super().param_groups(policy)
-        else:
-            groups = [{"params": [p for p in policy.backbone_parameters() if p.requires_grad]}]
+    def param_groups(self, policy: LMPolicy) -> list[dict[str, Any]]:
+        groups = super().param_groups(policy)
         if self.needs_mtp and self.config.mtp_trainable_in_rl:
             groups.append({"params": list(policy.mtp_parameters()), "lr": self.config.mtp_lr})
         return groups
 
-    def _score(self, policy: Any, mb: RolloutBatch, old: bool) -> Any:
+    def _score(self, policy: LMPolicy, mb: RolloutBatch, old: bool) -> ScoreOutput:
         return policy.score(
             mb.input_ids, mb.attention_mask, mb.prompt_len,
             values=self.uses_critic and old, mtp=self.needs_mtp and old, temperature=self.config.temperature,
@@ -138,14 +136,14 @@ class MPOAgent(PPOAgent):
         batch.advantages = adv[:, None].expand_as(batch.mask).float() * batch.mask  # [B, T]
 
     # 2. the united ratio ---------------------------------------------------------------
-    def log_ratio(self, mb: RolloutBatch, out: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+    def log_ratio(self, mb: RolloutBatch, out: ScoreOutput) -> tuple[torch.Tensor, dict[str, Any]]:
         cfg = self.config
         assert mb.old_logprobs is not None and mb.advantages is not None, "collect() fills these"
         token_lr = out.logprobs - mb.old_logprobs  # [B, T] log r of token t
         mtp_lr = None
         if self.needs_mtp:
             assert mb.old_mtp_logprobs is not None and mb.mtp_mask is not None
-            mtp = out.mtp_logprobs[..., : cfg.num_mtp_modules]  # [B, T, K-1]
+            mtp = required(out.mtp_logprobs)[..., : cfg.num_mtp_modules]  # [B, T, K-1]
             if not cfg.mtp_trainable_in_rl:
                 mtp = mtp.detach()
             mtp_lr = (mtp - mb.old_mtp_logprobs[..., : cfg.num_mtp_modules]) * mb.mtp_mask  # [B, T, K-1]
@@ -158,7 +156,7 @@ class MPOAgent(PPOAgent):
         return united, diagnostics
 
     # 0. MTP warm-up (stage 1 of Algorithm 1) ----------------------------------------
-    def warmup(self, envs: Any, policy: Any, steps: int | None = None) -> list[dict[str, float]]:
+    def warmup(self, envs: Any, policy: LMPolicy, steps: int | None = None) -> list[dict[str, float]]:
         """Supervised MTP training on the envs' reference solutions, backbone frozen.
 
         Uses ``Task.solution`` of the env's task source (tasks without one are skipped). Only
@@ -168,7 +166,7 @@ class MPOAgent(PPOAgent):
         steps = self.config.warmup_steps if steps is None else steps
         if not self.needs_mtp or steps == 0:
             return []
-        env = getattr(list(getattr(envs, "envs", envs))[0], "unwrapped", None) or envs[0]
+        env = reasoning_env(envs)  # reads the task source (solutions); nothing is stepped
         optimizer = adamw(policy.mtp_parameters(), lr=self.config.warmup_lr)
         m = self.config.num_mtp_modules
         alphas = torch.tensor([self.config.warmup_alpha_decay**j for j in range(m)])  # [K-1]
@@ -176,7 +174,8 @@ class MPOAgent(PPOAgent):
         for _ in range(steps):
             input_ids, attention, prompt_len = self._solution_batch(env, policy)
             out = policy.score(input_ids, attention, prompt_len, mtp=True)
-            loss, metrics = F.mtp_warmup_loss(out.mtp_logprobs, out.mtp_mask, alphas.to(out.mtp_logprobs.device))
+            mtp_lp, mtp_mask = required(out.mtp_logprobs), required(out.mtp_mask)
+            loss, metrics = F.mtp_warmup_loss(mtp_lp, mtp_mask, alphas.to(mtp_lp.device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(policy.mtp_parameters(), 1.0)
@@ -184,7 +183,7 @@ class MPOAgent(PPOAgent):
             history.append({"warmup/loss": float(loss.detach()), **{k: float(v) for k, v in metrics.items()}})
         return history
 
-    def _solution_batch(self, env: Any, policy: Any) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def _solution_batch(self, env: Any, policy: LMPolicy) -> tuple[torch.Tensor, torch.Tensor, int]:
         prompts, responses = [], []
         for index in self.rng.integers(len(env.tasks), size=self.config.warmup_batch_size):
             task = env.tasks[int(index)]

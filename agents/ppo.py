@@ -12,8 +12,10 @@ from typing import Any
 
 import torch
 
+from mpo_gym.policy import LMPolicy, ScoreOutput
+
 from . import functional as F
-from .base import AgentConfig, BaseAgent, RolloutBatch
+from .base import AgentConfig, BaseAgent, PolicySpec, RolloutBatch, required
 
 __all__ = ["PPOAgent", "PPOConfig"]
 
@@ -43,22 +45,23 @@ class PPOConfig(AgentConfig):
         if self.critic_lr <= 0 or self.vf_coef < 0 or self.value_clip <= 0:
             raise ValueError("need critic_lr > 0, vf_coef >= 0, value_clip > 0")
 
+    def policy_spec(self) -> PolicySpec:
+        return PolicySpec(critic=True)
+
 
 class PPOAgent(BaseAgent):
     """PPO with a value head on the policy (``LMPolicy(value_head=True)``)."""
 
     name = "ppo"
-    uses_critic = True
     config: PPOConfig
 
-    def __init__(self, config: PPOConfig | None = None, policy: Any = None):
+    def __init__(self, config: PPOConfig | None = None, policy: LMPolicy | None = None):
         super().__init__(config or PPOConfig(), policy)
 
-    def param_groups(self, policy: Any) -> list[dict[str, Any]]:
-        if policy.value_head is None:
-            raise ValueError(f"{type(self).__name__} needs a critic: build LMPolicy(..., value_head=True)")
+    def param_groups(self, policy: LMPolicy) -> list[dict[str, Any]]:
         groups = super().param_groups(policy)
-        groups.append({"params": list(policy.value_parameters()), "lr": self.config.critic_lr})
+        if self.uses_critic:
+            groups.append({"params": list(policy.value_parameters()), "lr": self.config.critic_lr})
         return groups
 
     # 1. advantages -------------------------------------------------------------------
@@ -73,8 +76,8 @@ class PPOAgent(BaseAgent):
         batch.advantages, batch.returns = adv, ret
 
     # 2. log-ratio: the only line MPO changes ----------------------------------------
-    def log_ratio(self, mb: RolloutBatch, out: Any) -> tuple[torch.Tensor, dict[str, Any]]:
-        return out.logprobs - mb.old_logprobs, {}  # [B, T]
+    def log_ratio(self, mb: RolloutBatch, out: ScoreOutput) -> tuple[torch.Tensor, dict[str, Any]]:
+        return out.logprobs - required(mb.old_logprobs), {}  # [B, T]
 
     # 3. loss ---------------------------------------------------------------------------
     def loss(self, mb: RolloutBatch) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -94,7 +97,7 @@ class PPOAgent(BaseAgent):
         v_metrics: dict[str, Any] = {}
         if self.uses_critic:
             assert mb.old_values is not None and mb.returns is not None
-            v_loss, v_metrics = F.clipped_value_loss(out.values, mb.old_values, mb.returns, mb.mask, cfg.value_clip)
+            v_loss, v_metrics = F.clipped_value_loss(required(out.values), mb.old_values, mb.returns, mb.mask, cfg.value_clip)
             loss = loss + cfg.vf_coef * v_loss
             v_metrics["value"] = v_loss.detach()
         reg, reg_metrics = self.regularizers(mb, out)

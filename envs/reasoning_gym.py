@@ -23,7 +23,8 @@ from typing import Any
 
 from mpo_gym.env import ReasoningEnv
 from mpo_gym.task import Task
-from mpo_gym.verifiers.base import Verdict, _check_lengths, _last_boxed, register_verifier
+from mpo_gym.verifiers.base import Verdict, _check_lengths, register_verifier
+from mpo_gym.verifiers.math_extract import last_boxed
 from mpo_gym.verifiers.pool import shared_pool
 
 __all__ = ["ReasoningGymEnv", "ReasoningGymTasks", "ReasoningGymVerifier"]
@@ -58,7 +59,7 @@ def extract_answer(response: str) -> str | None:
     found = _ANSWER.findall(response)
     if found:
         return found[-1].strip()
-    boxed = _last_boxed(response)
+    boxed, _ = last_boxed(response)
     return boxed.strip() if boxed is not None else None
 
 

@@ -33,14 +33,13 @@ __all__ = [
 
 
 def make_vec(env_id: str, num_envs: int, **kwargs: Any) -> Any:
-    """``gymnasium.make_vec`` (sync) whose sub-envs know their position.
+    """A :class:`mpo_gym.vector.ReasoningVectorEnv` of ``num_envs`` copies of ``env_id``.
 
-    With it, ``envs.reset(options={"task_index": [i_0, ..., i_{n-1}]})`` gives sub-env j task
-    ``i_j`` (e.g. G copies of one task for grouped sampling).
+    Sub-envs know their position, so ``envs.reset(options={"task_index": [i_0, ..., i_{n-1}]})``
+    gives sub-env j task ``i_j`` (e.g. G copies of one task for grouped sampling); episodes that
+    end in one step are verified in one batch; a finished sub-env idles until it is reset.
+    ``wrappers=[...]`` wraps each sub-env; other kwargs go to ``gymnasium.make``.
     """
-    import gymnasium as gym
+    from .vector import make_vec as _make_vec
 
-    envs = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync", **kwargs)
-    for j, env in enumerate(envs.envs):  # type: ignore[attr-defined]
-        env.unwrapped.vector_index = j
-    return envs
+    return _make_vec(env_id, num_envs, **kwargs)

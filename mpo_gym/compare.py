@@ -193,11 +193,11 @@ def _run_one(cfg_json: str, result_path: str) -> None:
 
 def _shared_before(cfg: CompareConfig, out: Path) -> dict[str, Any]:
     """Held-out accuracy of the untrained model, computed once (every agent starts from it)."""
-    import dataclasses as dc
     import gc
 
     import torch
 
+    from .agents import PolicySpec
     from .trainer import evaluate_held_out, make_policy
 
     path = out / "eval_before.json"
@@ -205,8 +205,8 @@ def _shared_before(cfg: CompareConfig, out: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    train_cfg = dc.replace(cfg.run_config(cfg.agents[0], cfg.seeds[0]), agent="grpo", agent_kwargs={})
-    policy = make_policy(train_cfg)
+    train_cfg = cfg.run_config(cfg.agents[0], cfg.seeds[0])
+    policy = make_policy(train_cfg, spec=PolicySpec())  # the untrained LM: no heads needed
     before = evaluate_held_out(train_cfg, policy)
     del policy
     gc.collect()

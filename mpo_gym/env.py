@@ -22,6 +22,13 @@ the step reward gets ``phi(text_t) - phi(text_{t-1})`` and the final step also s
 step; that *changes the objective* (a policy can farm the hook, e.g. by writing many well-formed
 blocks), so use it only when that bias is wanted.
 
+Batched verification: :class:`mpo_gym.vector.ReasoningVectorEnv` calls :meth:`preview` on
+each sub-env before stepping it, verifies every episode that ends in that step with one
+``verify_batch`` call, and hands each verdict over with :meth:`provide_verdict`; the final
+``step`` then returns that verdict (and its reward) instead of verifying again, so wrappers
+around the env see the same final step either way. A verdict given for another text is ignored
+(the env verifies itself).
+
 What this env does not do: it never re-tokenizes the response (token ids in, token ids out),
 and it does not sample: the policy owns generation and its KV cache.
 """
@@ -35,10 +42,11 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from ._imports import load_attr
 from .spaces import TokenBlock
 from .task import ListTaskSource, Task, TaskSource
 from .tokenizers import get_tokenizer, render_messages
-from .verifiers.base import Verdict, Verifier, load_attr, make_verifier
+from .verifiers.base import Verdict, Verifier, make_verifier
 
 __all__ = ["ReasoningEnv"]
 
@@ -62,8 +70,6 @@ class ReasoningEnv(gym.Env[Obs, np.ndarray]):
         fewshot: render the task source's example turns before the prompt.
         block_reward_fn: per-block reward hook (callable or import string), see module doc.
         block_reward_mode: ``"potential"`` (unbiased shaping) or ``"raw"`` (biased).
-        defer_verdict: if True the final step does not verify; ``info["pending"]`` holds
-            ``(text, reference)`` and the caller verifies in a batch (used by rollouts/eval).
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 1}
@@ -82,7 +88,6 @@ class ReasoningEnv(gym.Env[Obs, np.ndarray]):
         fewshot: bool = True,
         block_reward_fn: Callable[[str], float] | str | None = None,
         block_reward_mode: str = "potential",
-        defer_verdict: bool = False,
         render_mode: str | None = None,
     ):
         if max_new_tokens < 1 or max_prompt_tokens < 1:
@@ -105,7 +110,6 @@ class ReasoningEnv(gym.Env[Obs, np.ndarray]):
         self.fewshot = fewshot
         self.block_reward_fn = load_attr(block_reward_fn) if isinstance(block_reward_fn, str) else block_reward_fn
         self.block_reward_mode = block_reward_mode
-        self.defer_verdict = defer_verdict
         self.render_mode = render_mode
         self.vector_index: int | None = None  # set by mpo_gym.make_vec for per-env task choice
 
@@ -124,8 +128,12 @@ class ReasoningEnv(gym.Env[Obs, np.ndarray]):
         self.task_index = -1
         self._prompt = np.zeros(0, dtype=np.int64)
         self._response: list[int] = []
+        self._prompt_buf = np.full(p, self.pad_token_id, dtype=np.int64)  # observation buffers
+        self._response_buf = np.full(n, self.pad_token_id, dtype=np.int64)
         self._done = True
         self._potential = 0.0
+        self._advance_memo: tuple[tuple[int, ...], int, Any] | None = None
+        self._provided: tuple[str, Verdict] | None = None
 
     # ------------------------------------------------------------------ gymnasium API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Obs, dict[str, Any]]:
@@ -141,36 +149,75 @@ class ReasoningEnv(gym.Env[Obs, np.ndarray]):
         self.task = self.tasks[index]
         self._prompt = self.prompt_ids(index)
         self._response = []
+        self._prompt_buf.fill(self.pad_token_id)
+        self._prompt_buf[: self._prompt.size] = self._prompt
+        self._response_buf.fill(self.pad_token_id)
         self._done = False
         self._potential = self._phi("") if self.block_reward_fn else 0.0
+        self._advance_memo = self._provided = None
         return self._obs(), {"task_id": self.task.id, "task_index": index, "text": ""}
 
     def step(self, action: Any) -> tuple[Obs, float, bool, bool, dict[str, Any]]:
         if self._done or self.task is None:
             raise RuntimeError("step() called on a finished episode; call reset() first")
-        block = self.action_space.check(action)
-        room = self.max_new_tokens - len(self._response)
-        accepted = block[:room]
-        eos_at = np.flatnonzero(accepted == self.eos_token_id)
-        if eos_at.size:
-            accepted = accepted[: int(eos_at[0]) + 1]
-        self._response.extend(int(t) for t in accepted)
-        text = self.response_text()
-        terminated = bool(eos_at.size) or any(s in text for s in self.stop)
-        truncated = not terminated and len(self._response) >= self.max_new_tokens
+        accepted, text, terminated, truncated = self._advance(action)
+        start = len(self._response)
+        self._response.extend(accepted)
+        self._response_buf[start : len(self._response)] = accepted
         self._done = terminated or truncated
+        self._advance_memo = None
 
-        reward, info = 0.0, {"text": text, "accepted": int(accepted.size), "task_id": self.task.id}
+        reward, info = 0.0, {"text": text, "accepted": len(accepted), "task_id": self.task.id}
         if self.block_reward_fn is not None:
             reward += self._shaping(text)
         if self._done:
-            if self.defer_verdict:
-                info["pending"] = (text, self.task.reference)
+            provided, self._provided = self._provided, None
+            if provided is not None and provided[0] == text:
+                verdict = provided[1]
             else:
                 verdict = self.verifier.verify(text, self.task.reference)
-                info["verdict"] = verdict
-                reward += float(verdict.reward)
+            info["verdict"] = verdict
+            reward += float(verdict.reward)
         return self._obs(), reward, terminated, truncated, info
+
+    def preview(self, action: Any) -> tuple[str, Any] | None:
+        """``(final text, reference)`` if stepping ``action`` now would end the episode, else None.
+
+        Changes nothing the env reports (the work is kept for the next :meth:`step` with this
+        action). Returns None for an invalid action (the step will raise) or a finished episode.
+        """
+        if self._done or self.task is None:
+            return None
+        try:
+            _, text, terminated, truncated = self._advance(action)
+        except ValueError:
+            return None
+        return (text, self.task.reference) if terminated or truncated else None
+
+    def provide_verdict(self, text: str, verdict: Verdict) -> None:
+        """Use ``verdict`` if this episode's final text is ``text`` (see module doc)."""
+        self._provided = (text, verdict)
+
+    def _advance(self, action: Any) -> tuple[list[int], str, bool, bool]:
+        """``(accepted ids, text after them, terminated, truncated)`` for ``action`` (no change)."""
+        block = self.action_space.check(action)
+        key = tuple(block.tolist())
+        memo = self._advance_memo
+        if memo is not None and memo[0] == key and memo[1] == len(self._response):
+            return memo[2]  # type: ignore[no-any-return]
+        room = self.max_new_tokens - len(self._response)
+        accepted = list(key[:room])
+        if self.eos_token_id in accepted:
+            accepted = accepted[: accepted.index(self.eos_token_id) + 1]
+            ended_on_eos = True
+        else:
+            ended_on_eos = False
+        text = self.tokenizer.decode(self._response + accepted, skip_special_tokens=True)
+        terminated = ended_on_eos or any(s in text for s in self.stop)
+        truncated = not terminated and len(self._response) + len(accepted) >= self.max_new_tokens
+        result = (accepted, text, terminated, truncated)
+        self._advance_memo = (key, len(self._response), result)
+        return result
 
     def render(self) -> str | None:
         if self.render_mode == "ansi":
@@ -210,6 +257,11 @@ class ReasoningEnv(gym.Env[Obs, np.ndarray]):
     def response_ids(self) -> list[int]:
         return list(self._response)
 
+    @property
+    def num_tasks(self) -> int:
+        """Number of tasks in this env's split (cheap to read through a vector env)."""
+        return len(self.tasks)
+
     def verify(self, text: str) -> Verdict:
         """Verify ``text`` against the current task's reference."""
         if self.task is None:
@@ -238,14 +290,11 @@ class ReasoningEnv(gym.Env[Obs, np.ndarray]):
         return delta - value if self._done else delta
 
     def _obs(self) -> Obs:
-        prompt = np.full(self.max_prompt_tokens, self.pad_token_id, dtype=np.int64)
-        prompt[: self._prompt.size] = self._prompt
-        response = np.full(self.max_new_tokens, self.pad_token_id, dtype=np.int64)
-        response[: len(self._response)] = self._response
+        """The observation: copies of the env's buffers (a caller may write to them)."""
         return {
-            "prompt_ids": prompt,
+            "prompt_ids": self._prompt_buf.copy(),
             "prompt_length": np.int64(self._prompt.size),
-            "response_ids": response,
+            "response_ids": self._response_buf.copy(),
             "response_length": np.int64(len(self._response)),
         }
 

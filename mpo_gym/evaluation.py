@@ -34,6 +34,10 @@ import numpy as np
 
 __all__ = [
     "SUITE_IDS",
+    "evaluate_envs",
+    "held_out_summary",
+    "read_task_rows",
+    "write_task_rows",
     "SampleRecord",
     "SuiteResult",
     "add_arguments",
@@ -159,9 +163,9 @@ def evaluate(
     """Run one suite through its env with ``policy`` and score it.
 
     Args:
-        suite_or_env_id: ``"gsm8k" | "math500" | "humaneval" | "mbpp"`` or an env id.
-        policy: an :class:`~mpo_gym.policy.LMPolicy` (anything :func:`mpo_gym.rollout.rollout`
-            accepts).
+        suite_or_env_id: ``"gsm8k" | "math500" | "humaneval" | "mbpp"`` or an env id (made
+            with ``gymnasium.make``, so the wrappers it was registered with apply).
+        policy: an :class:`~mpo_gym.policy.LMPolicy`.
         n_samples: responses per task (``n`` of pass@k).
         ks: the k of pass@k; each must be ``<= n_samples``.
         temperature: 0 means greedy decoding (then ``n_samples`` must be 1).
@@ -172,19 +176,54 @@ def evaluate(
         model_name: label stored in the records.
         env_kwargs: extra kwargs for ``gymnasium.make`` (``split``, ``max_new_tokens``, ...).
     """
+    from .rollout import task_count
+
     ks = _check_sampling(n_samples, ks, temperature)
     suite, env_id = resolve_suite(suite_or_env_id)
     envs = _make_envs(env_id, batch_size, policy, data_path, env_kwargs)
-    n_tasks = len(envs[0].tasks) if limit is None else min(int(limit), len(envs[0].tasks))
-    indices = [i for i in range(n_tasks) for _ in range(n_samples)]
+    total = task_count(envs)[1]
+    n_tasks = total if limit is None else min(int(limit), total)
     start = time.perf_counter()
-    episodes = _rollout(envs, policy, indices, seed, temperature, top_p, batch_size, progress)
-    verdicts = _verdicts(episodes, envs[0])
+    samples = evaluate_envs(
+        envs, policy, range(n_tasks), n_samples=n_samples, temperature=temperature, top_p=top_p,
+        seed=seed, progress=progress, suite=suite, model_name=model_name,
+    )  # fmt: skip
     wall = time.perf_counter() - start
-    samples = _records(suite, model_name, envs[0], episodes, verdicts, n_samples)
     return _summarize(
         suite, env_id, model_name, samples, ks, n_tasks, n_samples, temperature, wall, limit, seed
     )
+
+
+def evaluate_envs(
+    envs: Sequence[Any],
+    policy: Any,
+    task_indices: Sequence[int],
+    *,
+    n_samples: int = 1,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    progress: bool = False,
+    suite: str = "",
+    model_name: str = "model",
+) -> list[SampleRecord]:
+    """The one evaluation path (``mpo-gym eval``, the trainer's held-out evaluation, compare).
+
+    Plays ``n_samples`` episodes of each task in ``task_indices`` with
+    :func:`mpo_gym.rollout.rollout` (the training collection code), ``len(envs)`` at a time,
+    and returns one :class:`SampleRecord` per episode: the status and answer from the final
+    step's ``info["verdict"]``, the reward the outermost wrapper returned.
+
+    Args:
+        envs: (wrapped) envs of one registered id; their count is the batch size.
+        temperature: 0 is greedy decoding.
+    """
+    from .rollout import reasoning_env
+
+    env = reasoning_env(envs)
+    indices = [int(i) for i in task_indices for _ in range(n_samples)]
+    episodes = _rollout(list(envs), policy, indices, seed, temperature, top_p, progress)
+    return _records(suite, model_name, env, episodes)
 
 
 def _check_sampling(n_samples: int, ks: Sequence[int], temperature: float) -> tuple[int, ...]:
@@ -215,15 +254,15 @@ def _make_envs(
         kwargs.setdefault("tokenizer", tokenizer)
     if data_path is not None:
         kwargs.setdefault("data_path", str(data_path))
-    return [gym.make(env_id, **kwargs).unwrapped for _ in range(max(1, int(count)))]
+    return [gym.make(env_id, **kwargs) for _ in range(max(1, int(count)))]
 
 
-def _rollout(envs, policy, indices, seed, temperature, top_p, batch_size, progress) -> list[Any]:
+def _rollout(envs, policy, indices, seed, temperature, top_p, progress) -> list[Any]:
     """Episodes for ``indices`` in chunks of ``len(envs)`` (rollout plays one episode per env)."""
     from .rollout import rollout
 
     greedy = temperature == 0
-    bar = _bar(len(indices), progress, desc=getattr(envs[0].spec, "id", "eval"))
+    bar = _bar(len(indices), progress, desc=getattr(envs[0].spec, "id", None) or "eval")
     episodes: list[Any] = []
     for start in range(0, len(indices), len(envs)):
         chunk = indices[start : start + len(envs)]
@@ -235,7 +274,6 @@ def _rollout(envs, policy, indices, seed, temperature, top_p, batch_size, progre
             temperature=1.0 if greedy else float(temperature),
             top_p=top_p,
             greedy=greedy,
-            max_batch=batch_size,
         )
         bar.update(len(chunk))
         bar.set_postfix(
@@ -251,34 +289,68 @@ def _bar(total: int, enabled: bool, desc: str) -> Any:
     return tqdm(total=total, desc=desc, unit="ep", disable=not enabled, dynamic_ncols=True)
 
 
-def _verdicts(episodes: Sequence[Any], env: Any) -> list[Any]:
-    """Each episode's verdict; episodes without one are verified here in one batch."""
-    missing = [i for i, ep in enumerate(episodes) if getattr(ep, "verdict", None) is None]
-    verdicts = [getattr(ep, "verdict", None) for ep in episodes]
-    if missing:
-        texts = [episodes[i].text for i in missing]
-        refs = [env.tasks[episodes[i].task_index].reference for i in missing]
-        for i, verdict in zip(missing, env.verifier.verify_batch(texts, refs)):
-            verdicts[i] = verdict
-    return verdicts
+_NO_VERDICT = "the episode ended (a wrapper truncated it) before the env verified it"
 
 
-def _records(suite, model, env, episodes, verdicts, n_samples) -> list[SampleRecord]:
+def _records(suite, model, env, episodes) -> list[SampleRecord]:
     seen: Counter[int] = Counter()
     out = []
-    for ep, verdict in zip(episodes, verdicts):
+    for ep in episodes:
         task = env.tasks[ep.task_index]
         sample, seen[ep.task_index] = seen[ep.task_index], seen[ep.task_index] + 1
+        verdict = ep.verdict
         out.append(
             SampleRecord(
                 suite=suite, model=model, task_id=task.id, task_index=int(ep.task_index),
                 sample=sample, prompt=task.prompt, reference=task.reference, response=ep.text,
-                status=verdict.status, extracted=verdict.extracted, detail=verdict.detail,
-                reward=float(verdict.reward), response_tokens=len(ep.response_ids),
+                status=verdict.status if verdict is not None else "no_answer",
+                extracted=verdict.extracted if verdict is not None else None,
+                detail=verdict.detail if verdict is not None else _NO_VERDICT,
+                reward=float(ep.reward), response_tokens=len(ep.response_ids),
                 truncated=bool(ep.truncated),
             )
         )  # fmt: skip
     return out
+
+
+def held_out_summary(samples: Sequence[SampleRecord]) -> dict[str, Any]:
+    """Greedy held-out numbers of one evaluation: accuracy, mean reward, per-task outcomes."""
+    statuses = [s.status for s in samples]
+    return {
+        "accuracy": float(np.mean([s == "correct" for s in statuses])) if samples else float("nan"),
+        "reward": float(np.mean([s.reward for s in samples])) if samples else float("nan"),
+        "n": float(len(samples)),
+        "outcomes": [int(s == "correct") for s in statuses],
+        **{f"status/{s}": float(np.mean([x == s for x in statuses])) for s in sorted(set(statuses))},
+    }
+
+
+def write_task_rows(path: str | Path, samples: Sequence[SampleRecord], when: str | int,
+                    **tags: Any) -> None:
+    """Record one evaluation in ``eval_tasks.jsonl``: one row per task, replacing older rows
+    with the same ``when`` (and tags), so a resumed run does not count an evaluation twice.
+
+    Row: ``task_id``, ``task_index``, ``when`` (``"before"``, ``"after"`` or the update number),
+    ``status``, ``correct`` (0/1), ``reward``, ``sample``, plus ``tags`` (e.g. agent, seed).
+    """
+    path = Path(path)
+    key = {"when": when, **tags}
+    kept = [r for r in read_task_rows(path) if any(r.get(k) != v for k, v in key.items())]
+    new = [{**tags, "when": when, "task_id": s.task_id, "task_index": s.task_index,
+            "sample": s.sample, "status": s.status, "correct": int(s.status == "correct"),
+            "reward": s.reward} for s in samples]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for row in kept + new:
+            f.write(json.dumps(row) + "\n")
+
+
+def read_task_rows(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of an ``eval_tasks.jsonl`` (empty if the file does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _summarize(

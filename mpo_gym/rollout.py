@@ -1,34 +1,53 @@
-"""Episode rollouts of an :class:`~mpo_gym.policy.LMPolicy` through ``ReasoningEnv`` s.
+"""Episode rollouts of an :class:`~mpo_gym.policy.LMPolicy`, through the Gymnasium API.
 
-:func:`rollout` resets every env, prefills all prompts as one left-padded batch, then in each
-round samples one block of up to ``K = env.block_size`` tokens per live env with the KV cache
-kept across env steps (:class:`~mpo_gym.policy.BlockSampler`), steps each env with its block,
-and prunes finished rows from the cache. Verification is batched: envs run with
-``defer_verdict=True`` and each distinct verifier's ``verify_batch`` is called once on the
-pending ``(text, reference)`` pairs at the end of a chunk.
+:func:`rollout` takes what a user has: one env (wrapped or not), a list of them, or a
+Gymnasium vector env (:class:`~mpo_gym.vector.ReasoningVectorEnv`, ``SyncVectorEnv``,
+``AsyncVectorEnv``, with vector wrappers on top). It calls ``reset()`` and ``step()`` of the
+outermost object only, and an episode's rewards, ``terminated``/``truncated`` and info are what
+that outermost wrapper returned. A list of envs is stepped as a
+:class:`~mpo_gym.vector.ReasoningVectorEnv` over those envs (each keeps its own wrappers), so
+the episodes that end in one step are verified in one ``verify_batch`` call.
 
-What it does not do: no autoreset (one episode per env per call), no multiprocessing of envs
-(they are stepped in this process; only the verifiers fan out).
+Generation: the observations' token ids go to :meth:`BlockSampler.act
+<mpo_gym.policy.BlockSampler.act>` (the same entry point as :meth:`LMPolicy.act
+<mpo_gym.policy.LMPolicy.act>`), which prefills all prompts as one left-padded batch, keeps the
+KV cache across env steps and draws one block of up to ``K`` tokens per live row. Token ids in,
+token ids out: the response is never re-tokenized.
+
+Rows that finish early: a :class:`~mpo_gym.vector.ReasoningVectorEnv` leaves a finished sub-env
+idle, so nothing else is played. Gymnasium's own vector envs autoreset instead; the new episode
+a finished sub-env starts is ended at once with a one-token EOS block (the token is not the
+policy's), so wrappers that count episodes there (``RecordEpisodeStatistics``) also count these
+one-token episodes. Use :func:`mpo_gym.make_vec` to avoid them.
+
+What it does not do: one episode per env per call (the first one, for autoresetting vector envs);
+envs are stepped in this process unless the vector env itself runs them elsewhere.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import gymnasium as gym
 import numpy as np
 import torch
+from gymnasium.vector import AutoresetMode, VectorEnv
 
 from .env import ReasoningEnv
+from .vector import ReasoningVectorEnv
 from .verifiers.base import Verdict
 
-__all__ = ["Episode", "rollout", "unwrap_envs"]
+if TYPE_CHECKING:
+    from .policy import LMPolicy
+
+__all__ = ["Episode", "reasoning_env", "rollout", "task_count"]
 
 
 @dataclass
 class Episode:
-    """One finished episode.
+    """One finished episode, as the outermost env (wrapper) reported it.
 
     Attributes:
         task_index, task_id: the task played.
@@ -37,11 +56,13 @@ class Episode:
         logprobs: per response token, ``log softmax(logits / temperature)`` of the drawn token
             (before top-p truncation; temperature 1 when greedy), as recorded while sampling.
         block_lengths: tokens accepted at each env step.
-        step_rewards: env reward per step (the last one includes the verdict's reward).
+        step_rewards: reward returned by the outermost env at each step (the last one includes
+            the verdict's reward, as any wrapper transformed it).
         reward: ``sum(step_rewards)``.
-        verdict: the verifier's verdict on the final text.
-        text: decoded response.
-        terminated, truncated: as returned by the env's last step.
+        verdict: ``info["verdict"]`` of the final step (``None`` if a wrapper ended the episode
+            before the env verified it).
+        text: decoded response (``info["text"]`` of the final step).
+        terminated, truncated: as returned by the last step.
     """
 
     task_index: int
@@ -58,119 +79,122 @@ class Episode:
     truncated: bool = False
 
 
-def unwrap_envs(envs: Any) -> list[ReasoningEnv]:
-    """A list of ``ReasoningEnv`` from a list of (wrapped) envs or a sync vector env."""
-    items = getattr(envs, "envs", envs)
-    out = [getattr(e, "unwrapped", e) for e in items]
-    for e in out:
-        if not isinstance(e, ReasoningEnv):
-            raise TypeError(f"rollout needs ReasoningEnv instances; got {type(e).__name__}")
-    return out
-
-
-def rollout(envs: Any, policy: Any, *, task_indices: Sequence[int] | None = None,
+def rollout(envs: Any, policy: LMPolicy, *, task_indices: Sequence[int] | None = None,
             seed: int | None = None, temperature: float = 1.0, top_p: float = 1.0,
             greedy: bool = False, max_batch: int | None = None,
             progress: bool = False) -> list[Episode]:
     """Play one episode in each env with ``policy``; returns episodes in env order.
 
     Args:
-        envs: ``ReasoningEnv`` s (or wrappers), or a gymnasium ``SyncVectorEnv`` of them.
+        envs: a ``ReasoningEnv`` (or a wrapper of one), a list of them, or a Gymnasium vector
+            env of them (with any vector wrappers).
         policy: an :class:`~mpo_gym.policy.LMPolicy`.
-        task_indices: the task of each env; otherwise env ``i`` draws one from its own
-            ``np_random`` reset with seed ``seed + i`` (or unseeded if ``seed`` is None).
+        task_indices: the task of each env (``reset(options={"task_index": ...})``); otherwise
+            env ``i`` draws one from its own ``np_random`` reset with seed ``seed + i``.
         seed: seeds the env resets and the sampler's ``torch.Generator`` (never global RNG).
         temperature, top_p, greedy: the sampling distribution (see ``BlockSampler``).
-        max_batch: most envs generated together; more are processed in chunks.
+        max_batch: most envs of a list generated together; more are played in chunks. A vector
+            env is always played whole.
         progress: show a tqdm bar over chunks.
     """
-    env_list = unwrap_envs(envs)
-    if task_indices is not None and len(task_indices) != len(env_list):
-        raise ValueError(f"task_indices has {len(task_indices)} entries for {len(env_list)} envs")
     generator = torch.Generator(device="cpu")
     if seed is None:
         generator.seed()  # non-deterministic, without touching the global RNG
     else:
         generator.manual_seed(int(seed))
+    sampling = {"generator": generator, "temperature": temperature, "top_p": top_p, "greedy": greedy}
+    if isinstance(envs, VectorEnv):
+        if task_indices is not None and len(task_indices) != envs.num_envs:
+            raise ValueError(f"task_indices has {len(task_indices)} entries for {envs.num_envs} envs")
+        return _play(envs, policy, task_indices, seed, sampling)
+    env_list = [envs] if isinstance(envs, gym.Env) else list(envs)
+    if not env_list:
+        raise ValueError("rollout needs at least one env")
+    if task_indices is not None and len(task_indices) != len(env_list):
+        raise ValueError(f"task_indices has {len(task_indices)} entries for {len(env_list)} envs")
     size = max_batch or len(env_list)
-    starts = range(0, len(env_list), size)
+    starts: Any = range(0, len(env_list), size)
     if progress:
         from tqdm.auto import tqdm
 
         starts = tqdm(starts, desc="rollout", unit="chunk")
     episodes: list[Episode] = []
     for start in starts:
-        idx = list(range(start, min(start + size, len(env_list))))
-        episodes += _rollout_chunk(
-            [env_list[i] for i in idx],
-            [None if task_indices is None else int(task_indices[i]) for i in idx],
-            [None if seed is None else seed + i for i in idx],
-            policy, dict(generator=generator, temperature=temperature, top_p=top_p, greedy=greedy),
-        )
+        chunk = env_list[start : start + size]
+        tasks = None if task_indices is None else [int(t) for t in task_indices[start : start + size]]
+        view = ReasoningVectorEnv(envs=chunk)
+        episodes += _play(view, policy, tasks, None if seed is None else seed + start, sampling)
     return episodes
 
 
-def _rollout_chunk(envs: list[ReasoningEnv], tasks: list[int | None], seeds: list[int | None],
-                   policy: Any, sampler_kwargs: dict[str, Any]) -> list[Episode]:
+def task_count(envs: Any) -> tuple[int, int]:
+    """``(number of envs, number of tasks in their split)`` for anything :func:`rollout` takes."""
+    if isinstance(envs, VectorEnv):
+        return envs.num_envs, int(envs.unwrapped.get_attr("num_tasks")[0])  # type: ignore[attr-defined]
+    env_list = [envs] if isinstance(envs, gym.Env) else list(envs)
+    return len(env_list), int(env_list[0].get_wrapper_attr("num_tasks"))
+
+
+def reasoning_env(envs: Any) -> ReasoningEnv:
+    """The first base ``ReasoningEnv`` (for reading its tasks and tokenizer, not for stepping)."""
+    if isinstance(envs, VectorEnv):
+        subs = getattr(envs.unwrapped, "envs", None)
+        if not subs:
+            raise TypeError(f"{type(envs.unwrapped).__name__} keeps no sub-envs in this process")
+        envs = subs
+    first = envs if isinstance(envs, gym.Env) else list(envs)[0]
+    base = first.unwrapped
+    if not isinstance(base, ReasoningEnv):
+        raise TypeError(f"expected ReasoningEnv instances; got {type(base).__name__}")
+    return base
+
+
+def _play(vec: VectorEnv, policy: LMPolicy, tasks: Sequence[int] | None, seed: int | None,
+          sampling: dict[str, Any]) -> list[Episode]:
     from .policy import BlockSampler
+    from .policy.sampling import obs_rows
 
-    flags = [e.defer_verdict for e in envs]
-    pending: dict[int, tuple[str, Any]] = {}
-    try:
-        for e in envs:
-            e.defer_verdict = True
-        episodes = [_reset(e, t, s) for e, t, s in zip(envs, tasks, seeds)]
-        sampler = BlockSampler(policy, [ep.prompt_ids for ep in episodes], **sampler_kwargs)
-        while not sampler.finished.all():
-            room = [e.max_new_tokens - len(ep.response_ids) for e, ep in zip(envs, episodes)]
-            blocks, logps = sampler.sample([min(e.block_size, r) for e, r in zip(envs, room)])
-            done = [int(i) for i in np.flatnonzero(~sampler.finished)
-                    if _step(envs[i], episodes[i], blocks[i], logps[i], pending, int(i))]
-            sampler.finish(done)
-    finally:
-        for e, flag in zip(envs, flags):
-            e.defer_verdict = flag
-    _verify(envs, episodes, pending)
+    n = vec.num_envs
+    base_vec = vec.unwrapped
+    options = None if tasks is None else {"task_index": [int(t) for t in tasks]}
+    if tasks is not None and not isinstance(base_vec, ReasoningVectorEnv):
+        base_vec.set_attr("vector_index", list(range(n)))  # type: ignore[attr-defined]
+    obs, infos = vec.reset(seed=seed, options=options)
+    rows = obs_rows(obs)
+    episodes = [Episode(task_index=int(infos["task_index"][i]), task_id=str(infos["task_id"][i]),
+                        prompt_ids=rows[i][0]) for i in range(n)]
+    block_size = int(vec.single_action_space.block_size)  # type: ignore[attr-defined]
+    same_step = vec.metadata.get("autoreset_mode") == AutoresetMode.SAME_STEP
+    filler = np.asarray([policy.eos_token_id], dtype=np.int64)
+    sampler = BlockSampler.from_obs(policy, obs, **sampling)
+    done = np.zeros(n, dtype=bool)
+    while not done.all():
+        blocks, logps = sampler.act(obs, block_size, done=done)
+        actions = tuple(filler if done[i] else blocks[i] for i in range(n))
+        obs, rewards, terminations, truncations, infos = vec.step(actions)
+        for i in np.flatnonzero(~done).tolist():
+            ended = bool(terminations[i] or truncations[i])
+            info = _row(infos["final_info"], i) if same_step and ended else _row(infos, i)
+            if "accepted" not in info:
+                raise KeyError(f"env {i}'s step info has no 'accepted' (a wrapper dropped it)")
+            ep, accepted = episodes[i], int(info["accepted"])
+            block = blocks[i].tolist()
+            if accepted != len(block) and not ended:
+                raise RuntimeError(f"env {i} accepted {accepted} of {len(block)} tokens without ending")
+            ep.response_ids += block[:accepted]
+            ep.logprobs += logps[i][:accepted]
+            ep.block_lengths.append(accepted)
+            ep.step_rewards.append(float(rewards[i]))
+            if ended:
+                done[i] = True
+                ep.reward = float(sum(ep.step_rewards))
+                ep.text = str(info.get("text", ""))
+                ep.verdict = info.get("verdict")
+                ep.terminated, ep.truncated = bool(terminations[i]), bool(truncations[i])
     return episodes
 
 
-def _reset(env: ReasoningEnv, task: int | None, seed: int | None) -> Episode:
-    options = None if task is None else {"task_index": task}
-    _, info = env.reset(seed=seed, options=options)
-    return Episode(task_index=int(info["task_index"]), task_id=str(info["task_id"]),
-                   prompt_ids=[int(t) for t in env.prompt_ids(env.task_index)])
-
-
-def _step(env: ReasoningEnv, ep: Episode, block: list[int], logps: list[float],
-          pending: dict[int, tuple[str, Any]], i: int) -> bool:
-    """Step ``env`` with ``block``; record it in ``ep``; True when the episode ended."""
-    _, reward, terminated, truncated, info = env.step(np.asarray(block, dtype=np.int64))
-    accepted = int(info["accepted"])
-    ep.response_ids += block[:accepted]
-    ep.logprobs += logps[:accepted]
-    ep.block_lengths.append(accepted)
-    ep.step_rewards.append(float(reward))
-    ep.text = info["text"]
-    done = terminated or truncated
-    if accepted != len(block) and not done:
-        raise RuntimeError(f"env {i} accepted {accepted} of {len(block)} tokens without ending")
-    if done:
-        ep.terminated, ep.truncated = bool(terminated), bool(truncated)
-        pending[i] = info["pending"]
-    return done
-
-
-def _verify(envs: list[ReasoningEnv], episodes: list[Episode],
-            pending: dict[int, tuple[str, Any]]) -> None:
-    """One ``verify_batch`` call per distinct verifier; fills verdicts and rewards."""
-    groups: dict[int, list[int]] = {}
-    for i in pending:
-        groups.setdefault(id(envs[i].verifier), []).append(i)
-    for rows in groups.values():
-        verifier = envs[rows[0]].verifier
-        verdicts = verifier.verify_batch([pending[i][0] for i in rows], [pending[i][1] for i in rows])
-        for i, verdict in zip(rows, verdicts):
-            ep = episodes[i]
-            ep.verdict = verdict
-            ep.step_rewards[-1] += float(verdict.reward)
-            ep.reward = float(sum(ep.step_rewards))
+def _row(infos: dict[str, Any], i: int) -> dict[str, Any]:
+    """Sub-env ``i``'s entries of a vector env's info dict."""
+    return {k: _row(v, i) if isinstance(v, dict) else v[i] for k, v in infos.items()
+            if not k.startswith("_") and infos.get("_" + k) is not None and infos["_" + k][i]}

@@ -76,7 +76,7 @@ def _check_episode(env: ReasoningEnv, seed: int) -> None:
         assert np.array_equal(current[: previous.size], previous), "response prefix changed"
         assert np.array_equal(current[previous.size :], block[:n]), "appended tokens differ from the block"
         done = terminated or truncated
-        assert ("verdict" in info) == (done and not env.defer_verdict), f"verdict presence wrong at step {step}"
+        assert ("verdict" in info) == done, f"verdict presence wrong at step {step}"
         if done:
             verdict: Any = info.get("verdict")
             assert verdict is None or isinstance(verdict, Verdict), "info['verdict'] must be a Verdict"

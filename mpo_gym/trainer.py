@@ -37,7 +37,6 @@ import torch
 from . import runs
 from .agents import AGENTS, make_agent
 from .errors import ConfigError, MpoGymError, RunInterrupted, check_model_spec, did_you_mean
-from .rollout import rollout
 
 __all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "evaluate_held_out", "make_policy", "train"]
 
@@ -183,18 +182,13 @@ class TrainResult:
     warmup_seconds: float = 0.0
 
 
-def make_policy(cfg: TrainConfig) -> Any:
-    """Build the ``LMPolicy`` the agent needs (value head, MTP modules) on the right device."""
+def make_policy(cfg: TrainConfig, spec: Any = None) -> Any:
+    """Build the ``LMPolicy`` the agent declares (``agent_config().policy_spec()``: value head,
+    MTP modules) on the right device; ``spec`` overrides it (``PolicySpec()``: a bare LM)."""
     from .policy import LMPolicy, tiny_model
 
-    agent_cfg = cfg.agent_config()
-    agent_cls, _ = AGENTS[cfg.agent]
-    uses_critic = getattr(agent_cfg, "advantage", "gae") == "gae" and agent_cls.uses_critic
-    kwargs: dict[str, Any] = {
-        "value_head": cfg.value_head if uses_critic else False,
-        "num_mtp_modules": getattr(agent_cfg, "num_mtp_modules", 0),
-        "share_lm_head": getattr(agent_cfg, "share_lm_head", False),
-    }
+    spec = cfg.agent_config().policy_spec() if spec is None else spec
+    kwargs: dict[str, Any] = spec.policy_kwargs(cfg.value_head)
     torch.manual_seed(cfg.seed)
     if cfg.model == "tiny":
         model, tokenizer = tiny_model(seed=cfg.seed)
@@ -221,25 +215,25 @@ def make_envs(cfg: TrainConfig, n: int, split: str | None = None) -> list[Any]:
     return [gym.make(cfg.env, **kwargs) for _ in range(n)]
 
 
-def evaluate_held_out(cfg: TrainConfig, policy: Any, envs: list[Any] | None = None) -> dict[str, Any]:
-    """Greedy accuracy and mean reward on the first ``eval_tasks`` tasks of the test split."""
+def evaluate_held_out(cfg: TrainConfig, policy: Any, envs: list[Any] | None = None, *,
+                      when: str | int = "after", rows_path: Path | None = None) -> dict[str, Any]:
+    """Greedy accuracy and mean reward on the first ``eval_tasks`` tasks of the test split.
+
+    Runs :func:`mpo_gym.evaluation.evaluate_envs` (the one evaluation path) and records one row
+    per task in ``rows_path`` (default ``<out_dir>/eval_tasks.jsonl``) under ``when``
+    (``"before"``, ``"after"`` or the update number).
+    """
+    from .evaluation import evaluate_envs, held_out_summary, write_task_rows
+    from .rollout import task_count
+
     envs = envs or make_envs(cfg, min(cfg.eval_batch, cfg.eval_tasks), split="test")
-    n_tasks = min(cfg.eval_tasks, len(envs[0].unwrapped.tasks))
-    episodes = []
+    n_tasks = min(cfg.eval_tasks, task_count(envs)[1])
     policy.eval()
     with autocast(cfg, policy), torch.no_grad():
-        for start in range(0, n_tasks, len(envs)):
-            indices = list(range(start, min(start + len(envs), n_tasks)))
-            episodes += rollout(envs[: len(indices)], policy, task_indices=indices, greedy=True)
-    statuses = [e.verdict.status if e.verdict is not None else "error" for e in episodes]
-    result: dict[str, Any] = {
-        "accuracy": float(np.mean([s == "correct" for s in statuses])),
-        "reward": float(np.mean([e.reward for e in episodes])),
-        "n": float(len(episodes)),
-        "outcomes": [int(s == "correct") for s in statuses],
-        **{f"status/{s}": float(np.mean([x == s for x in statuses])) for s in sorted(set(statuses))},
-    }
-    return result
+        samples = evaluate_envs(envs, policy, range(n_tasks), temperature=0.0, suite=cfg.env,
+                                model_name=cfg.agent)
+    write_task_rows(rows_path or Path(cfg.out_dir) / "eval_tasks.jsonl", samples, when)
+    return held_out_summary(samples)
 
 
 def _peak_rss_mb() -> float:
@@ -407,14 +401,14 @@ def _train(cfg: TrainConfig, out: Path, envs: list[Any], eval_envs: list[Any] | 
     if resumed or step:
         print(f"resuming from update {step} of {_budget_text(cfg)} in {out}", flush=True)
     if cfg.eval_tasks and "before" not in evals:
-        evals["before"] = evaluate_held_out(cfg, policy, eval_envs)
+        evals["before"] = evaluate_held_out(cfg, policy, eval_envs, when="before")
         eval_path.write_text(json.dumps(evals, indent=2))
 
     history: list[dict[str, Any]] = []
     bar = Progress(cfg, step, label, progress)
     tracker = make_tracker(cfg, out, step)
     warmup_seconds = float(evals.get("warmup_seconds", 0.0))
-    if step == 0 and hasattr(agent, "warmup"):
+    if step == 0:
         t0 = time.perf_counter()
         with autocast(cfg, policy):
             warm = agent.warmup(envs, policy)
@@ -442,7 +436,7 @@ def _train(cfg: TrainConfig, out: Path, envs: list[Any], eval_envs: list[Any] | 
         step += 1
         row = {"step": step, "time": round(train_seconds, 3), **{k: _num(v) for k, v in metrics.items()}}
         if cfg.eval_every and step % cfg.eval_every == 0:
-            held_out = evaluate_held_out(cfg, policy, eval_envs)
+            held_out = evaluate_held_out(cfg, policy, eval_envs, when=step)
             row.update({f"eval/{k}": v for k, v in held_out.items() if k not in ("n", "outcomes")})
         _append(metrics_path, row)
         history.append(row)
@@ -470,7 +464,7 @@ def _train(cfg: TrainConfig, out: Path, envs: list[Any], eval_envs: list[Any] | 
     if last_good != step or not (out / runs.LATEST).exists():
         _checkpoint(out, policy, agent, step, train_seconds)
     if cfg.eval_tasks and not ("after" in evals and evals.get("updates") == step):
-        evals["after"] = evaluate_held_out(cfg, policy, eval_envs)
+        evals["after"] = evaluate_held_out(cfg, policy, eval_envs, when="after")
         evals["train_seconds"], evals["updates"], evals["warmup_seconds"] = train_seconds, step, warmup_seconds
         eval_path.write_text(json.dumps(evals, indent=2))
     return TrainResult(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -65,20 +64,27 @@ class GoldPolicy:
         self.answer = answer
 
 
-def fake_rollout(envs, policy, *, task_indices, seed, temperature, top_p, greedy, max_batch):
-    """Plays each env with the policy's answer in one block, verdict deferred (like rollout)."""
+def fake_rollout(envs, policy, *, task_indices, seed, temperature, top_p, greedy):
+    """Plays each env with the policy's answer, block by block, through the env's own step()."""
+    from mpo_gym.rollout import Episode
+
     episodes = []
     rng = np.random.default_rng(seed)
     for env, index in zip(envs, task_indices):
-        env.reset(options={"task_index": index})
-        text = policy.answer(env.tasks[index], greedy, rng)
-        ids = env.tokenizer.encode(text)[: env.max_new_tokens]
-        episodes.append(
-            SimpleNamespace(
-                task_index=index, task_id=env.tasks[index].id, response_ids=ids, text=text,
-                verdict=None, truncated=False,
-            )
-        )  # fmt: skip
+        _, info = env.reset(options={"task_index": index})
+        base = env.unwrapped
+        ids = base.tokenizer.encode(policy.answer(base.tasks[index], greedy, rng)) + [base.eos_token_id]
+        ep = Episode(task_index=index, task_id=info["task_id"], prompt_ids=[])
+        for start in range(0, len(ids), base.block_size):
+            block = ids[start : start + base.block_size]
+            _, reward, terminated, truncated, info = env.step(np.asarray(block))
+            ep.response_ids += block[: info["accepted"]]
+            ep.step_rewards.append(float(reward))
+            if terminated or truncated:
+                break
+        ep.reward, ep.verdict, ep.text = sum(ep.step_rewards), info["verdict"], info["text"]
+        ep.truncated = truncated
+        episodes.append(ep)
     return episodes
 
 

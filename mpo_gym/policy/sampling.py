@@ -70,6 +70,7 @@ class BlockSampler:
         self.generator = generator
         self.prompts = [list(map(int, p)) for p in prompts]
         self.responses = [list(map(int, r)) for r in (responses or [[] for _ in prompts])]
+        self._last_blocks: list[list[int]] = [r[-1:] for r in self.responses]  # checked by act
         self.finished = np.zeros(len(prompts), dtype=bool)
         self._cache_kw, self._keep_kw = _forward_kwarg_names(self.lm)
         self._prefill()
@@ -164,6 +165,8 @@ class BlockSampler:
             open_ = open_ & (budget > 0) & (tokens != self.eos_id)
         for user_row, block in enumerate(blocks):
             self.responses[user_row].extend(block)
+            if block:
+                self._last_blocks[user_row] = block
         return blocks, logps
 
     def finish(self, user_rows: Sequence[int] | np.ndarray) -> None:
@@ -188,36 +191,58 @@ class BlockSampler:
             self._pending, self._pending_mask = self._pending[idx], self._pending_mask[idx]  # type: ignore[index]
 
     # ------------------------------------------------------------------ env observations
+    @classmethod
+    def from_obs(cls, policy: Any, obs: Any, **kwargs: Any) -> BlockSampler:
+        """A batch for the rows of a ``ReasoningEnv`` observation batch (prompt and any
+        response so far are prefilled); ``kwargs`` as for the constructor."""
+        rows = obs_rows(obs)
+        return cls(policy, [r[0] for r in rows], responses=[r[1] for r in rows], **kwargs)
+
     def act(self, obs: Any, block_size: int, *, done: Any = None) -> tuple[list[np.ndarray], list[list[float]]]:
-        """One block per row from ``ReasoningEnv`` observations.
+        """One block per row from ``ReasoningEnv`` observations (the one generation entry point:
+        :func:`mpo_gym.rollout.rollout` and :meth:`LMPolicy.act` both call it).
 
         Contract: ``obs`` (a batched observation dict, as from a vector env, or a list of
         observation dicts) describes the same rows, in the same order, as this sampler's
-        prompts, and each row's ``response_ids[:response_length]`` equals the tokens this sampler
-        produced for it so far; otherwise ``ValueError`` (start a new batch). Rows in ``done``
-        (bool per row) are finished and get an empty block. Each row's block is at most
-        ``min(block_size, room)`` tokens, where ``room`` is the env's remaining token budget,
-        so the env accepts every sampled token.
+        prompts, and each live row's ``response_ids[:response_length]`` equals the tokens this
+        sampler produced for it so far (checked cheaply: the length and the last block);
+        otherwise ``ValueError`` (start a new batch). Rows in ``done`` (bool per row) are
+        finished and get an empty block. Each row's block is at most ``min(block_size, room)``
+        tokens, where ``room`` is the env's remaining token budget, so the env accepts every
+        sampled token (up to an EOS).
         """
-        rows = obs_rows(obs)
-        if len(rows) != self.batch_size:
-            raise ValueError(f"obs has {len(rows)} rows; this batch has {self.batch_size}")
+        lengths, budget, responses = _obs_arrays(obs)
+        if lengths.shape[0] != self.batch_size:
+            raise ValueError(f"obs has {lengths.shape[0]} rows; this batch has {self.batch_size}")
         if done is not None:
             newly = np.flatnonzero(np.asarray(done, dtype=bool) & ~self.finished)
             if newly.size:
                 self.finish(newly)
         n = np.zeros(self.batch_size, dtype=np.int64)
-        for i, (prompt, response, budget) in enumerate(rows):
-            if self.finished[i]:
-                continue
-            if prompt != self.prompts[i] or response != self.responses[i]:
+        for i in np.flatnonzero(~self.finished):
+            mine = self.responses[i]
+            have = int(lengths[i])
+            tail = len(mine) - len(self._last_blocks[i])
+            if have != len(mine) or not np.array_equal(responses[i][tail:have], self._last_blocks[i]):
                 raise ValueError(
                     f"obs row {i} does not continue this batch's cached sequence; call "
                     "policy.end() or policy.begin(prompts) to start a new batch"
                 )
-            n[i] = min(int(block_size), budget - len(response))
-        blocks, logps = self.sample(n)  # type: ignore[arg-type]
+            n[i] = min(int(block_size), budget - have)
+        blocks, logps = self.sample(n.tolist())
         return [np.asarray(b, dtype=np.int64) for b in blocks], logps
+
+
+def _obs_arrays(obs: Any) -> tuple[np.ndarray, int, Any]:
+    """``(response lengths [B], max_new_tokens, per-row response id arrays)`` of an obs batch."""
+    responses: Any
+    if isinstance(obs, dict):
+        lengths = np.atleast_1d(np.asarray(obs["response_length"]))
+        responses = np.atleast_2d(np.asarray(obs["response_ids"]))
+    else:
+        lengths = np.asarray([int(o["response_length"]) for o in obs])
+        responses = [np.asarray(o["response_ids"]) for o in obs]
+    return lengths, int(np.shape(responses[0])[-1]), responses
 
 
 def obs_rows(obs: Any) -> list[tuple[list[int], list[int], int]]:
