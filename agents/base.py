@@ -128,7 +128,7 @@ class RolloutBatch:
     scores: torch.Tensor  # [B] episode return
     truncated: torch.Tensor  # [B] bool
     group_ids: torch.Tensor  # [B] episodes sharing a task (GRPO groups)
-    sample_logprobs: torch.Tensor  # [B, T] log-probs recorded while sampling
+    sample_logprobs: torch.Tensor  # [B, T] log-probs recorded while sampling (checked against old_logprobs)
     old_logprobs: torch.Tensor | None = None  # [B, T] teacher-forced, before the update
     old_values: torch.Tensor | None = None  # [B, T]
     last_values: torch.Tensor | None = None  # [B]
@@ -400,6 +400,11 @@ class BaseAgent:
         }
         for status in ("correct", "incorrect", "no_answer", "timeout", "error"):
             out[f"verdicts/{status}"] = sum(s == status for s in batch.statuses) / max(batch.size, 1)
+        if batch.old_logprobs is not None and bool(batch.mask.any()):
+            # the sampler's log-probs against the teacher-forced ones of the same weights: ~1e-6
+            # in fp32; larger means generation and scoring disagree (dtype, padding, a bug)
+            gap = (batch.sample_logprobs - batch.old_logprobs).abs()[batch.mask]
+            out["checks/sample_logprob_gap_max"] = float(gap.max())
         return out
 
     # ------------------------------------------------------------------ shared loss terms

@@ -1,8 +1,10 @@
 """Episode rollout throughput through the envs vs plain ``model.generate``.
 
-Batch 8, 128 new tokens per row, K in {1, 4, 8}, embedded SmolLM2-135M, greedy decoding so
-every method does identical work. EOS is disabled (env and sampler never stop on it;
-``generate`` runs with ``min_new_tokens``), so every row makes exactly 128 tokens.
+Batch 8, 128 new tokens per row, K in {1, 4, 8}, embedded SmolLM2-135M, temperature-1
+sampling (``--mode sample``, the default: what training rollouts do; ``generate`` samples with
+``top_k=0, top_p=1``, so both draw from the full softmax) or greedy decoding (``--mode greedy``).
+EOS is disabled (env and sampler never stop on it; ``generate`` runs with ``min_new_tokens``), so
+every row makes exactly 128 tokens.
 
 Compared, in the same process and interleaved:
 
@@ -11,8 +13,9 @@ Compared, in the same process and interleaved:
 - ``naive``: per block, ``model.generate`` on the re-encoded prefix (prompt + response so far)
   for K tokens, then the env step: what a cache-less env loop costs.
 
-Run: ``python benchmarks/bench_rollout.py [--dtype float32 bfloat16] [--repeats 2]``.
-Prints tokens/s and the ratios rollout/generate and rollout/naive.
+Run: ``python benchmarks/bench_rollout.py [--dtype float32 bfloat16] [--mode sample greedy]
+[--repeats 3]``. Prints tokens/s and the ratios rollout/generate (median over repeats, and the
+worst repeat) and rollout/naive.
 """
 
 from __future__ import annotations
@@ -48,17 +51,27 @@ def left_pad(prompts: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Te
     return ids, mask
 
 
+SAMPLE = True  # set from --mode
+
+
+def sampling_kwargs() -> dict:
+    if SAMPLE:
+        return {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+    return {"do_sample": False}
+
+
 def run_generate(policy: LMPolicy, prompts: list[list[int]]) -> int:
     ids, mask = left_pad(prompts, policy.pad_token_id)
     with torch.no_grad():
         out = policy.model.generate(ids, attention_mask=mask, max_new_tokens=NEW_TOKENS,
-                                    min_new_tokens=NEW_TOKENS, do_sample=False,
-                                    pad_token_id=policy.pad_token_id)
+                                    min_new_tokens=NEW_TOKENS, pad_token_id=policy.pad_token_id,
+                                    **sampling_kwargs())
     return int(out[:, ids.shape[1]:].numel())
 
 
 def run_rollout(policy: LMPolicy, k: int) -> int:
-    episodes = rollout(make_envs(policy, k), policy, task_indices=list(range(BATCH)), greedy=True)
+    episodes = rollout(make_envs(policy, k), policy, task_indices=list(range(BATCH)), seed=k,
+                       greedy=not SAMPLE, temperature=1.0)
     return sum(len(e.response_ids) for e in episodes)
 
 
@@ -72,7 +85,7 @@ def run_naive(policy: LMPolicy, k: int) -> int:
         ids, mask = left_pad([p + r for p, r in zip(prompts, responses)], policy.pad_token_id)
         with torch.no_grad():
             out = policy.model.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
-                                        do_sample=False, pad_token_id=policy.pad_token_id)
+                                        pad_token_id=policy.pad_token_id, **sampling_kwargs())
         for i, env in enumerate(envs):
             block = out[i, ids.shape[1]:].tolist()
             env.step(np.asarray(block))
@@ -103,22 +116,25 @@ def bench(dtype: str, ks: list[int], repeats: int, naive: bool) -> None:
                 results.setdefault(f"naive K={k}", []).append(
                     timed(f"naive K={k}", run_naive, policy, k))
     gen = statistics.median(results["generate"])
-    print(f"\n== {dtype}: batch {BATCH}, {NEW_TOKENS} new tokens/row, greedy, "
-          f"{torch.get_num_threads()} threads, median of {repeats}")
-    print(f"{'method':<14}{'tok/s':>9}{'vs generate':>13}{'rollout/naive':>15}")
+    mode = "temperature-1 sampling" if SAMPLE else "greedy"
+    print(f"\n== {dtype}: batch {BATCH}, {NEW_TOKENS} new tokens/row, {mode}, "
+          f"{torch.get_num_threads()} threads, median of {repeats} interleaved rounds")
+    print(f"{'method':<14}{'tok/s':>9}{'vs generate':>13}{'worst round':>13}{'rollout/naive':>15}")
     for name, values in results.items():
         tps = statistics.median(values)
+        worst = min(v / g for v, g in zip(values, results["generate"]))  # same round's generate
         extra = ""
         if name.startswith("rollout") and naive:
             extra = f"{tps / statistics.median(results[name.replace('rollout', 'naive')]):>14.2f}x"
-        print(f"{name:<14}{tps:>9.1f}{tps / gen:>12.2f}x{extra}")
+        print(f"{name:<14}{tps:>9.1f}{tps / gen:>12.2f}x{worst:>12.2f}x{extra}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--dtype", nargs="+", default=["float32"])
+    parser.add_argument("--mode", nargs="+", choices=("sample", "greedy"), default=["sample"])
     parser.add_argument("--k", nargs="+", type=int, default=[1, 4, 8])
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-naive", action="store_true", help="skip the re-encoding baseline")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
@@ -126,8 +142,10 @@ def main() -> None:
     globals()["NEW_TOKENS"] = args.new_tokens
     if args.threads:
         torch.set_num_threads(args.threads)
-    for dtype in args.dtype:
-        bench(dtype, args.k, args.repeats, not args.no_naive)
+    for mode in args.mode:
+        globals()["SAMPLE"] = mode == "sample"
+        for dtype in args.dtype:
+            bench(dtype, args.k, args.repeats, not args.no_naive)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import dataclasses
 import json
 import multiprocessing as mp
 import shlex
+import shutil
 import signal
 import sys
 import threading
@@ -28,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["PRESETS", "CompareConfig", "compare"]
+
+BEFORE_TASKS = "eval_before_tasks.jsonl"  # per-task rows of the shared "before" evaluation
 
 
 @dataclass(frozen=True)
@@ -201,13 +204,13 @@ def _shared_before(cfg: CompareConfig, out: Path) -> dict[str, Any]:
     from .trainer import evaluate_held_out, make_policy
 
     path = out / "eval_before.json"
-    if path.exists():
+    if path.exists() and (out / BEFORE_TASKS).exists():
         return json.loads(path.read_text())
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     train_cfg = cfg.run_config(cfg.agents[0], cfg.seeds[0])
     policy = make_policy(train_cfg, spec=PolicySpec())  # the untrained LM: no heads needed
-    before = evaluate_held_out(train_cfg, policy)
+    before = evaluate_held_out(train_cfg, policy, when="before", rows_path=out / BEFORE_TASKS)
     del policy
     gc.collect()
     path.write_text(json.dumps(before, indent=2))
@@ -319,6 +322,7 @@ def _run(cfg: CompareConfig, agent: str, seed: int, before: dict[str, Any] | Non
     eval_path = run_dir / "eval.json"
     if before is not None and not eval_path.exists():
         eval_path.write_text(json.dumps({"before": before}, indent=2))
+        shutil.copyfile(Path(cfg.out_dir) / BEFORE_TASKS, run_dir / "eval_tasks.jsonl")  # shared rows
     data = {**_train_dict(train_cfg), "_label": f"{agent} s{seed}"}
     proc = ctx.Process(target=_run_one, args=(json.dumps(data), str(result_path)))
     t0 = time.perf_counter()

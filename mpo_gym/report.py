@@ -1,15 +1,27 @@
-"""The comparison report: ``report.md``, ``curves.png``, combined ``metrics.jsonl``, ``summary.txt``."""
+"""The comparison report: ``report.md``, ``curves.png``, combined ``metrics.jsonl`` and
+``eval_tasks.jsonl``, ``summary.txt``.
+
+Every held-out number in ``report.md`` is computed from the per-task rows of
+``eval_tasks.jsonl`` (one row per agent, seed, ``when`` and task; see
+:func:`mpo_gym.evaluation.write_task_rows`) by the small functions below, so a reader can
+recompute it: :func:`accuracy_cell` (accuracy and Wilson interval of one evaluation),
+:func:`paired_gain` over :func:`paired_outcomes` (before/after matched by task) and
+:func:`seed_summary` (mean and spread of the seeds' gains).
+"""
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["paired_gain", "wilson_interval", "write_report"]
+from .evaluation import read_task_rows
+
+__all__ = ["accuracy_cell", "paired_gain", "paired_outcomes", "seed_summary", "wilson_interval", "write_report"]
 
 MPO_DIAGNOSTICS = (
     "mpo/clipfrac_united",
@@ -29,6 +41,15 @@ RATIO_DIAGNOSTICS = {
     "token": ("losses/clipfrac", "losses/ratio_var", "losses/ratio_var", "losses/clipfrac", ""),
 }
 
+RECOMPUTE = (
+    "How to recompute: every held-out number above comes from `eval_tasks.jsonl` in this folder "
+    "(one row per agent, seed, `when` and task; `when` is `before`, `after` or the update number). "
+    "An accuracy is the mean of `correct` over the rows of one agent, seed and `when`; its "
+    "interval is the 95% Wilson score interval of that count. A gain pairs a run's `before` and "
+    "`after` rows by `task_id`: the mean of after − before, ± 1.96 × sd(differences, ddof=1) / √n. "
+    "A mean row averages the seeds' gains; seed sd is their standard deviation (ddof=1)."
+)
+
 
 def wilson_interval(successes: float, n: float, z: float = 1.96) -> tuple[float, float]:
     """95% Wilson score interval of a binomial proportion."""
@@ -40,12 +61,54 @@ def wilson_interval(successes: float, n: float, z: float = 1.96) -> tuple[float,
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def paired_gain(before: list[int], after: list[int], z: float = 1.96) -> tuple[float, float]:
+def paired_gain(before: Sequence[int], after: Sequence[int], z: float = 1.96) -> tuple[float, float]:
     """Mean per-task gain (after − before on the same tasks) and its 95% half-width."""
     diff = np.asarray(after, dtype=float) - np.asarray(before, dtype=float)
     if diff.size < 2:
         return (float(diff.mean()) if diff.size else float("nan"), float("nan"))
     return float(diff.mean()), float(z * diff.std(ddof=1) / math.sqrt(diff.size))
+
+
+def accuracy_cell(rows: Sequence[dict[str, Any]]) -> str:
+    """``"0.525 [0.456, 0.593]"``: accuracy of ``rows`` (mean of ``correct``) and its Wilson interval."""
+    if not rows:
+        return "-"
+    correct, n = sum(int(r["correct"]) for r in rows), len(rows)
+    lo, hi = wilson_interval(correct, n)
+    return f"{correct / n:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def paired_outcomes(before: Sequence[dict[str, Any]], after: Sequence[dict[str, Any]]) -> tuple[list[int], list[int]]:
+    """``correct`` of the tasks (``task_id``, ``sample``) evaluated both before and after, paired."""
+    first = {(r["task_id"], r.get("sample", 0)): int(r["correct"]) for r in before}
+    pairs = [(first[key], int(r["correct"])) for r in after if (key := (r["task_id"], r.get("sample", 0))) in first]
+    return [b for b, _ in pairs], [a for _, a in pairs]
+
+
+def seed_summary(gains: Sequence[float]) -> tuple[float, float]:
+    """Mean of the seeds' gains and their standard deviation (ddof=1; nan for one seed)."""
+    values = np.asarray(gains, dtype=float)
+    return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else float("nan")
+
+
+def _rows_of(rows: Sequence[dict[str, Any]], agent: str, seed: int, when: str | int) -> list[dict[str, Any]]:
+    return [r for r in rows if r.get("agent") == agent and r.get("seed") == seed and r["when"] == when]
+
+
+def _gain(rows: Sequence[dict[str, Any]], agent: str, seed: int) -> tuple[float, float] | None:
+    before, after = _rows_of(rows, agent, seed, "before"), _rows_of(rows, agent, seed, "after")
+    if not before or not after:
+        return None
+    return paired_gain(*paired_outcomes(before, after))
+
+
+def collect_task_rows(cfg: Any, keys: Sequence[tuple[str, int]]) -> list[dict[str, Any]]:
+    """Every run's ``eval_tasks.jsonl`` rows, tagged with the run's agent and seed."""
+    out = []
+    for agent, seed in keys:
+        for row in read_task_rows(Path(cfg.run_config(agent, seed).out_dir) / "eval_tasks.jsonl"):
+            out.append({"agent": agent, "seed": seed, **{k: v for k, v in row.items() if k not in ("agent", "seed")}})
+    return out
 
 
 def _read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -62,8 +125,12 @@ def write_report(cfg: Any, out: Path, summaries: dict[tuple[str, int], dict[str,
         for (agent, seed), rows in runs.items():
             for row in rows:
                 f.write(json.dumps({"agent": agent, "seed": seed, **row}) + "\n")
-    _plot(cfg, runs, out / "curves.png", summaries, before)
-    table = _results_table(cfg, summaries, before)
+    tasks = collect_task_rows(cfg, list(summaries))
+    with (out / "eval_tasks.jsonl").open("w") as f:
+        for row in tasks:
+            f.write(json.dumps(row) + "\n")
+    _plot(cfg, runs, out / "curves.png", summaries, tasks)
+    table = _results_table(cfg, summaries, tasks)
     text = "\n".join(
         [
             "# Agent comparison",
@@ -78,9 +145,11 @@ def write_report(cfg: Any, out: Path, summaries: dict[tuple[str, int], dict[str,
             "",
             *table,
             "",
-            _verdict(cfg, summaries, before),
+            _verdict(cfg, tasks),
             "",
-            *_held_out_curve(cfg, summaries, runs, before),
+            *_held_out_curve(cfg, summaries, tasks),
+            RECOMPUTE,
+            "",
             "## MPO diagnostics: token, window and sequence ratios (mean over optimizer steps)",
             "",
             *_diagnostics_table(cfg, runs),
@@ -112,82 +181,76 @@ def _budget(cfg: Any) -> str:
     return " or ".join(parts)
 
 
-def _results_table(cfg: Any, summaries: dict[tuple[str, int], dict[str, Any]], before: dict[str, Any] | None) -> list[str]:
-    rows = ["| agent | seed | updates | before | after (95% CI) | gain (95% CI) |", "|---|---|---|---|---|---|"]
-    b_acc = before["accuracy"] if before else float("nan")
+def _results_table(cfg: Any, summaries: dict[tuple[str, int], dict[str, Any]], tasks: list[dict[str, Any]]) -> list[str]:
+    rows = ["| agent | seed | updates | before (95% CI) | after (95% CI) | gain (95% CI) |", "|---|---|---|---|---|---|"]
     for agent in cfg.agents:
         gains = []
         for seed in cfg.seeds:
             s = summaries[(agent, seed)]
-            after = s.get("eval_after") or {}
-            acc, n = after.get("accuracy", float("nan")), after.get("n", 0)
-            lo, hi = wilson_interval(acc * n, n)
-            gain, half = paired_gain(before["outcomes"], after["outcomes"]) if before and after else (float("nan"),) * 2
-            gains.append(gain)
-            rows.append(f"| {agent} | {seed} | {s['updates']} | {b_acc:.3f} | {acc:.3f} [{lo:.3f}, {hi:.3f}] | {gain:+.3f} ± {half:.3f} |")
-        if len(cfg.seeds) > 1:
-            spread = np.std(gains, ddof=1)
-            rows.append(f"| **{agent} mean** | {len(cfg.seeds)} seeds | | {b_acc:.3f} | | **{np.mean(gains):+.3f}** (seed sd {spread:.3f}) |")
+            before, after = _rows_of(tasks, agent, seed, "before"), _rows_of(tasks, agent, seed, "after")
+            result = _gain(tasks, agent, seed)
+            cell = "-"
+            if result is not None:
+                gains.append(result[0])
+                cell = f"{result[0]:+.3f} ± {result[1]:.3f}"
+            rows.append(f"| {agent} | {seed} | {s['updates']} | {accuracy_cell(before)} | {accuracy_cell(after)} | {cell} |")
+        if len(cfg.seeds) > 1 and gains:
+            mean, spread = seed_summary(gains)
+            rows.append(f"| **{agent} mean** | {len(gains)} seeds | | | | **{mean:+.3f}** (seed sd {spread:.3f}) |")
     return rows
 
 
-def _verdict(cfg: Any, summaries: dict[tuple[str, int], dict[str, Any]], before: dict[str, Any] | None) -> str:
-    if not before:
-        return ""
+def _verdict(cfg: Any, tasks: list[dict[str, Any]]) -> str:
     lines = []
     for agent in cfg.agents:
-        gains = []
-        significant = 0
-        for seed in cfg.seeds:
-            after = summaries[(agent, seed)].get("eval_after") or {}
-            if "outcomes" in after:
-                gain, half = paired_gain(before["outcomes"], after["outcomes"])
-                gains.append(gain)
-                significant += gain - half > 0
-        if not gains:
+        results = [r for r in (_gain(tasks, agent, seed) for seed in cfg.seeds) if r is not None]
+        if not results:
             continue
-        mean = float(np.mean(gains))
+        mean, _ = seed_summary([g for g, _ in results])
+        significant = sum(g - half > 0 for g, half in results)
         word = "beat" if mean > 0 else "did not beat"
         lines.append(
             f"- **{agent}** {word} the untrained model on average ({mean:+.3f}); "
-            f"{significant} of {len(gains)} seeds improved by more than their 95% interval."
+            f"{significant} of {len(results)} seeds improved by more than their 95% interval."
         )
     return "\n".join(lines)
 
 
-def _held_out_points(runs: dict[tuple[str, int], list[dict[str, Any]]], summaries: dict[tuple[str, int], dict[str, Any]],
-                     before: dict[str, Any] | None) -> dict[tuple[str, int], dict[int, float]]:
+def _held_out_points(summaries: dict[tuple[str, int], dict[str, Any]],
+                     tasks: list[dict[str, Any]]) -> dict[tuple[str, int], dict[int, float]]:
     """Per run: update -> held-out accuracy (0: before, each ``eval_every`` update, the final one).
 
-    Empty dicts for runs that logged no ``eval/accuracy`` (``eval_every`` unset).
+    Empty dicts for runs without an evaluation during training (``eval_every`` unset).
     """
     points: dict[tuple[str, int], dict[int, float]] = {}
-    for key, rows in runs.items():
-        curve = {int(r["step"]): r["eval/accuracy"] for r in rows if "eval/accuracy" in r}
-        if curve:
-            if before:
-                curve[0] = before["accuracy"]
-            after = summaries.get(key, {}).get("eval_after")
-            if after:
-                curve[int(summaries[key]["updates"])] = after["accuracy"]
-        points[key] = dict(sorted(curve.items()))
+    for key, summary in summaries.items():
+        mine = [r for r in tasks if (r.get("agent"), r.get("seed")) == key]
+        by_when: dict[int, list[int]] = {}
+        for r in mine:
+            if isinstance(r["when"], int):
+                by_when.setdefault(r["when"], []).append(int(r["correct"]))
+        if by_when:
+            for when, step in (("before", 0), ("after", int(summary["updates"]))):
+                found = [int(r["correct"]) for r in mine if r["when"] == when]
+                if found:
+                    by_when[step] = found
+        points[key] = {step: float(np.mean(v)) for step, v in sorted(by_when.items())}
     return points
 
 
-def _held_out_curve(cfg: Any, summaries: dict[tuple[str, int], dict[str, Any]],
-                    runs: dict[tuple[str, int], list[dict[str, Any]]], before: dict[str, Any] | None) -> list[str]:
+def _held_out_curve(cfg: Any, summaries: dict[tuple[str, int], dict[str, Any]], tasks: list[dict[str, Any]]) -> list[str]:
     """Held-out greedy accuracy after each evaluated update (``eval_every``); empty without it."""
-    curves = _held_out_points(runs, summaries, before)
+    curves = _held_out_points(summaries, tasks)
     if not any(curves.values()):
         return []
-    steps = sorted({step for c in curves.values() for step in c} - {0})
-    b = f"{before['accuracy']:.3f}" if before else ""
+    steps = sorted({step for c in curves.values() for step in c})
     rows = ["## Held-out greedy accuracy during training", "",
-            "| agent | seed | update 0 | " + " | ".join(str(x) for x in steps) + " |",
-            "|---|---|---|" + "---|" * len(steps)]
+            "Update 0 is before training; the last column of a run is its final (after) evaluation.", "",
+            "| agent | seed | " + " | ".join(f"update {x}" for x in steps) + " |",
+            "|---|---|" + "---|" * len(steps)]
     for (agent, seed), curve in curves.items():
         cells = [f"{curve[x]:.3f}" if x in curve else "" for x in steps]
-        rows.append(f"| {agent} | {seed} | {b} | " + " | ".join(cells) + " |")
+        rows.append(f"| {agent} | {seed} | " + " | ".join(cells) + " |")
     return [*rows, ""]
 
 
@@ -235,13 +298,13 @@ def _cost_table(cfg: Any, summaries: dict[tuple[str, int], dict[str, Any]], runs
 
 
 def _plot(cfg: Any, runs: dict[tuple[str, int], list[dict[str, Any]]], path: Path,
-          summaries: dict[tuple[str, int], dict[str, Any]], before: dict[str, Any] | None) -> None:
+          summaries: dict[tuple[str, int], dict[str, Any]], tasks: list[dict[str, Any]]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    held_out = _held_out_points(runs, summaries, before)
+    held_out = _held_out_points(summaries, tasks)
     has_eval = any(held_out.values())
     fig, axes = plt.subplots(1, 3 if has_eval else 2, figsize=(16 if has_eval else 11, 4))
     for agent in cfg.agents:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 from mpo_gym.compare import PRESETS, CompareConfig
+from mpo_gym.evaluation import write_task_rows
 from mpo_gym.report import paired_gain, wilson_interval, write_report
 
 
@@ -27,6 +30,9 @@ def test_compare_end_to_end(tmp_path):
     assert {(r["agent"], r["seed"]) for r in rows} == {(a, 0) for a in ("ppo", "mpo", "grpo")}
     assert any("mpo/clipfrac_united" in r for r in rows if r["agent"] == "mpo")
     assert [r["step"] for r in rows if r["agent"] == "ppo" and "eval/accuracy" in r] == [1, 2]
+    tasks = [json.loads(line) for line in (out / "eval_tasks.jsonl").read_text().splitlines()]
+    assert {r["when"] for r in tasks if r["agent"] == "ppo"} == {"before", 1, 2, "after"}
+    assert len([r for r in tasks if (r["agent"], r["when"]) == ("mpo", "after")]) == 4  # one row per task
     assert "report:" in proc.stdout
 
     # resume: a finished comparison is kept as is and the report rewritten
@@ -40,13 +46,16 @@ def test_compare_end_to_end(tmp_path):
 def test_report_over_seeds(tmp_path):
     """Several seeds: per-seed rows, a mean row with the seed spread, paired intervals."""
     cfg = CompareConfig(**{**PRESETS["tiny"], "seeds": (0, 1), "out_dir": str(tmp_path)})
-    before = {"accuracy": 0.25, "n": 4.0, "outcomes": [1, 0, 0, 0]}
     summaries = {}
     for i, key in enumerate((a, s) for s in (0, 1) for a in cfg.agents):
-        outcomes = [1, 1, i % 2, 0]
-        after = {"accuracy": sum(outcomes) / 4, "n": 4.0, "outcomes": outcomes}
-        summaries[key] = {"updates": 2, "train_seconds": 1.0, "eval_after": after, "peak_rss_mb": 1.0}
-    write_report(cfg, tmp_path, summaries, before, "mpo-gym compare --preset tiny --seeds 0,1")
+        run = Path(cfg.run_config(*key).out_dir)
+        run.mkdir(parents=True)
+        for when, outcomes in (("before", [1, 0, 0, 0]), ("after", [1, 1, i % 2, 0])):
+            rows = [SimpleNamespace(task_id=f"t{t}", task_index=t, sample=0, reward=float(c),
+                                    status="correct" if c else "incorrect") for t, c in enumerate(outcomes)]
+            write_task_rows(run / "eval_tasks.jsonl", rows, when)
+        summaries[key] = {"updates": 2, "train_seconds": 1.0, "peak_rss_mb": 1.0}
+    write_report(cfg, tmp_path, summaries, None, "mpo-gym compare --preset tiny --seeds 0,1")
     report = (tmp_path / "report.md").read_text()
     assert "| **mpo mean** | 2 seeds |" in report and "seed sd" in report
     assert "mpo-gym compare --preset tiny --seeds 0,1" in report

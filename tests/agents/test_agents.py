@@ -133,6 +133,7 @@ def test_parameters_change_after_one_update(name):
     metrics = agent.update(batch)
     assert any(not torch.equal(a, b) for a, b in zip(before, policy.backbone_parameters()))
     assert "losses/policy" in metrics and "charts/reward" in metrics and "verdicts/correct" in metrics
+    assert metrics["checks/sample_logprob_gap_max"] < 1e-4  # sampler and scorer agree (fp32)
     if name == "mpo":
         for key in ("mpo/clipfrac_united", "mpo/clipfrac_token", "mpo/ratio_var_united", "mpo/clip_disagreement"):
             assert key in metrics
