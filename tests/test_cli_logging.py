@@ -51,14 +51,23 @@ def test_tensorboard_event_files_hold_the_metrics(tmp_path):
     train(tiny_cfg(run, updates=3, report_to="tensorboard", completions_every=2), progress=False)
     acc = EventAccumulator(str(run / "tensorboard"))
     acc.Reload()
-    rewards = acc.Scalars("charts/reward")
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [e.step for e in rewards] == [1, 2, 3]
-    assert [round(e.value, 5) for e in rewards] == [round(r["charts/reward"], 5) for r in rows]
-    assert "losses/policy" in acc.Tags()["scalars"]
+    tags = acc.Tags()["scalars"]
+    assert {"charts/reward", "charts/response_length", "losses/policy"} <= set(tags)
+    for tag in tags:  # every scalar, at its update, equal to metrics.jsonl (float32 in the event file)
+        events = acc.Scalars(tag)
+        assert [e.step for e in events] == [1, 2, 3]
+        assert [e.value for e in events] == pytest.approx([r[tag] for r in rows], rel=1e-6, abs=1e-6), tag
+    assert any(abs(r["charts/response_length"]) > 0 for r in rows)
 
 
-def test_completions_table_every_n_updates(tmp_path):
+def test_completions_table_every_n_updates(tmp_path, monkeypatch):
+    from mpo_gym.envs.toy import RepeatLetterVerifier
+    from mpo_gym.verifiers.base import Verdict
+
+    # rewards that differ between responses, so a table with wrong rewards cannot match the metrics
+    monkeypatch.setattr(RepeatLetterVerifier, "verify",
+                        lambda self, response, reference: Verdict(len(response) / 8, "incorrect", response, ""))
     run = tmp_path / "run"
     train(tiny_cfg(run, updates=4, completions_every=2), progress=False)
     rows = [json.loads(line) for line in (run / "completions.jsonl").read_text().splitlines()]
@@ -70,6 +79,8 @@ def test_completions_table_every_n_updates(tmp_path):
     for step in (2, 4):
         mean = sum(r["reward"] for r in rows if r["step"] == step) / 4
         assert mean == pytest.approx(metrics[step]["charts/reward"])  # the logged batch, not another one
+        assert mean > 0
+    assert all(r["reward"] == len(r["response"]) / 8 for r in rows)
 
 
 def test_report_to_a_missing_tracker_is_a_clear_error(tmp_path, monkeypatch):
@@ -95,3 +106,23 @@ def test_lora_trains_adapters_only(tmp_path):
 
     model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"))
     assert not any("lora" in k for k in model.state_dict())  # merged into the weights
+
+
+def test_summary_and_progress_line_show_the_numbers_they_are_given(tmp_path):
+    from pathlib import Path
+
+    from mpo_gym.tracking import Progress
+    from mpo_gym.trainer import TrainResult, summary_text
+
+    cfg = tiny_cfg(tmp_path / "run", updates=4)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"train_split": "train"}))
+    history = [{"step": 1, "charts/reward": 0.125}, {"step": 4, "charts/reward": 0.625}]
+    result = TrainResult(Path(cfg.out_dir), 4, 12.34, {"accuracy": 0.25, "n": 8.0}, {"accuracy": 0.75, "n": 8.0},
+                         history, 1.0, 2.5)
+    text = summary_text(cfg, result)
+    assert "trained ppo on mpo_gym/Toy-v0 (train split): 4 updates in 12.3 s (+ 2.5 s warm-up)" in text
+    assert "train reward: 0.125 at update 1 -> 0.625 at update 4" in text
+    assert "held-out greedy accuracy (8 test tasks): 0.250 before -> 0.750 after" in text
+    line = Progress(cfg, 0, None, enabled=False).line(2, 3.0, {"charts/reward": 0.375, "verdicts/correct": 0.5})
+    assert line.startswith("ppo update 2/4 | reward 0.375 | correct 0.50 | ")
