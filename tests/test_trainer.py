@@ -66,7 +66,11 @@ def test_eval_every_logs_held_out_accuracy_without_changing_training(tmp_path):
     periodic = train(tiny_cfg(tmp_path / "b", updates=3, eval_every=2), progress=False)
     rows = [json.loads(line) for line in (periodic.out_dir / "metrics.jsonl").read_text().splitlines()]
     assert ["eval/accuracy" in r for r in rows] == [False, True, False]
-    assert 0 <= rows[1]["eval/accuracy"] <= 1 and "eval/reward" in rows[1]
+    tasks = [json.loads(line) for line in (periodic.out_dir / "eval_tasks.jsonl").read_text().splitlines()]
+    at_2 = [t for t in tasks if t["when"] == 2]
+    assert len(at_2) == 4 and [t["when"] for t in tasks].count("after") == 4
+    assert rows[1]["eval/accuracy"] == sum(t["correct"] for t in at_2) / 4  # recomputable from the rows
+    assert rows[1]["eval/reward"] == pytest.approx(sum(t["reward"] for t in at_2) / 4)
     assert any(k.startswith("eval/status/") for k in rows[1])
     a = torch.load(plain.out_dir / "checkpoint" / "policy.pt")
     b = torch.load(periodic.out_dir / "checkpoint" / "policy.pt")
