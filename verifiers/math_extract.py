@@ -33,6 +33,9 @@ _CONCLUSION_RE = re.compile(
     r"|the (?:solution|answer|result))\b",
     re.I,
 )
+_LEAD_END_RE = re.compile(
+    r"(?:\b(?:is|are|was|equals|that|get|obtain|gives?)|[:=])[ \t]*$", re.I
+)
 _AFTER_SPAN_RE = re.compile(
     r"^[ \t]*(?:(?:is|are)[ \t]+(?:the|our|a)?[ \t]*(?:final[ \t]+)?(?:solution|answer|result)s?)?"
     r"[ \t]*[.!]?[ \t]*$",
@@ -247,8 +250,9 @@ def _final_math_sentence(text: str) -> str | None:
     5$ is the solution.``, ``The identity matrix is $...$.``
 
     The sentence must hold exactly one math span, followed by nothing but a dot or "is the
-    solution/answer"; when it is not the whole response it must open with a conclusion
-    ("Therefore", "Thus", "So", "We find", "The answer", ...).
+    solution/answer", and must open with a conclusion ("Therefore", "Thus", "So", "We
+    find", "The answer", ...); a response of that one sentence may instead lead up to the
+    math with "is", ":", "that", "=" (``The identity matrix is $...$.``).
     """
     text = _END_TOKEN_RE.split(text)[0].rstrip()
     spans = _math_spans(text)
@@ -265,8 +269,8 @@ def _final_math_sentence(text: str) -> str | None:
         return None  # two math spans in one sentence: which one is the answer?
     if len(lead.split()) > 15:
         return None
-    if cut >= 0 and not _CONCLUSION_RE.match(lead):
-        return None
+    if not _CONCLUSION_RE.match(lead) and (cut >= 0 or not _LEAD_END_RE.search(lead)):
+        return None  # "Let's compute $2+2$." commits to nothing
     return content.strip() or None
 
 

@@ -319,6 +319,8 @@ CASES: list[tuple[str, str, str, str]] = [
     ("sentence", "3", "First $x = 2$. Then we check $x = 3$.", N),  # not a conclusion
     ("sentence", "3", "Hence $x = 2$ or $x = 3$.", W),  # two spans: read whole, no value
     ("sentence", "3", "She pays $3 and gets $2 back.", N),  # dollar signs, not math
+    ("sentence", "4", "Let's compute $2+2$.", N),  # commits to no answer
+    ("sentence", "4", "Here is the result: $4$", C),
     # -- matrices in prose, sums and products of matrices -------------------------------
     ("matrix", "\\begin{pmatrix}1 & 0 \\\\ 0 & 1\\end{pmatrix}",
      "The identity matrix is $\\begin{pmatrix}1 & 0 \\\\ 0 & 1\\end{pmatrix}$.", C),
