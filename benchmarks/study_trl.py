@@ -20,7 +20,9 @@ weights are saved and evaluated here, so TRL is measured with exactly our protoc
   match (the last ``\\boxed{...}`` equals the reference); ours is the math verifier, which for
   integer sums also accepts numerically equal forms (e.g. ``57.0``).
 
-TRL runs in its own virtualenv, created by this script (``TRL_PINS``: TRL pinned, torch pinned
+Both sides stop after the update (TRL: the optimizer step) during which the training clock
+passed the budget, so a run overshoots by up to one update; the results keep the actual
+``train_seconds``. TRL runs in its own virtualenv, created by this script (``TRL_PINS``: TRL pinned, torch pinned
 as ours, transformers pinned to the version ours resolved, so both sides run the same kernels).
 
 Order is seed-major and interleaved (seed 0: every run, then seed 1, ...), so that a change of
@@ -60,7 +62,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-TRL_PINS = ("trl==1.13.0", "torch==2.13.0", "transformers==5.24.0")
+# requests: trl 1.13.0 imports it in its GRPO trainer without declaring it as a dependency
+TRL_PINS = ("trl==1.13.0", "torch==2.13.0", "transformers==5.24.0", "requests==2.34.2")
 OUR_RUNS = ("ppo", "mpo", "grpo", "gspo", "ppo-lr-beta1", "mpo-offpolicy")
 TRL_RUNS = ("trl", "trl-ourlr")
 RUNS = OUR_RUNS + TRL_RUNS
