@@ -327,6 +327,14 @@ class BaseAgent:
             values=self.uses_critic and old, temperature=self.config.temperature,
         )
 
+    def score_current(self, mb: RolloutBatch, *, values: bool = False, mtp: bool = False) -> ScoreOutput:
+        """Score ``mb`` under the policy being trained, at the temperature the rollout sampled
+        with (so log-probs match the sampling distribution), with entropy when it is regularised."""
+        return self.policy.score(
+            mb.input_ids, mb.attention_mask, mb.prompt_len, values=values, mtp=mtp,
+            entropy=self.config.entropy_coef > 0, temperature=self.config.temperature,
+        )
+
     def _chunks(self, n: int) -> list[list[int]]:
         size = self.config.micro_batch_size
         return [list(range(i, min(i + size, n))) for i in range(0, n, size)]

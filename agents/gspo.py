@@ -90,10 +90,7 @@ class GSPOAgent(BaseAgent):
     # 2. loss: the clipped surrogate on the sequence ratio s_i (+ KL, entropy) -----------
     def loss(self, mb: RolloutBatch) -> tuple[torch.Tensor, dict[str, Any]]:
         cfg = self.config
-        out = self.policy.score(
-            mb.input_ids, mb.attention_mask, mb.prompt_len,
-            entropy=cfg.entropy_coef > 0, temperature=cfg.temperature,
-        )  # log-probs of the tempered distribution the rollout sampled from
+        out = self.score_current(mb)
         assert mb.advantages is not None and mb.old_logprobs is not None, "collect() fills these"
         log_ratio = out.logprobs - mb.old_logprobs  # [B, T]
         seq_adv = F.masked_mean(mb.advantages, mb.mask, dim=-1)  # [B] the response's advantage

