@@ -84,7 +84,7 @@ def protocol(args: argparse.Namespace) -> dict[str, Any]:
         "budget_s": args.budget_s, "eval_tasks": args.eval_tasks, "num_envs": quick["num_envs"],
         "common_kwargs": quick["common_kwargs"], "agent_kwargs": quick["agent_kwargs"],
         "offpolicy_common": PRESETS["offpolicy"]["common_kwargs"], "trl_pins": list(TRL_PINS),
-        "trl_generations": 8, "temperature": quick["common_kwargs"]["temperature"],
+        "trl_generations": 8, "temperature": quick["common_kwargs"]["temperature"], "threads": args.threads,
     }
 
 
@@ -108,7 +108,7 @@ def train_config(name: str, seed: int, args: argparse.Namespace, run_dir: Path) 
     cmp = CompareConfig(**{
         **preset, "agents": (agent,), "agent_kwargs": {agent: agent_kwargs.get(agent, {})}, "model": args.model,
         "seeds": (seed,), "budget_s": args.budget_s, "updates": 0, "eval_tasks": args.eval_tasks,
-        "eval_every": args.eval_every, "out_dir": str(run_dir.parent),
+        "eval_every": args.eval_every, "out_dir": str(run_dir.parent), "threads": args.threads,
     })
     cfg = cmp.run_config(agent, seed)
     if name == "ppo-lr-beta1":
@@ -130,7 +130,7 @@ def machine() -> dict[str, Any]:
     from mpo_gym.policy import compute_dtype
 
     return {"cpu": model, "cpu_flags": sorted(flags), "cores": os.cpu_count(), "resolved_dtype": compute_dtype("auto", "cpu"),
-            "python": platform.python_version()}
+            "python": platform.python_version(), "affinity": sorted(os.sched_getaffinity(0))}
 
 
 # ---------------------------------------------------------------------------------- our runs
@@ -177,6 +177,10 @@ def evaluate_model(model_dir: str, args: argparse.Namespace) -> dict[str, Any]:
 
     from mpo_gym.trainer import evaluate_held_out, make_policy
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     cfg = train_config("grpo", 0, args, Path(args.work_dir) / "eval")
     cfg = dataclasses.replace(cfg, model=model_dir or args.model, agent_kwargs={"group_size": 4})
     policy = make_policy(cfg)
@@ -544,7 +548,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--trl-snapshot-every-s", type=float, default=120.0,
                    help="TRL runs: save weights every N s of training, evaluated afterwards (0: only the end)")
     p.add_argument("--model", default="default", help="default (embedded SmolLM2-135M) or a local model directory")
-    p.add_argument("--threads", type=int, default=0, help="torch threads in the TRL worker (0: torch's default)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads in every run, ours and TRL's (0: torch's default)")
     p.add_argument("--results", default=str(REPO / "benchmarks" / "results" / "study_trl.jsonl"))
     p.add_argument("--work-dir", default=str(REPO / "runs" / "study-trl"), help="run folders, TRL data and weights")
     p.add_argument("--trl-venv", default=None, help="TRL virtualenv (default WORK_DIR/trl-venv)")
