@@ -556,7 +556,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--summary-only", action="store_true", help="only (re)write the summary of --results")
     args = p.parse_args(argv)
     try:
-        args.seed_list = list(range(int(args.seeds))) if "," not in args.seeds else [int(s) for s in args.seeds.split(",")]
+        seeds = args.seeds.strip()
+        args.seed_list = list(range(int(seeds))) if "," not in seeds else [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError:
         p.error(f"--seeds must be a count or a comma list of ints; got {args.seeds!r}")
     args.agent_list = [a.strip() for a in args.agents.split(",") if a.strip()]
