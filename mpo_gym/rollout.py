@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
-import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 
 from .env import ReasoningEnv
@@ -82,7 +81,7 @@ class Episode:
 def rollout(envs: Any, policy: LMPolicy, *, task_indices: Sequence[int] | None = None,
             seed: int | None = None, temperature: float = 1.0, top_p: float = 1.0,
             greedy: bool = False, max_batch: int | None = None,
-            progress: bool = False) -> list[Episode]:
+            progress: bool = False, first_index: int = 0) -> list[Episode]:
     """Play one episode in each env with ``policy``; returns episodes in env order.
 
     Args:
@@ -91,22 +90,23 @@ def rollout(envs: Any, policy: LMPolicy, *, task_indices: Sequence[int] | None =
         policy: an :class:`~mpo_gym.policy.LMPolicy`.
         task_indices: the task of each env (``reset(options={"task_index": ...})``); otherwise
             env ``i`` draws one from its own ``np_random`` reset with seed ``seed + i``.
-        seed: seeds the env resets and the sampler's ``torch.Generator`` (never global RNG).
+        seed: seeds the env resets (env ``i`` with ``seed + first_index + i``) and the
+            sampler's per-episode streams (never global RNG); ``None``: fresh entropy.
         temperature, top_p, greedy: the sampling distribution (see ``BlockSampler``).
         max_batch: most envs of a list generated together; more are played in chunks. A vector
             env is always played whole.
         progress: show a tqdm bar over chunks.
+        first_index: index of the first env's episode in a larger batch (a data-parallel
+            rank's share): episode ``first_index + i`` samples from its own stream, so the
+            episodes do not depend on how the batch is split.
     """
-    generator = torch.Generator(device="cpu")
     if seed is None:
-        generator.seed()  # non-deterministic, without touching the global RNG
-    else:
-        generator.manual_seed(int(seed))
-    sampling = {"generator": generator, "temperature": temperature, "top_p": top_p, "greedy": greedy}
+        seed = int(np.random.SeedSequence().generate_state(1)[0] >> 1)  # fresh entropy, global RNG untouched
+    sampling = {"temperature": temperature, "top_p": top_p, "greedy": greedy}
     if isinstance(envs, VectorEnv):
         if task_indices is not None and len(task_indices) != envs.num_envs:
             raise ValueError(f"task_indices has {len(task_indices)} entries for {envs.num_envs} envs")
-        return _play(envs, policy, task_indices, seed, sampling)
+        return _play(envs, policy, task_indices, seed, first_index, sampling)
     env_list = [envs] if isinstance(envs, gym.Env) else list(envs)
     if not env_list:
         raise ValueError("rollout needs at least one env")
@@ -123,7 +123,7 @@ def rollout(envs: Any, policy: LMPolicy, *, task_indices: Sequence[int] | None =
         chunk = env_list[start : start + size]
         tasks = None if task_indices is None else [int(t) for t in task_indices[start : start + size]]
         view = ReasoningVectorEnv(envs=chunk)
-        episodes += _play(view, policy, tasks, None if seed is None else seed + start, sampling)
+        episodes += _play(view, policy, tasks, seed, first_index + start, sampling)
     return episodes
 
 
@@ -149,7 +149,7 @@ def reasoning_env(envs: Any) -> ReasoningEnv:
     return base
 
 
-def _play(vec: VectorEnv, policy: LMPolicy, tasks: Sequence[int] | None, seed: int | None,
+def _play(vec: VectorEnv, policy: LMPolicy, tasks: Sequence[int] | None, seed: int, first_index: int,
           sampling: dict[str, Any]) -> list[Episode]:
     from .policy import BlockSampler
     from .policy.sampling import obs_rows
@@ -159,14 +159,14 @@ def _play(vec: VectorEnv, policy: LMPolicy, tasks: Sequence[int] | None, seed: i
     options = None if tasks is None else {"task_index": [int(t) for t in tasks]}
     if tasks is not None and not isinstance(base_vec, ReasoningVectorEnv):
         base_vec.set_attr("vector_index", list(range(n)))  # type: ignore[attr-defined]
-    obs, infos = vec.reset(seed=seed, options=options)
+    obs, infos = vec.reset(seed=seed + first_index, options=options)
     rows = obs_rows(obs)
     episodes = [Episode(task_index=int(infos["task_index"][i]), task_id=str(infos["task_id"][i]),
                         prompt_ids=rows[i][0]) for i in range(n)]
     block_size = int(vec.single_action_space.block_size)  # type: ignore[attr-defined]
     same_step = vec.metadata.get("autoreset_mode") == AutoresetMode.SAME_STEP
     filler = np.asarray([policy.eos_token_id], dtype=np.int64)
-    sampler = BlockSampler.from_obs(policy, obs, **sampling)
+    sampler = BlockSampler.from_obs(policy, obs, seed=seed, first_index=first_index, **sampling)
     done = np.zeros(n, dtype=bool)
     while not done.all():
         blocks, logps = sampler.act(obs, block_size, done=done)

@@ -116,6 +116,50 @@ def test_chunked_rollout_matches_one_batch():
     assert [e.task_index for e in chunks] == tasks
 
 
+@pytest.mark.parametrize("k", [1, 4])
+def test_sampled_episodes_do_not_depend_on_how_the_batch_is_split(k):
+    """Episode i's sampling stream depends on (seed, i) only: halves of a batch played apart
+    (as two data-parallel ranks would) sample exactly what the whole batch samples."""
+    policy = eos_prone_policy(eos_scale=1.0)
+    tasks = [0, 1, 2, 3, 1, 0]
+    whole = rollout(toy_envs(6, k), policy, task_indices=tasks, seed=5)
+    left = rollout(toy_envs(3, k), policy, task_indices=tasks[:3], seed=5)
+    right = rollout(toy_envs(3, k), policy, task_indices=tasks[3:], seed=5, first_index=3)
+    chunked = rollout(toy_envs(6, k), policy, task_indices=tasks, seed=5, max_batch=4)
+    assert [e.response_ids for e in whole] == [e.response_ids for e in left + right]
+    assert [e.response_ids for e in whole] == [e.response_ids for e in chunked]
+    assert len({tuple(e.response_ids) for e in whole}) > 1  # not all the same episode
+    shifted = rollout(toy_envs(3, k), policy, task_indices=tasks[3:], seed=5)  # streams of rows 0..2
+    assert [e.response_ids for e in shifted] != [e.response_ids for e in right]
+
+
+@pytest.mark.parametrize("temperature, top_p", [(1.0, 1.0), (0.7, 1.0), (1.3, 0.8)])
+def test_sampler_draws_from_the_tempered_top_p_distribution(temperature, top_p):
+    """Empirical token frequencies of the inverse-CDF draw match softmax(z / T) restricted to the
+    top-p set, within 5 standard errors, and the recorded log-prob is log softmax(z / T)."""
+    from mpo_gym.policy import BlockSampler
+
+    model, tok = tiny_model(seed=0)
+    policy = LMPolicy(model, tok)
+    n = 4000
+    sampler = BlockSampler(policy, [[5, 6]] * n, seed=3, temperature=temperature, top_p=top_p)
+    logits = torch.full((n, tok.vocab_size), -30.0)
+    logits[:, :5] = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0])
+    tokens, logps = sampler._draw(logits)
+    z = logits[0] / temperature
+    p = torch.softmax(z, -1)
+    order = p.argsort(descending=True)
+    keep = torch.zeros_like(p, dtype=torch.bool)
+    keep[order[(p[order].cumsum(0) - p[order]) < top_p]] = True
+    q = torch.where(keep, p, torch.zeros_like(p))
+    q = q / q.sum()
+    freq = torch.bincount(tokens, minlength=tok.vocab_size).double() / n
+    se = (q.double() * (1 - q.double()) / n).sqrt()
+    assert bool((freq[~keep] == 0).all()), "a token outside the top-p set was drawn"
+    assert bool(((freq - q.double()).abs() <= 5 * se + 1e-12).all()), (freq[:6], q[:6])
+    assert torch.allclose(logps, torch.log_softmax(z, -1)[tokens], atol=1e-5)
+
+
 def test_verification_is_batched_per_step_and_rewards_filled():
     policy = eos_prone_policy()
     envs = toy_envs(4, 2)

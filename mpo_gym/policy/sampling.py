@@ -12,6 +12,12 @@ distribution *before* top-p truncation (top-p only restricts the support), which
 ``LMPolicy.score(..., temperature=temperature)`` recomputes. With ``greedy=True`` the argmax is
 taken and the recorded log-prob is that of ``softmax(logits)`` (temperature 1).
 
+Randomness: every row draws from its own stream (a ``torch.Generator`` seeded from
+``(seed, first_index + row)`` through ``numpy.random.SeedSequence``), one uniform per token, and
+takes the token where that uniform falls in the cumulative distribution. So what row ``i``
+samples depends only on the seed, its index and its own logits, not on which other rows share
+the batch: a batch split across chunks or data-parallel ranks samples the same episodes.
+
 Rows may finish at different steps (:meth:`finish`); finished rows are pruned from the cache
 (:meth:`compact`), so they cost nothing afterwards.
 
@@ -30,7 +36,15 @@ import torch
 
 from .scoring import position_ids_from_mask
 
-__all__ = ["BlockSampler", "obs_rows"]
+__all__ = ["BlockSampler", "obs_rows", "row_seed"]
+
+_UNIFORMS_PER_REFILL = 64  # uniforms drawn at once from a row's stream
+
+
+def row_seed(seed: int, index: int) -> int:
+    """The seed of row ``index``'s stream for base ``seed`` (independent streams per index)."""
+    state = np.random.SeedSequence(entropy=int(seed), spawn_key=(int(index),)).generate_state(2, np.uint32)
+    return int(state[0]) << 31 ^ int(state[1])
 
 
 class BlockSampler:
@@ -39,15 +53,16 @@ class BlockSampler:
     Args:
         policy: an :class:`~mpo_gym.policy.LMPolicy`.
         prompts: token ids of each row's prompt (rows may differ in length).
-        seed: seeds the sampler's own ``torch.Generator`` (ignored if ``generator`` is given).
-        generator: a ``torch.Generator`` to draw from (global RNG is never used).
+        seed: base seed of the rows' streams (``None``: fresh entropy; global RNG is never used).
+        first_index: index of row 0 in the whole batch (row ``j`` draws from the stream of
+            ``first_index + j``), so shards of a batch sample what the whole batch would.
         temperature, top_p, greedy: the sampling distribution.
         responses: optional response tokens already produced per row (prefilled with the
             prompt; e.g. to resume episodes from observations).
     """
 
     def __init__(self, policy: Any, prompts: Sequence[Sequence[int]], *, seed: int | None = None,
-                 generator: torch.Generator | None = None, temperature: float = 1.0,
+                 first_index: int = 0, temperature: float = 1.0,
                  top_p: float = 1.0, greedy: bool = False,
                  responses: Sequence[Sequence[int]] | None = None):
         if not prompts or any(len(p) == 0 for p in prompts):
@@ -61,13 +76,12 @@ class BlockSampler:
         self.pad_id = policy.pad_token_id
         self.eos_id = policy.eos_token_id
         self.temperature, self.top_p, self.greedy = float(temperature), float(top_p), greedy
-        if generator is None:
-            generator = torch.Generator(device="cpu")
-            if seed is None:
-                generator.seed()  # non-deterministic, without touching the global RNG
-            else:
-                generator.manual_seed(int(seed))
-        self.generator = generator
+        if seed is None:
+            seed = int(np.random.SeedSequence().generate_state(1)[0])  # fresh entropy, global RNG untouched
+        self.seed, self.first_index = int(seed), int(first_index)
+        self._streams: list[torch.Generator] | None = None  # per user row, made on the first draw
+        self._uniforms = np.zeros((0, 0))  # [B, R] uniforms drawn per user row, R at a time
+        self._used = np.zeros(0, dtype=np.int64)  # [B] how many of them each row used
         self.prompts = [list(map(int, p)) for p in prompts]
         self.responses = [list(map(int, r)) for r in (responses or [[] for _ in prompts])]
         self._last_blocks: list[list[int]] = [r[-1:] for r in self.responses]  # checked by act
@@ -114,25 +128,54 @@ class BlockSampler:
             self._mask = torch.cat([self._mask, fed[:, None].long()], dim=1)  # type: ignore[index]  # [b, S+1]
             out = self._forward(self._pending[:, None], self._mask, self._pos[:, None], self._cache)
             self._pos = self._pos + fed.long()  # type: ignore[union-attr]
-            self._logits = torch.where(fed[:, None], out.logits[:, -1].float(), self._logits)  # type: ignore[index]
+            new = out.logits[:, -1].float()  # [b, V]
+            if bool(fed.all()):  # type: ignore[union-attr]
+                self._logits = new
+            else:  # rows that drew nothing keep their logits
+                self._logits[fed] = new[fed]  # type: ignore[index]
             self._pending = self._pending_mask = None
         return self._logits
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
     def _draw(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[b, V]`` logits -> ``(tokens [b], logprobs [b])``."""
+        """``[b, V]`` logits -> ``(tokens [b], logprobs [b])``.
+
+        Sampling is one pass of ``exp`` and one cumulative sum over the vocabulary: the token is
+        where the row's uniform falls in the unnormalised CDF, and its log-prob is
+        ``z_token - logsumexp(z)`` with ``z = logits / temperature``.
+        """
         if self.greedy:
             tokens = logits.argmax(-1)  # [b]
-            logp = torch.log_softmax(logits, -1)  # [b, V]
-            return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
-        logp = torch.log_softmax(logits / self.temperature, -1)  # [b, V]
-        probs = logp.exp()  # [b, V]
+            lse = torch.logsumexp(logits, -1)  # [b]
+            return tokens, logits.gather(-1, tokens[:, None]).squeeze(-1) - lse
+        z = logits if self.temperature == 1.0 else logits / self.temperature  # [b, V]
+        peak = z.max(-1, keepdim=True).values  # [b, 1]
+        weights = (z - peak).exp_()  # [b, V] unnormalised probabilities
+        lse = peak.squeeze(-1) + weights.sum(-1).log()  # [b]
         if self.top_p < 1.0:
-            probs = _top_p_filter(probs, self.top_p)
-        tokens = torch.multinomial(probs.cpu(), 1, generator=self.generator).squeeze(-1)
-        tokens = tokens.to(logits.device)  # [b]
-        return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+            weights = _top_p_filter(weights / weights.sum(-1, keepdim=True), self.top_p)
+        cdf = weights.cumsum_(-1)  # [b, V]
+        u = torch.as_tensor(self._next_uniforms(), dtype=cdf.dtype, device=cdf.device)  # [b]
+        total = cdf[:, -1]  # [b]
+        x = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))  # [b] in [0, total)
+        tokens = torch.searchsorted(cdf, x[:, None], right=True).squeeze(-1)  # [b] first cdf > x
+        return tokens, z.gather(-1, tokens[:, None]).squeeze(-1) - lse
+
+    def _next_uniforms(self) -> np.ndarray:
+        """One uniform in [0, 1) per cache row, the next of its user row's own stream."""
+        rows = self._rows.numpy()
+        if self._streams is None:
+            self._streams = [torch.Generator(device="cpu").manual_seed(row_seed(self.seed, self.first_index + i))
+                             for i in range(self.batch_size)]
+            self._uniforms = np.zeros((self.batch_size, _UNIFORMS_PER_REFILL))
+            self._used = np.full(self.batch_size, _UNIFORMS_PER_REFILL)
+        for i in rows[self._used[rows] == _UNIFORMS_PER_REFILL]:
+            self._uniforms[i] = torch.rand(_UNIFORMS_PER_REFILL, generator=self._streams[i], dtype=torch.float64).numpy()
+            self._used[i] = 0
+        u = self._uniforms[rows, self._used[rows]]
+        self._used[rows] += 1
+        return u
 
     def sample(self, n_tokens: int | Sequence[int]) -> tuple[list[list[int]], list[list[float]]]:
         """Draw the next block of every live row.
