@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from mpo_gym.distributed import SINGLE, Dist
 from mpo_gym.policy import LMPolicy, ScoreOutput
 from mpo_gym.rollout import Episode, rollout, task_count
 
@@ -139,6 +140,7 @@ class RolloutBatch:
     returns: torch.Tensor | None = None  # [B, T]
     statuses: list[str] = field(default_factory=list)  # [B] verdict statuses
     episodes: list[Episode] = field(default_factory=list)
+    max_len: int = 0  # longest response of the whole rollout batch (kept by select; Dr.GRPO's constant)
 
     @property
     def size(self) -> int:
@@ -150,7 +152,8 @@ class RolloutBatch:
         attn = self.attention_mask[rows]  # [b, P + T]
         first = int(attn[:, : self.prompt_len].any(0).long().argmax()) if self.prompt_len else 0
         t_len = int(self.mask[rows].any(0).nonzero().max()) + 1 if self.mask[rows].any() else 1
-        out: dict[str, Any] = {"prompt_len": self.prompt_len - first, "statuses": [], "episodes": []}
+        out: dict[str, Any] = {"prompt_len": self.prompt_len - first, "statuses": [], "episodes": [],
+                               "max_len": self.max_len}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if not isinstance(value, torch.Tensor):
@@ -209,6 +212,7 @@ def build_batch(episodes: Sequence[Episode], pad_id: int, group_ids: Sequence[in
         sample_logprobs=sample_logprobs,
         statuses=[e.verdict.status if e.verdict is not None else "error" for e in episodes],
         episodes=list(episodes),
+        max_len=t,
     )
 
 
@@ -218,6 +222,13 @@ class BaseAgent:
     Subclasses declare the policy they need in their config (:meth:`AgentConfig.policy_spec`),
     set ``group_size`` and implement ``compute_advantages`` and ``loss``. The policy is bound on
     the first ``collect`` (or by :meth:`bind`) and checked against the spec.
+
+    Data parallel (``dist``, a :class:`~mpo_gym.distributed.Dist`; the trainer sets it): the
+    envs given to ``collect`` are this rank's shard of the batch. Each rank rolls out and scores
+    its shard, the episodes and scores are gathered so every rank holds the whole batch (and
+    computes the same advantages), each mini-batch is split across ranks with weights over the
+    whole mini-batch, and gradients are summed over ranks before one identical optimizer step.
+    N ranks with B/N envs each compute the update of one process with B envs.
     """
 
     name: ClassVar[str] = "base"
@@ -233,6 +244,8 @@ class BaseAgent:
         self.optimizer: torch.optim.Optimizer | None = None
         self.reference: LMPolicy | None = None
         self.rollout_calls = 0
+        self.dist: Dist = SINGLE
+        self.bytes_reduced = 0  # gradient bytes all-reduced in the last update (data parallel)
         if policy is not None:
             self.bind(policy)
 
@@ -278,12 +291,14 @@ class BaseAgent:
 
     # ------------------------------------------------------------------ collect
     def choose_tasks(self, envs: Any) -> list[int]:
-        """Task indices for one batch: distinct tasks, or G copies of each for groups."""
+        """Task indices for the whole batch (every rank's envs): distinct tasks, or G copies of
+        each for groups. Depends only on the seed and the update, not on the number of ranks."""
         g = self.group_size
         n_envs, n_tasks = task_count(envs)
         if n_envs % g:
-            raise ValueError(f"{n_envs} envs is not a multiple of the group size {g}")
-        picks = self.rng.integers(n_tasks, size=n_envs // g)
+            raise ValueError(f"{n_envs} envs is not a multiple of the group size {g}"
+                             + (" (on each rank)" if self.dist.active else ""))
+        picks = self.rng.integers(n_tasks, size=n_envs * self.dist.world_size // g)
         return [int(i) for i in np.repeat(picks, g)]
 
     def collect(self, envs: Any, policy: LMPolicy) -> RolloutBatch:
@@ -295,10 +310,13 @@ class BaseAgent:
         self.bind(policy)
         tasks = self.choose_tasks(envs)
         seed = int(self.rng.integers(2**31 - 1))
+        mine = self.dist.shard(len(tasks))
         episodes = rollout(
-            envs, policy, task_indices=tasks, seed=seed,
+            envs, policy, task_indices=[tasks[i] for i in mine], seed=seed, first_index=mine.start,
             temperature=self.config.temperature, top_p=self.config.top_p,
         )
+        if self.dist.active:  # every rank holds the whole batch, in episode order
+            episodes = [e for part in self.dist.all_gather_objects(episodes) for e in part]
         self.rollout_calls += 1
         groups = [i // self.group_size for i in range(len(episodes))]
         batch = build_batch(episodes, pad_id=_pad_id(policy), group_ids=groups)
@@ -308,18 +326,22 @@ class BaseAgent:
 
     @torch.no_grad()
     def score_old(self, batch: RolloutBatch) -> None:
-        """Teacher-forced log-probs (and values / MTP log-probs) of the sampling policy."""
-        outs = [self._score(self.policy, batch.select(rows), old=True) for rows in self._chunks(batch.size)]
-        batch.old_logprobs = _cat_pad([o.logprobs for o in outs], batch.mask.shape[1])
+        """Teacher-forced log-probs (and values / MTP log-probs) of the sampling policy.
+
+        Each rank scores its shard of the rows; the results are gathered (data parallel)."""
+        chunks = self._chunks(list(self.dist.shard(batch.size)))
+        t, gather = batch.mask.shape[1], self.dist.all_gather_rows
+        outs = [self._score(self.policy, batch.select(rows), old=True) for rows in chunks]
+        batch.old_logprobs = gather(_cat_pad([o.logprobs for o in outs], t))
         if self.uses_critic:
-            batch.old_values = _cat_pad([required(o.values) for o in outs], batch.mask.shape[1])
-            batch.last_values = torch.cat([required(o.last_values) for o in outs]).float()
+            batch.old_values = gather(_cat_pad([required(o.values) for o in outs], t))
+            batch.last_values = gather(torch.cat([required(o.last_values) for o in outs]).float().cpu())
         if outs[0].mtp_logprobs is not None:
-            batch.old_mtp_logprobs = _cat_pad([required(o.mtp_logprobs) for o in outs], batch.mask.shape[1])
-            batch.mtp_mask = _cat_pad([required(o.mtp_mask) for o in outs], batch.mask.shape[1])
+            batch.old_mtp_logprobs = gather(_cat_pad([required(o.mtp_logprobs) for o in outs], t))
+            batch.mtp_mask = gather(_cat_pad([required(o.mtp_mask) for o in outs], t))
         if self.reference is not None:
-            refs = [self._score(self.reference, batch.select(rows), old=False).logprobs for rows in self._chunks(batch.size)]
-            batch.ref_logprobs = _cat_pad(refs, batch.mask.shape[1])
+            refs = [self._score(self.reference, batch.select(rows), old=False).logprobs for rows in chunks]
+            batch.ref_logprobs = gather(_cat_pad(refs, t))
 
     def _score(self, policy: LMPolicy, mb: RolloutBatch, old: bool) -> ScoreOutput:
         return policy.score(
@@ -335,9 +357,9 @@ class BaseAgent:
             entropy=self.config.entropy_coef > 0, temperature=self.config.temperature,
         )
 
-    def _chunks(self, n: int) -> list[list[int]]:
+    def _chunks(self, rows: Sequence[int]) -> list[list[int]]:
         size = self.config.micro_batch_size
-        return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+        return [list(rows[i : i + size]) for i in range(0, len(rows), size)]
 
     # ------------------------------------------------------------------ update
     def compute_advantages(self, batch: RolloutBatch) -> None:
@@ -352,6 +374,7 @@ class BaseAgent:
             raise RuntimeError("bind a policy (or call collect) before update")
         cfg = self.config
         self.policy.train()
+        self.bytes_reduced = 0
         logs: dict[str, list[float]] = {}
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(batch.size, generator=self.torch_rng).tolist()
@@ -368,14 +391,27 @@ class BaseAgent:
         self.optimizer.zero_grad(set_to_none=True)
         weights = self._micro_weights(batch, rows)
         logs: dict[str, float] = {}
+        error = None
         for micro, weight in weights:
             loss, metrics = self.loss(batch.select(micro))
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss {loss.item()} ({self.name}); metrics {metrics}")
+                error = f"non-finite loss {loss.item()} ({self.name}); metrics {metrics}"
+                break
             (loss * weight).backward()
             for key, value in metrics.items():
                 logs[key] = logs.get(key, 0.0) + weight * float(value)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        if self.dist.active:  # the weighted logs and any error of every rank; gradients summed
+            parts = self.dist.all_gather_objects((logs, error))
+            error = next((e for _, e in parts if e is not None), None)
+            logs = {}
+            for part, _ in parts:
+                for key, value in part.items():
+                    logs[key] = logs.get(key, 0.0) + value
+        if error is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+            raise FloatingPointError(error)
+        self.bytes_reduced += self.dist.all_reduce_grads(params)
         if self.config.max_grad_norm > 0:
             norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
             logs["losses/grad_norm"] = float(norm)
@@ -388,14 +424,12 @@ class BaseAgent:
         return logs
 
     def _micro_weights(self, batch: RolloutBatch, rows: list[int]) -> list[tuple[list[int], float]]:
-        """Split rows into micro-batches weighted so accumulated grads equal the mini-batch loss."""
-        size = self.config.micro_batch_size
-        micros = [rows[i : i + size] for i in range(0, len(rows), size)]
-        if self.config.loss_aggregation == "token-mean":
-            counts = [float(batch.mask[m].sum()) for m in micros]
-        else:
-            counts = [float(len(m)) for m in micros]
-        total = max(sum(counts), 1.0)
+        """This rank's part of the mini-batch ``rows`` as micro-batches, weighted so that the
+        gradients accumulated over micro-batches and summed over ranks equal the mini-batch loss's."""
+        token_mean = self.config.loss_aggregation == "token-mean"
+        total = max(float(batch.mask[rows].sum()) if token_mean else float(len(rows)), 1.0)
+        micros = self._chunks([rows[i] for i in self.dist.shard(len(rows))])
+        counts = [float(batch.mask[m].sum()) if token_mean else float(len(m)) for m in micros]
         return [(m, c / total) for m, c in zip(micros, counts)]
 
     def batch_metrics(self, batch: RolloutBatch) -> dict[str, float]:

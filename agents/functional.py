@@ -668,7 +668,8 @@ def united_log_ratio(
 
 
 def mtp_warmup_loss(
-    mtp_logprobs: Tensor, mtp_mask: Tensor, alphas: Tensor | Sequence[float]
+    mtp_logprobs: Tensor, mtp_mask: Tensor, alphas: Tensor | Sequence[float],
+    valid_counts: Tensor | None = None,
 ) -> tuple[Tensor, Metrics]:
     """Supervised MTP warm-up loss ``-Σ_j α_j · mean_valid(log p_j)`` (mpo-method §1.8, A8).
 
@@ -679,6 +680,9 @@ def mtp_warmup_loss(
         mtp_logprobs: ``[B, T, M]`` log-prob module j (``[..., j-1]``) gives its target token.
         mtp_mask: ``[B, T, M]`` valid entries.
         alphas: ``[M]`` per-module weights (e.g. ones, or a decay).
+        valid_counts: ``[M]`` valid entries per module in the *whole* batch when this call sees
+            one shard of it (data parallel): each module's log-prob sum is divided by it, so
+            the shards' losses add up to the whole batch's. Default: this batch's counts.
 
     Returns:
         ``(loss, metrics)`` with ``mtp/nll_{j}`` for j = 1..M (1-based module index; ``0`` for a
@@ -693,7 +697,11 @@ def mtp_warmup_loss(
         raise ValueError(
             f"alphas must have shape ({lp.shape[-1]},), one per module; got {tuple(a.shape)}"
         )
-    nll = -masked_mean(lp, _valid(mtp_mask), dim=(0, 1))  # [M]
+    if valid_counts is None:
+        nll = -masked_mean(lp, _valid(mtp_mask), dim=(0, 1))  # [M]
+    else:
+        counts = torch.as_tensor(valid_counts, dtype=lp.dtype, device=lp.device).clamp(min=1)  # [M]
+        nll = -(lp * _valid(mtp_mask)).sum(dim=(0, 1)) / counts  # [M]
     loss = (a * nll).sum()  # []
     metrics = {f"mtp/nll_{j + 1}": _metric(nll[j]) for j in range(nll.shape[0])}
     return loss, metrics

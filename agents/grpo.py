@@ -75,7 +75,7 @@ class GRPOAgent(BaseAgent):
         aggregation = "seq-mean-token-sum-norm" if cfg.dr_grpo else cfg.loss_aggregation
         pg_loss, metrics = F.clipped_policy_loss(
             log_ratio, mb.advantages, mb.mask, cfg.clip_low, cfg.clip_high,
-            aggregation=aggregation, max_len=mb.mask.shape[1],
+            aggregation=aggregation, max_len=mb.max_len or mb.mask.shape[1],
         )
         reg, reg_metrics = self.regularizers(mb, out)
         return pg_loss + reg, {

@@ -173,14 +173,25 @@ class MPOAgent(PPOAgent):
         history = []
         for _ in range(steps):
             input_ids, attention, prompt_len = self._solution_batch(env, policy)
+            if self.dist.active:  # each rank scores its shard of the solutions; the loss is the whole batch's
+                mine = self.dist.shard(input_ids.shape[0])
+                input_ids, attention = input_ids[mine.start : mine.stop], attention[mine.start : mine.stop]
             out = policy.score(input_ids, attention, prompt_len, mtp=True)
             mtp_lp, mtp_mask = required(out.mtp_logprobs), required(out.mtp_mask)
-            loss, metrics = F.mtp_warmup_loss(mtp_lp, mtp_mask, alphas.to(mtp_lp.device))
+            counts = None
+            if self.dist.active:
+                counts = torch.tensor(self.dist.all_reduce(mtp_mask.sum(dim=(0, 1)).tolist()))  # [K-1]
+            loss, metrics = F.mtp_warmup_loss(mtp_lp, mtp_mask, alphas.to(mtp_lp.device), valid_counts=counts)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.mtp_parameters(), 1.0)
+            params = list(policy.mtp_parameters())
+            self.dist.all_reduce_grads(params)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
-            history.append({"warmup/loss": float(loss.detach()), **{k: float(v) for k, v in metrics.items()}})
+            row = {"warmup/loss": float(loss.detach()), **{k: float(v) for k, v in metrics.items()}}
+            if self.dist.active:  # the shards' terms add up to the whole batch's
+                row = dict(zip(row, self.dist.all_reduce(list(row.values()))))
+            history.append(row)
         return history
 
     def _solution_batch(self, env: Any, policy: LMPolicy) -> tuple[torch.Tensor, torch.Tensor, int]:

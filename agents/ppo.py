@@ -87,7 +87,7 @@ class PPOAgent(BaseAgent):
         log_ratio, extra = self.log_ratio(mb, out)  # [B, T]
         pg_loss, metrics = F.clipped_policy_loss(
             log_ratio, mb.advantages, mb.mask, cfg.clip_low, cfg.clip_high,
-            aggregation=cfg.loss_aggregation, max_len=mb.mask.shape[1],
+            aggregation=cfg.loss_aggregation, max_len=mb.max_len or mb.mask.shape[1],
         )
         loss = pg_loss
         v_metrics: dict[str, Any] = {}

@@ -151,13 +151,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MpoGymError as exc:
         if debug:
             traceback.print_exc()
-        print(f"mpo-gym: error: {exc}", file=sys.stderr)
+        if _prints(exc):
+            print(f"mpo-gym{_rank_tag()}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:  # outside a run (a run handles its own signals and saves)
         if debug:
             traceback.print_exc()
-        print("mpo-gym: interrupted", file=sys.stderr)
+        if _prints(None):
+            print("mpo-gym: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if "torch.distributed" in sys.modules:
+            from . import distributed
+
+            distributed.close()
+
+
+def _prints(exc: MpoGymError | None) -> bool:
+    """Under torchrun, the errors every rank raises alike (bad options, a signal) are printed by
+    rank 0 alone; any other error by the rank that raised it."""
+    from .errors import ConfigError, RunInterrupted
+
+    return os.environ.get("RANK", "0") == "0" or (exc is not None and not isinstance(exc, (ConfigError, RunInterrupted)))
+
+
+def _rank_tag() -> str:
+    rank = os.environ.get("RANK", "0")
+    return f" [rank {rank}]" if rank != "0" else ""
 
 
 if __name__ == "__main__":  # pragma: no cover

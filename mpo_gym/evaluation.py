@@ -159,6 +159,7 @@ def evaluate(
     progress: bool = True,
     model_name: str = "model",
     env_kwargs: Mapping[str, Any] | None = None,
+    dist: Any = None,
 ) -> SuiteResult:
     """Run one suite through its env with ``policy`` and score it.
 
@@ -175,6 +176,7 @@ def evaluate(
         seed: sampling seed.
         model_name: label stored in the records.
         env_kwargs: extra kwargs for ``gymnasium.make`` (``split``, ``max_new_tokens``, ...).
+        dist: shard the episodes over these ranks (see :func:`evaluate_envs`).
     """
     from .rollout import task_count
 
@@ -186,7 +188,7 @@ def evaluate(
     start = time.perf_counter()
     samples = evaluate_envs(
         envs, policy, range(n_tasks), n_samples=n_samples, temperature=temperature, top_p=top_p,
-        seed=seed, progress=progress, suite=suite, model_name=model_name,
+        seed=seed, progress=progress, suite=suite, model_name=model_name, dist=dist,
     )  # fmt: skip
     wall = time.perf_counter() - start
     return _summarize(
@@ -206,6 +208,7 @@ def evaluate_envs(
     progress: bool = False,
     suite: str = "",
     model_name: str = "model",
+    dist: Any = None,
 ) -> list[SampleRecord]:
     """The one evaluation path (``mpo-gym eval``, the trainer's held-out evaluation, compare).
 
@@ -216,14 +219,25 @@ def evaluate_envs(
 
     Args:
         envs: (wrapped) envs of one registered id; their count is the batch size.
-        temperature: 0 is greedy decoding.
+        temperature: 0 is greedy decoding. Sampled episode ``j`` (of the task-major list)
+            draws from the stream of ``(seed, j)``, whatever the batch size or sharding.
+        dist: a :class:`~mpo_gym.distributed.Dist` to shard over: each rank plays its
+            contiguous share of the episodes and every rank returns all records, in order.
+            Default: this process alone.
     """
+    from .distributed import SINGLE
     from .rollout import reasoning_env
 
+    dist = dist or SINGLE
     env = reasoning_env(envs)
     indices = [int(i) for i in task_indices for _ in range(n_samples)]
-    episodes = _rollout(list(envs), policy, indices, seed, temperature, top_p, progress)
-    return _records(suite, model_name, env, episodes)
+    mine = dist.shard(len(indices))
+    episodes = _rollout(list(envs), policy, indices[mine.start : mine.stop], seed, temperature, top_p,
+                        progress and dist.is_main, offset=mine.start)
+    records = _records(suite, model_name, env, episodes)
+    if dist.active:
+        records = [r for part in dist.all_gather_objects(records) for r in part]
+    return records
 
 
 def _check_sampling(n_samples: int, ks: Sequence[int], temperature: float) -> tuple[int, ...]:
@@ -257,8 +271,9 @@ def _make_envs(
     return [gym.make(env_id, **kwargs) for _ in range(max(1, int(count)))]
 
 
-def _rollout(envs, policy, indices, seed, temperature, top_p, progress) -> list[Any]:
-    """Episodes for ``indices`` in chunks of ``len(envs)`` (rollout plays one episode per env)."""
+def _rollout(envs, policy, indices, seed, temperature, top_p, progress, offset=0) -> list[Any]:
+    """Episodes for ``indices`` in chunks of ``len(envs)`` (rollout plays one episode per env);
+    ``offset`` is the position of ``indices[0]`` in the whole list (its sampling stream)."""
     from .rollout import rollout
 
     greedy = temperature == 0
@@ -270,7 +285,8 @@ def _rollout(envs, policy, indices, seed, temperature, top_p, progress) -> list[
             envs[: len(chunk)],
             policy,
             task_indices=chunk,
-            seed=seed + start,
+            seed=seed,
+            first_index=offset + start,
             temperature=1.0 if greedy else float(temperature),
             top_p=top_p,
             greedy=greedy,
@@ -571,22 +587,29 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    from . import distributed
+
     rows: dict[str, dict[str, SuiteResult]] = {}
+    dist = distributed.SINGLE
     for spec, name in zip(models, _model_names(models)):
         policy = _tiny_policy(args.seed) if spec == "tiny" else load_policy(spec, dtype=args.dtype)
+        dist = distributed.init(policy.device.type)  # under torchrun: tasks sharded over ranks
+        out = Path(dist.broadcast_object(str(out)))  # rank 0's folder name (it has the time in it)
         for suite in suites:
             result = evaluate(
                 suite, policy, n_samples=args.n_samples, ks=ks, temperature=args.temperature,
                 top_p=args.top_p, limit=args.limit, batch_size=args.batch_size,
                 data_path=args.data_dir, seed=args.seed, progress=not args.no_progress,
-                model_name=name, env_kwargs=env_kwargs,
+                model_name=name, env_kwargs=env_kwargs, dist=dist,
             )  # fmt: skip
             rows.setdefault(name, {})[suite] = result
-            print(_one_line(result), flush=True)
-            write_results(rows, out)  # keep what is done if a later suite fails
-    print(
-        f"\n{comparison_table(rows, k=min(ks))}\nwrote {out}/results.json, results.md, samples.jsonl"
-    )
+            if dist.is_main:
+                print(_one_line(result), flush=True)
+                write_results(rows, out)  # keep what is done if a later suite fails
+    if dist.is_main:
+        print(
+            f"\n{comparison_table(rows, k=min(ks))}\nwrote {out}/results.json, results.md, samples.jsonl"
+        )
     return 0
 
 

@@ -16,6 +16,11 @@ says so). Re-running the same config into its folder resumes it exactly where it
 anything is written. SIGINT/SIGTERM finish the current update, save a checkpoint and the
 metrics, and stop with :class:`~mpo_gym.errors.RunInterrupted`. A non-finite loss or gradient
 stops the run (:class:`TrainingDiverged`) and leaves the last good checkpoint in place.
+
+Under ``torchrun`` (:mod:`mpo_gym.distributed`) the same run is data-parallel: each rank plays
+``num_envs / world_size`` of the batch's episodes, held-out evaluation is sharded by task, the
+budget clock and signals are agreed on by all ranks after every update, and rank 0 alone writes
+the run folder (which every rank must see to resume: a shared filesystem across nodes).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from . import runs
+from . import distributed, runs
 from .agents import AGENTS, make_agent
 from .errors import ConfigError, MpoGymError, RunInterrupted, check_model_spec, did_you_mean
 
@@ -216,12 +221,14 @@ def make_envs(cfg: TrainConfig, n: int, split: str | None = None) -> list[Any]:
 
 
 def evaluate_held_out(cfg: TrainConfig, policy: Any, envs: list[Any] | None = None, *,
-                      when: str | int = "after", rows_path: Path | None = None) -> dict[str, Any]:
+                      when: str | int = "after", rows_path: Path | None = None,
+                      dist: distributed.Dist = distributed.SINGLE) -> dict[str, Any]:
     """Greedy accuracy and mean reward on the first ``eval_tasks`` tasks of the test split.
 
-    Runs :func:`mpo_gym.evaluation.evaluate_envs` (the one evaluation path) and records one row
-    per task in ``rows_path`` (default ``<out_dir>/eval_tasks.jsonl``) under ``when``
-    (``"before"``, ``"after"`` or the update number).
+    Runs :func:`mpo_gym.evaluation.evaluate_envs` (the one evaluation path; sharded by task over
+    the ranks of ``dist``) and records one row per task in ``rows_path`` (default
+    ``<out_dir>/eval_tasks.jsonl``; rank 0 writes) under ``when`` (``"before"``, ``"after"`` or
+    the update number).
     """
     from .evaluation import evaluate_envs, held_out_summary, write_task_rows
     from .rollout import task_count
@@ -231,8 +238,9 @@ def evaluate_held_out(cfg: TrainConfig, policy: Any, envs: list[Any] | None = No
     policy.eval()
     with autocast(cfg, policy), torch.no_grad():
         samples = evaluate_envs(envs, policy, range(n_tasks), temperature=0.0, suite=cfg.env,
-                                model_name=cfg.agent)
-    write_task_rows(rows_path or Path(cfg.out_dir) / "eval_tasks.jsonl", samples, when)
+                                model_name=cfg.agent, dist=dist)
+    if dist.is_main:
+        write_task_rows(rows_path or Path(cfg.out_dir) / "eval_tasks.jsonl", samples, when)
     return held_out_summary(samples)
 
 
@@ -353,11 +361,15 @@ def train(cfg: TrainConfig, *, progress: bool = True, resume: bool = True, label
     :class:`~mpo_gym.errors.MpoGymError` before a model is loaded or anything is written.
     """
     train_split, eval_split = preflight(cfg)
+    dist = distributed.init(cfg.resolved_device)
+    check_shards(cfg, dist)
     record = _config_json(cfg, train_split, eval_split)
     out = Path(cfg.out_dir)
     stored = runs.check_run_folder(out, _differences(cfg, record), resume=resume)
-    envs = _make_envs_checked(cfg, cfg.num_envs, train_split)
-    eval_envs = _make_envs_checked(cfg, min(cfg.eval_batch, cfg.eval_tasks), eval_split) if cfg.eval_tasks else None
+    dist.barrier()  # every rank has read the folder before rank 0 writes to it
+    envs = _make_envs_checked(cfg, cfg.num_envs // dist.world_size, train_split)
+    eval_count = min(cfg.eval_batch, -(-cfg.eval_tasks // dist.world_size))
+    eval_envs = _make_envs_checked(cfg, eval_count, eval_split) if cfg.eval_tasks else None
     warning = test_split_warning(cfg, train_split, eval_split)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -365,16 +377,18 @@ def train(cfg: TrainConfig, *, progress: bool = True, resume: bool = True, label
         from .policy import reuse_freed_memory
 
         reuse_freed_memory()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(record, indent=2))
-    if warning:
-        print(warning, file=sys.stderr)
-    if train_split is None:
-        print(f"note: mpo-gym cannot tell the splits of {cfg.env}; training uses its default tasks and "
-              f"held-out evaluation passes split={eval_split!r}", file=sys.stderr)
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps({**record, "resolved_world_size": dist.world_size}, indent=2))
+        if warning:
+            print(warning, file=sys.stderr)
+        if train_split is None:
+            print(f"note: mpo-gym cannot tell the splits of {cfg.env}; training uses its default tasks and "
+                  f"held-out evaluation passes split={eval_split!r}", file=sys.stderr)
     with runs.StopSignals() as stop:
         try:
-            return _train(cfg, out, envs, eval_envs, stop, warning, progress, label, resumed=stored is not None)
+            return _train(cfg, out, envs, eval_envs, stop, warning, progress, label, resumed=stored is not None,
+                          dist=dist)
         except runs.Abandon as exc:
             raise RunInterrupted(
                 f"{runs.signal_name(exc.signum)}: stopped at once; the last checkpoint in {out} is kept. "
@@ -382,12 +396,30 @@ def train(cfg: TrainConfig, *, progress: bool = True, resume: bool = True, label
             ) from None
 
 
-def _train(cfg: TrainConfig, out: Path, envs: list[Any], eval_envs: list[Any] | None, stop: runs.StopSignals,
-           warning: str | None, progress: bool, label: str | None, resumed: bool) -> TrainResult:
-    from .tracking import Progress, make_tracker, write_completions
+def check_shards(cfg: TrainConfig, dist: distributed.Dist) -> None:
+    """Under several ranks, the batch must split into equal shards of whole groups."""
+    if not dist.active:
+        return
+    from .agents import AGENTS
 
+    group = int(AGENTS[cfg.agent][0](cfg.agent_config()).group_size)
+    share, left = divmod(cfg.num_envs, dist.world_size)
+    if left or share % group:
+        raise ConfigError(
+            f"--num-envs {cfg.num_envs} does not split over {dist.world_size} ranks into equal shares of whole "
+            f"groups of {group}: use a multiple of {dist.world_size * group}"
+        )
+
+
+def _train(cfg: TrainConfig, out: Path, envs: list[Any], eval_envs: list[Any] | None, stop: runs.StopSignals,
+           warning: str | None, progress: bool, label: str | None, resumed: bool,
+           dist: distributed.Dist = distributed.SINGLE) -> TrainResult:
+    from .tracking import Progress, Tracker, make_tracker, write_completions
+
+    main = dist.is_main
     policy = _build_policy(cfg)
     agent = make_agent(cfg.agent, policy, **{"seed": cfg.seed, **cfg.agent_kwargs})
+    agent.dist = dist
     metrics_path, eval_path = out / "metrics.jsonl", out / "eval.json"
     step, train_seconds = 0, 0.0
     evals: dict[str, Any] = json.loads(eval_path.read_text()) if eval_path.exists() else {}
@@ -395,25 +427,32 @@ def _train(cfg: TrainConfig, out: Path, envs: list[Any], eval_envs: list[Any] | 
     if loaded is not None:
         files, folder = loaded
         step, train_seconds = _restore(files, policy, agent)
-    _keep_rows_up_to(out, step)
-    if step == 0 and warning:
-        _append(metrics_path, {"step": 0, "warning": warning})
-    if resumed or step:
-        print(f"resuming from update {step} of {_budget_text(cfg)} in {out}", flush=True)
+    seen = dist.all_gather_objects(step)
+    if len(set(seen)) > 1:
+        raise ConfigError(f"the ranks found checkpoints of different updates in {out} ({seen}): every rank must "
+                          "see the same run folder (on several nodes, put --out-dir on a shared filesystem)")
+    dist.broadcast_module(policy)  # every rank starts from rank 0's weights, as DDP does
+    if main:
+        _keep_rows_up_to(out, step)
+        if step == 0 and warning:
+            _append(metrics_path, {"step": 0, "warning": warning})
+        if resumed or step:
+            print(f"resuming from update {step} of {_budget_text(cfg)} in {out}", flush=True)
     if cfg.eval_tasks and "before" not in evals:
-        evals["before"] = evaluate_held_out(cfg, policy, eval_envs, when="before")
-        eval_path.write_text(json.dumps(evals, indent=2))
+        evals["before"] = evaluate_held_out(cfg, policy, eval_envs, when="before", dist=dist)
+        if main:
+            eval_path.write_text(json.dumps(evals, indent=2))
 
     history: list[dict[str, Any]] = []
-    bar = Progress(cfg, step, label, progress)
-    tracker = make_tracker(cfg, out, step)
+    bar = Progress(cfg, step, label, progress and main)
+    tracker = make_tracker(cfg, out, step) if main else Tracker()
     warmup_seconds = float(evals.get("warmup_seconds", 0.0))
     if step == 0:
         t0 = time.perf_counter()
         with autocast(cfg, policy):
             warm = agent.warmup(envs, policy)
         warmup_seconds = time.perf_counter() - t0
-        if warm:
+        if warm and main:
             _append(metrics_path, {"step": 0, "time": 0.0, "warmup/seconds": warmup_seconds, "warmup/steps": len(warm), **warm[-1]})
     last_good, last_save = step, time.monotonic()
     stop.deferred = True
@@ -432,41 +471,49 @@ def _train(cfg: TrainConfig, out: Path, envs: list[Any], eval_envs: list[Any] | 
                 f"stopped at update {step + 1}: {exc}. The last good checkpoint is {saved}; "
                 "lower the learning rate or use float32."
             ) from exc
-        train_seconds += time.perf_counter() - t0
+        # the ranks agree on the clock (the slowest rank's) and on a signal any of them received
+        seconds, signum = dist.all_reduce([time.perf_counter() - t0, stop.received or 0], op="max")
+        received = int(signum) or None
+        train_seconds += seconds
         step += 1
         row = {"step": step, "time": round(train_seconds, 3), **{k: _num(v) for k, v in metrics.items()}}
         if cfg.eval_every and step % cfg.eval_every == 0:
-            held_out = evaluate_held_out(cfg, policy, eval_envs, when=step)
+            held_out = evaluate_held_out(cfg, policy, eval_envs, when=step, dist=dist)
             row.update({f"eval/{k}": v for k, v in held_out.items() if k not in ("n", "outcomes")})
-        _append(metrics_path, row)
         history.append(row)
-        tracker.log(row, step)
-        if cfg.completions_every and step % cfg.completions_every == 0:
-            table = write_completions(out / "completions.jsonl", step, batch, envs)
-            tracker.log_completions(table, step)
-        bar.update(step, train_seconds, row)
+        if main:
+            _append(metrics_path, row)
+            tracker.log(row, step)
+            if cfg.completions_every and step % cfg.completions_every == 0:
+                table = write_completions(out / "completions.jsonl", step, batch, envs)
+                tracker.log_completions(table, step)
+            bar.update(step, train_seconds, row)
         due = (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or (
             cfg.checkpoint_every_s and time.monotonic() - last_save >= cfg.checkpoint_every_s)
-        if due or stop.received is not None:
-            _checkpoint(out, policy, agent, step, train_seconds)
+        if due or received is not None:
+            if main:
+                _checkpoint(out, policy, agent, step, train_seconds)
             last_good, last_save = step, time.monotonic()
-        if stop.received is not None:
+        if received is not None:
             bar.close()
             tracker.close()
+            dist.barrier()  # the checkpoint is in place before any rank exits
             raise RunInterrupted(
-                f"{runs.signal_name(stop.received)}: stopped after update {step} of {_budget_text(cfg)}; "
+                f"{runs.signal_name(received)}: stopped after update {step} of {_budget_text(cfg)}; "
                 f"checkpoint and metrics saved in {out}. Resume with: {runs.resume_command('train', out)}",
-                stop.received,
+                received,
             )
     stop.deferred = False
     bar.close()
     tracker.close()
-    if last_good != step or not (out / runs.LATEST).exists():
+    if main and (last_good != step or not (out / runs.LATEST).exists()):
         _checkpoint(out, policy, agent, step, train_seconds)
     if cfg.eval_tasks and not ("after" in evals and evals.get("updates") == step):
-        evals["after"] = evaluate_held_out(cfg, policy, eval_envs, when="after")
+        evals["after"] = evaluate_held_out(cfg, policy, eval_envs, when="after", dist=dist)
         evals["train_seconds"], evals["updates"], evals["warmup_seconds"] = train_seconds, step, warmup_seconds
-        eval_path.write_text(json.dumps(evals, indent=2))
+        if main:
+            eval_path.write_text(json.dumps(evals, indent=2))
+    dist.barrier()  # rank 0's files are complete when train() returns on any rank
     return TrainResult(
         out, step, train_seconds, evals.get("before"), evals.get("after"), history, _peak_rss_mb(), warmup_seconds
     )
@@ -625,7 +672,8 @@ def run(args: argparse.Namespace) -> int:
         names += [f.name for _, c in AGENTS.values() for f in dataclasses.fields(c)]
         raise ConfigError(flagify(str(exc), names)) from exc
     result = train(cfg)
-    print(summary_text(cfg, result))
+    if distributed.current().is_main:
+        print(summary_text(cfg, result))
     return 0
 
 

@@ -35,7 +35,6 @@ failure); ``no_answer`` (no code in the response).
 from __future__ import annotations
 
 import ast
-import os
 import re
 import threading
 import time
@@ -46,6 +45,7 @@ from typing import Any
 from .base import Verdict, _check_lengths
 from .code_judge import Judge, sanitize
 from .code_tests import CallPlan, humaneval_plan, mbpp_plan
+from .pool import local_cpus
 from .sandbox import Limits, Sandbox
 
 _FENCE = re.compile(r"^[ \t]*```+[ \t]*([^\s`]*)")
@@ -179,7 +179,7 @@ class CodeVerifier:
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive; got {timeout_s}")
         self.timeout_s = float(timeout_s)
-        self.concurrency = max(1, int(concurrency or 2 * (os.cpu_count() or 1)))
+        self.concurrency = max(1, int(concurrency or 2 * local_cpus()))
         if limits is None:
             limits = Limits(cpu_s=int(timeout_s) + 2)
         self.sandbox = Sandbox(limits, unsafe=unsafe, cgroups=cgroups, seccomp=seccomp)

@@ -48,6 +48,16 @@ class TaskResult:
     seconds: float = 0.0
 
 
+def local_cpus() -> int:
+    """CPUs this process may use, shared among the data-parallel ranks on this node
+    (``LOCAL_WORLD_SIZE``, set by ``torchrun``); at least 1. Sizes worker pools."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
 def _limit_memory(extra: int) -> None:
     """Cap the address space at its current size plus ``extra`` bytes (fork-safe)."""
     try:
@@ -161,7 +171,7 @@ class WorkerPool:
         memory_limit: int = MEMORY_LIMIT_BYTES,
         start_method: str = "fork",
     ) -> None:
-        self.size = max(1, size or os.cpu_count() or 1)
+        self.size = max(1, size or local_cpus())
         self._initializer = initializer
         self._preload = preload
         self._memory_limit = memory_limit

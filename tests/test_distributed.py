@@ -1,0 +1,197 @@
+"""Data parallel under torchrun: 2 gloo ranks compute what 1 process computes.
+
+Each 2-rank job is a real ``torchrun --standalone --nproc_per_node 2 -m mpo_gym ...`` in its own
+network namespace (``tests/loopback.py``): loopback only. The 1-process reference is the same
+command line without torchrun.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mpo_gym.distributed import SINGLE, shard
+
+from .loopback import needs_namespace, popen_torchrun, torchrun
+
+pytestmark = needs_namespace
+
+AGENT_ARGS = {
+    "ppo": ["--ppo-epochs", "2"],
+    "mpo": ["--mpo-k", "3", "--warmup-steps", "2", "--warmup-batch-size", "4"],
+    "grpo": ["--group-size", "2"],
+}
+
+
+def train_args(agent: str, out: Path, updates: int = 3, *extra: str) -> list[str]:
+    return ["train", "--agent", agent, "--import", "tests.dist_envs", "--env", "dist_test/Letters-v0", "--model", "tiny",
+            "--dtype", "float32", "--temperature", "1.5",
+            "--threads", "1", "--num-envs", "8", "--updates", str(updates), "--eval-tasks", "6",
+            "--eval-batch", "2", "--minibatch-size", "4", "--micro-batch-size", "2", "--lr", "1e-3",
+            "--seed", "3", "--completions-every", "0", "--out-dir", str(out), *AGENT_ARGS[agent], *extra]
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def one_process(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mpo_gym", *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=REPO)
+
+
+def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
+    return proc
+
+
+def rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def params(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoint" / "policy.pt", map_location="cpu")
+
+
+def assert_same_run(a: Path, b: Path, loss_tol: float = 1e-4, param_tol: float = 1e-5) -> None:
+    ra, rb = rows(a), rows(b)
+    assert [r["step"] for r in ra] == [r["step"] for r in rb]
+    for x, y in zip(ra, rb):
+        assert set(x) == set(y)
+        for key in x:
+            if key in ("time", "warmup/seconds"):
+                continue
+            if key.startswith(("charts/", "verdicts/", "eval/")):
+                assert x[key] == y[key], (x["step"], key, x[key], y[key])  # same episodes, same rewards
+            else:
+                assert abs(x[key] - y[key]) <= loss_tol * max(1.0, abs(x[key])), (x["step"], key, x[key], y[key])
+    pa, pb = params(a), params(b)
+    assert pa.keys() == pb.keys()
+    worst = max(float((pa[k].float() - pb[k].float()).abs().max()) for k in pa)
+    assert worst <= param_tol, worst
+    ea, eb = (json.loads((r / "eval.json").read_text()) for r in (a, b))
+    assert ea["before"]["outcomes"] == eb["before"]["outcomes"]
+    assert ea["after"]["outcomes"] == eb["after"]["outcomes"]
+
+
+def test_shards_are_contiguous_equal_and_cover_the_batch():
+    for n in range(0, 12):
+        for world in (1, 2, 3, 5):
+            parts = [shard(n, r, world) for r in range(world)]
+            assert [i for p in parts for i in p] == list(range(n))
+            assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    assert SINGLE.shard(7) == range(7) and SINGLE.all_gather_objects(5) == [5]
+    assert SINGLE.all_reduce([1.5, 2.0]) == [1.5, 2.0]
+
+
+@pytest.mark.parametrize("agent", ["ppo", "mpo", "grpo"])
+def test_two_ranks_compute_the_updates_of_one_process(tmp_path, agent):
+    single, double = tmp_path / "one", tmp_path / "two"
+    ok(one_process(train_args(agent, single)))
+    proc = ok(torchrun(cwd=REPO, args=train_args(agent, double)))
+    assert proc.stdout.count("trained ") == 1, proc.stdout  # rank 0 alone prints the summary
+    assert_same_run(single, double)
+    config = json.loads((double / "config.json").read_text())
+    assert config["resolved_world_size"] == 2
+    if agent == "mpo":  # the warm-up is data-parallel too: its logged loss is the whole batch's
+        warm_a, warm_b = rows(single)[0], rows(double)[0]
+        assert warm_a["step"] == 0 and abs(warm_a["warmup/loss"] - warm_b["warmup/loss"]) < 1e-4
+
+
+def test_resume_under_two_ranks_is_exact(tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    ok(torchrun(cwd=REPO, args=train_args("grpo", straight, 3)))
+    ok(torchrun(cwd=REPO, args=train_args("grpo", resumed, 2)))
+    proc = ok(torchrun(cwd=REPO, args=train_args("grpo", resumed, 3)))
+    assert proc.stdout.count("resuming from update 2 of 3") == 1, proc.stdout
+    assert [r["step"] for r in rows(resumed)] == [1, 2, 3]
+    assert_same_run(straight, resumed, loss_tol=0.0, param_tol=0.0)
+
+
+def test_batch_that_does_not_split_over_ranks_is_refused(tmp_path):
+    proc = torchrun(cwd=REPO, args=train_args("grpo", tmp_path / "r", 1, "--num-envs", "6"))
+    assert proc.returncode != 0
+    assert proc.stderr.count("does not split over 2 ranks") == 1, proc.stderr[-2000:]
+    assert "use a multiple of 4" in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_sharded_eval_equals_unsharded(tmp_path):
+    args = ["eval", "--model", "tiny", "--import", "tests.dist_envs", "--suite", "dist_test/Letters-v0", "--limit", "5",
+            "--batch-size", "2",
+            "--n-samples", "2", "--k", "1,2", "--temperature", "0.9", "--threads", "1", "--no-progress"]
+    ok(one_process([*args, "--out-dir", str(tmp_path / "one")]))
+    proc = ok(torchrun([*args, "--out-dir", str(tmp_path / "two")], cwd=REPO))
+    assert proc.stdout.count("wrote ") == 1
+
+    def samples(folder: str) -> list[dict]:
+        out = [json.loads(line) for line in (tmp_path / folder / "samples.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in s.items() if k not in ("wall_seconds",)} for s in out]
+
+    one, two = samples("one"), samples("two")
+    assert len(one) == 10 and one == two
+    assert len({s["response"] for s in one}) > 1  # sampled, not all alike
+
+
+def test_sigterm_on_one_rank_stops_both_with_a_checkpoint_and_resume_continues(tmp_path):
+    run = tmp_path / "run"
+    proc = popen_torchrun(cwd=REPO, args=train_args("ppo", run, 400))
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not (run / "metrics.jsonl").exists():
+            time.sleep(0.5)
+        assert (run / "metrics.jsonl").exists(), proc.stderr.read() if proc.poll() is not None else "no metrics yet"
+        worker = _rank_pid(proc.pid, rank=1)
+        os.kill(worker, signal.SIGTERM)
+        _, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0
+    assert err.count("Resume with:") == 1, err[-3000:]  # rank 0 reports it once; rank 1 stays quiet
+    assert "Traceback" not in err.split("Resume with:")[0][-2000:]
+    steps = [r["step"] for r in rows(run)]
+    saved = int(torch.load(run / "checkpoint" / "state.pt", weights_only=False)["step"])
+    assert steps == list(range(1, saved + 1))
+    more = ok(torchrun(cwd=REPO, args=train_args("ppo", run, saved + 1)))
+    assert f"resuming from update {saved} of {saved + 1}" in more.stdout
+    assert [r["step"] for r in rows(run)] == list(range(1, saved + 2))
+
+
+def _rank_pid(root: int, rank: int, timeout: float = 60) -> int:
+    """The pid of the worker process with ``RANK=rank`` under ``root`` (unshare -> torchrun -> workers)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = []
+        for pid in _descendants(root):
+            try:
+                env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"RANK={rank}".encode() in env:
+                found.append(pid)
+        if found:
+            return min(found)  # the worker itself, not the verifier processes it forked later
+        time.sleep(0.2)
+    raise AssertionError(f"no rank {rank} worker under {root}")
+
+
+def _descendants(root: int) -> list[int]:
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            children = []
+        for child in map(int, children):
+            out.append(child)
+            todo.append(child)
+    return out
