@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import json
 import multiprocessing as mp
+import os
 import shlex
 import shutil
 import signal
@@ -210,10 +211,15 @@ def _shared_before(cfg: CompareConfig, out: Path) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     train_cfg = cfg.run_config(cfg.agents[0], cfg.seeds[0])
     policy = make_policy(train_cfg, spec=PolicySpec())  # the untrained LM: no heads needed
-    before = evaluate_held_out(train_cfg, policy, when="before", rows_path=out / BEFORE_TASKS)
+    from . import distributed
+
+    dist = distributed.current()
+    before = evaluate_held_out(train_cfg, policy, when="before", rows_path=out / BEFORE_TASKS, dist=dist)
     del policy
     gc.collect()
-    path.write_text(json.dumps(before, indent=2))
+    if dist.is_main:
+        path.write_text(json.dumps(before, indent=2))
+    dist.barrier()
     return before
 
 
@@ -236,31 +242,40 @@ def compare(cfg: CompareConfig, command: str = "") -> Path:
     A folder holding a comparison with another config is refused (nothing written); the same
     config resumes it.
     """
-    from . import runs
+    from . import distributed, runs
     from .report import write_report
     from .trainer import preflight
 
     out = Path(cfg.out_dir)
     for agent in cfg.agents:  # env id, model, splits, trackers: checked before anything is written
         preflight(cfg.run_config(agent, cfg.seeds[0]))
+    dist = distributed.init(cfg.run_config(cfg.agents[0], cfg.seeds[0]).resolved_device)
+    main = dist.is_main
     stored = runs.check_run_folder(out, _differences(cfg), what="comparison", config_name="compare.json")
+    dist.barrier()  # every rank has read the folder before rank 0 writes to it
     if stored is not None:
         done = sum((Path(cfg.run_config(a, s).out_dir) / "summary.json").exists() for s in cfg.seeds for a in cfg.agents)
-        print(f"resuming comparison in {out}: {done} of {len(cfg.agents) * len(cfg.seeds)} runs finished", flush=True)
+        if main:
+            print(f"resuming comparison in {out}: {done} of {len(cfg.agents) * len(cfg.seeds)} runs finished", flush=True)
         command = stored.get("command") or command
-    out.mkdir(parents=True, exist_ok=True)
-    settings = {"config": dataclasses.asdict(cfg), "command": command}
-    (out / "compare.json").write_text(json.dumps(settings, indent=2))
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        settings = {"config": dataclasses.asdict(cfg), "command": command}
+        (out / "compare.json").write_text(json.dumps(settings, indent=2))
+    dist.barrier()
     before = _shared_before(cfg, out) if cfg.eval_tasks else None
-    print(f"untrained model, held-out greedy accuracy: {before['accuracy']:.3f} on {int(before['n'])} tasks" if before else "")
+    if main:
+        print(f"untrained model, held-out greedy accuracy: {before['accuracy']:.3f} on {int(before['n'])} tasks" if before else "")
     summaries: dict[tuple[str, int], dict[str, Any]] = {}
     ctx = mp.get_context("spawn")
     for seed in cfg.seeds:
         for agent in cfg.agents:
             summaries[(agent, seed)] = _run(cfg, agent, seed, before, ctx)
-    write_report(cfg, out, summaries, before, command)
-    if cfg.allow_test_split:
-        _label_test_split(cfg, out)
+    if main:
+        write_report(cfg, out, summaries, before, command)
+        if cfg.allow_test_split:
+            _label_test_split(cfg, out)
+    dist.barrier()
     return out
 
 
@@ -306,23 +321,32 @@ def _same_budget(train_cfg: Any, run_dir: Path) -> bool:
 
 
 def _run(cfg: CompareConfig, agent: str, seed: int, before: dict[str, Any] | None, ctx: Any) -> dict[str, Any]:
-    from . import runs
+    from . import distributed, runs
     from .errors import MpoGymError, RunInterrupted
 
     train_cfg = cfg.run_config(agent, seed)
     run_dir = Path(train_cfg.out_dir)
     result_path = run_dir / "summary.json"
+    dist = distributed.current()
+    main = dist.is_main
     if result_path.exists():
         if _same_budget(train_cfg, run_dir):
-            print(f"{agent} seed {seed}: finished earlier, kept")
+            if main:
+                print(f"{agent} seed {seed}: finished earlier, kept")
             return json.loads(result_path.read_text())
-        print(f"{agent} seed {seed}: finished with another budget; continuing to the new one", flush=True)
-        result_path.unlink()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    eval_path = run_dir / "eval.json"
-    if before is not None and not eval_path.exists():
-        eval_path.write_text(json.dumps({"before": before}, indent=2))
-        shutil.copyfile(Path(cfg.out_dir) / BEFORE_TASKS, run_dir / "eval_tasks.jsonl")  # shared rows
+        dist.barrier()  # every rank saw the old summary before rank 0 removes it
+        if main:
+            print(f"{agent} seed {seed}: finished with another budget; continuing to the new one", flush=True)
+            result_path.unlink()
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        eval_path = run_dir / "eval.json"
+        if before is not None and not eval_path.exists():
+            eval_path.write_text(json.dumps({"before": before}, indent=2))
+            shutil.copyfile(Path(cfg.out_dir) / BEFORE_TASKS, run_dir / "eval_tasks.jsonl")  # shared rows
+    dist.barrier()
+    if dist.active:  # under torchrun every rank is already a process of its own: train here, together
+        return _run_here(train_cfg, agent, seed, result_path)
     data = {**_train_dict(train_cfg), "_label": f"{agent} s{seed}"}
     proc = ctx.Process(target=_run_one, args=(json.dumps(data), str(result_path)))
     t0 = time.perf_counter()
@@ -345,6 +369,29 @@ def _run(cfg: CompareConfig, agent: str, seed: int, before: dict[str, Any] | Non
     after = summary.get("eval_after") or {}
     print(f"{agent} seed {seed}: {summary['updates']} updates in {summary['train_seconds']:.0f}s, "
           f"held-out accuracy {after.get('accuracy', float('nan')):.3f}")
+    return summary
+
+
+def _run_here(train_cfg: Any, agent: str, seed: int, result_path: Path) -> dict[str, Any]:
+    """One run of a comparison under torchrun: every rank trains it in its own process, rank 0
+    writes the summary (peak RSS is then the process's peak over the runs so far)."""
+    from . import distributed
+    from .trainer import train
+
+    t0 = time.perf_counter()
+    result = train(train_cfg, label=f"{agent} s{seed}")
+    summary: dict[str, Any] = {
+        "updates": result.updates, "train_seconds": result.train_seconds, "warmup_seconds": result.warmup_seconds,
+        "eval_before": result.eval_before, "eval_after": result.eval_after, "peak_rss_mb": result.peak_rss_mb,
+        "wall_seconds": time.perf_counter() - t0,
+    }
+    dist = distributed.current()
+    if dist.is_main:
+        result_path.write_text(json.dumps(summary))
+        after = summary.get("eval_after") or {}
+        print(f"{agent} seed {seed}: {summary['updates']} updates in {summary['train_seconds']:.0f}s, "
+              f"held-out accuracy {after.get('accuracy', float('nan')):.3f}", flush=True)
+    dist.barrier()
     return summary
 
 
@@ -473,6 +520,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     command = "mpo-gym " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
     out = compare(cfg, command=command)
-    print(f"\nreport: {out / 'report.md'}\ncurves: {out / 'curves.png'}")
-    print((out / "summary.txt").read_text())
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
+        print(f"\nreport: {out / 'report.md'}\ncurves: {out / 'curves.png'}")
+        print((out / "summary.txt").read_text())
     return 0

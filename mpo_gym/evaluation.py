@@ -234,10 +234,9 @@ def evaluate_envs(
     mine = dist.shard(len(indices))
     episodes = _rollout(list(envs), policy, indices[mine.start : mine.stop], seed, temperature, top_p,
                         progress and dist.is_main, offset=mine.start)
-    records = _records(suite, model_name, env, episodes)
-    if dist.active:
-        records = [r for part in dist.all_gather_objects(records) for r in part]
-    return records
+    if dist.active:  # every rank's episodes, in order, so sample numbers count over the whole list
+        episodes = [e for part in dist.all_gather_objects(episodes) for e in part]
+    return _records(suite, model_name, env, episodes)
 
 
 def _check_sampling(n_samples: int, ks: Sequence[int], temperature: float) -> tuple[int, ...]:

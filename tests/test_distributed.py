@@ -195,3 +195,16 @@ def _descendants(root: int) -> list[int]:
             out.append(child)
             todo.append(child)
     return out
+
+
+def test_compare_under_two_ranks_reports_what_one_process_reports(tmp_path):
+    args = ["compare", "--preset", "tiny", "--agents", "ppo,grpo", "--threads", "1"]
+    ok(one_process([*args, "--out-dir", str(tmp_path / "one")]))
+    proc = ok(torchrun([*args, "--out-dir", str(tmp_path / "two")], cwd=REPO))
+    assert proc.stdout.count("report: ") == 1, proc.stdout
+    for agent in ("ppo", "grpo"):
+        a, b = (json.loads(next((tmp_path / d).glob(f"{agent}*/summary.json")).read_text()) for d in ("one", "two"))
+        assert a["updates"] == b["updates"]
+        assert a["eval_after"]["outcomes"] == b["eval_after"]["outcomes"]
+        assert abs(a["eval_after"]["reward"] - b["eval_after"]["reward"]) < 1e-6
+    assert (tmp_path / "two" / "report.md").exists()
