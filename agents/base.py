@@ -384,6 +384,8 @@ class BaseAgent:
                     logs.setdefault(key, []).append(value)
         metrics = {k: float(np.mean(v)) for k, v in logs.items()}
         metrics.update(self.batch_metrics(batch))
+        if self.dist.active:
+            metrics["perf/allreduce_bytes"] = float(self.bytes_reduced)  # gradients summed over ranks
         return metrics
 
     def _step(self, batch: RolloutBatch, rows: list[int]) -> dict[str, float]:

@@ -64,6 +64,7 @@ def assert_same_run(a: Path, b: Path, loss_tol: float = 1e-4, param_tol: float =
     ra, rb = rows(a), rows(b)
     assert [r["step"] for r in ra] == [r["step"] for r in rb]
     for x, y in zip(ra, rb):
+        x, y = ({k: v for k, v in r.items() if not k.startswith("perf/")} for r in (x, y))
         assert set(x) == set(y)
         for key in x:
             if key in ("time", "warmup/seconds"):
@@ -100,6 +101,11 @@ def test_two_ranks_compute_the_updates_of_one_process(tmp_path, agent):
     assert_same_run(single, double)
     config = json.loads((double / "config.json").read_text())
     assert config["resolved_world_size"] == 2
+    n_params = sum(t.numel() for k, t in params(double).items())
+    # ppo_epochs x mini-batches gradient all-reduces per update, each of every trained parameter (fp32)
+    steps = {"ppo": 4, "mpo": 2, "grpo": 2}[agent]
+    reduced = rows(double)[-1]["perf/allreduce_bytes"]
+    assert reduced % (4 * steps) == 0 and 0.5 * n_params <= reduced / (4 * steps) <= n_params, (reduced, n_params)
     if agent == "mpo":  # the warm-up is data-parallel too: its logged loss is the whole batch's
         warm_a, warm_b = rows(single)[0], rows(double)[0]
         assert warm_a["step"] == 0 and abs(warm_a["warmup/loss"] - warm_b["warmup/loss"]) < 1e-4

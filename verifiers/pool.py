@@ -73,8 +73,20 @@ def _limit_memory(extra: int) -> None:
         pass
 
 
-def _worker_main(conn: Any, initializer: Callable[[], None] | None, memory_limit: int) -> None:
-    """Worker loop: run ``(fn, args)`` messages until ``None`` or the pipe closes."""
+def _worker_main(conn: Any, initializer: Callable[[], None] | None, memory_limit: int,
+                 parent_end: Any = None, parent_pid: int = 0) -> None:
+    """Worker loop: run ``(fn, args)`` messages until ``None``, the pipe closes or the parent dies.
+
+    The parent's end of the pipe (inherited through fork) is closed here, so the worker sees
+    EOF when the parent goes; and the parent's pid is checked between messages, so a worker
+    whose parent was killed (SIGKILL, the OOM killer) exits instead of living on as an orphan.
+    SIGINT is ignored: Ctrl-C goes to the whole process group, and the parent decides.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if parent_end is not None:
+        parent_end.close()
     if memory_limit:
         _limit_memory(memory_limit)
     try:
@@ -86,6 +98,9 @@ def _worker_main(conn: Any, initializer: Callable[[], None] | None, memory_limit
         return
     while True:
         try:
+            while not conn.poll(1.0):
+                if parent_pid and os.getppid() != parent_pid:
+                    return  # orphaned
             msg = conn.recv()
         except (EOFError, OSError):
             return
@@ -107,8 +122,11 @@ class _Worker:
 
     def __init__(self, ctx: Any, initializer: Callable[[], None] | None, memory_limit: int):
         self.conn, child = ctx.Pipe(duplex=True)
+        forked = ctx.get_start_method() == "fork"
         self.proc = ctx.Process(
-            target=_worker_main, args=(child, initializer, memory_limit), daemon=True
+            target=_worker_main,
+            args=(child, initializer, memory_limit, self.conn if forked else None, os.getpid()),
+            daemon=True,
         )
         self.proc.start()
         child.close()

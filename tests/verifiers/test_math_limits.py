@@ -276,3 +276,41 @@ def test_pool_memory_cap_is_an_error_and_the_worker_is_replaced(pool):
     assert result.status == "error" and result.detail.startswith("MemoryError")
     assert pool.replaced == replaced + 1
     assert pool.run(pow, (2, 10)).value == 1024
+
+
+def test_pool_workers_exit_when_their_parent_is_killed(tmp_path):
+    """A parent killed outright (SIGKILL, the OOM killer) leaves no worker behind: the workers
+    close the parent's pipe end they inherited and watch the parent's pid."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import time\n"
+        "from mpo_gym.verifiers.pool import WorkerPool\n"
+        "pool = WorkerPool(3)\n"
+        "pool.map(abs, [(-1,), (-2,), (-3,)])\n"
+        "print(' '.join(map(str, pool.pids())), flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert len(pids) == 3
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 15
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [p for p in alive if _running(p)]
+    assert not alive, f"workers {alive} outlived their killed parent"
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
