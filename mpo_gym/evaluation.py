@@ -592,7 +592,8 @@ def run(args: argparse.Namespace) -> int:
     dist = distributed.SINGLE
     for spec, name in zip(models, _model_names(models)):
         policy = _tiny_policy(args.seed) if spec == "tiny" else load_policy(spec, dtype=args.dtype)
-        dist = distributed.init(policy.device.type)  # under torchrun: tasks sharded over ranks
+        device = getattr(policy, "device", None)
+        dist = distributed.init(getattr(device, "type", "cpu"))  # under torchrun: tasks sharded over ranks
         out = Path(dist.broadcast_object(str(out)))  # rank 0's folder name (it has the time in it)
         for suite in suites:
             result = evaluate(
@@ -669,12 +670,12 @@ def _load_training_checkpoint(ckpt: Path, run_dir: Path) -> Any:
 
     import torch
 
-    from .trainer import TrainConfig, make_policy
+    from .trainer import TrainConfig, _build_policy
 
     saved = json.loads((run_dir / "config.json").read_text())
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in saved.items() if k in names})
-    policy = make_policy(cfg)
+    policy = _build_policy(cfg)  # the run's policy as trained: heads, MTP modules, LoRA adapters
     policy.load_state_dict(torch.load(ckpt / "policy.pt", map_location="cpu"))
     return policy
 

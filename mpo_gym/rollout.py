@@ -122,7 +122,7 @@ def rollout(envs: Any, policy: LMPolicy, *, task_indices: Sequence[int] | None =
     for start in starts:
         chunk = env_list[start : start + size]
         tasks = None if task_indices is None else [int(t) for t in task_indices[start : start + size]]
-        view = ReasoningVectorEnv(envs=chunk)
+        view = ReasoningVectorEnv(envs=chunk, copy=False)  # observations are read at once, never kept
         episodes += _play(view, policy, tasks, seed, first_index + start, sampling)
     return episodes
 

@@ -102,6 +102,20 @@ def test_lora_trains_adapters_only(tmp_path):
     assert not any("lora" in k for k in model.state_dict())  # merged into the weights
 
 
+def test_eval_loads_a_lora_run_folder_with_its_adapters(tmp_path):
+    """``mpo-gym eval --model RUN_DIR`` of a LoRA run rebuilds the adapters and loads every weight."""
+    pytest.importorskip("peft")
+    from mpo_gym.evaluation import load_policy
+
+    run = tmp_path / "run"
+    train(tiny_cfg(run, lora=4, updates=1), progress=False)
+    policy = load_policy(str(run))
+    state = torch.load(run / "checkpoint" / "policy.pt", map_location="cpu")
+    mine = policy.state_dict()
+    assert any("lora_A" in k for k in mine) and mine.keys() == state.keys()
+    assert all(torch.equal(mine[k], state[k]) for k in state)
+
+
 def test_summary_and_progress_line_show_the_numbers_they_are_given(tmp_path):
     from pathlib import Path
 

@@ -64,12 +64,12 @@ class GoldPolicy:
         self.answer = answer
 
 
-def fake_rollout(envs, policy, *, task_indices, seed, temperature, top_p, greedy):
+def fake_rollout(envs, policy, *, task_indices, seed, temperature, top_p, greedy, first_index=0):
     """Plays each env with the policy's answer, block by block, through the env's own step()."""
     from mpo_gym.rollout import Episode
 
     episodes = []
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed + first_index)
     for env, index in zip(envs, task_indices):
         _, info = env.reset(options={"task_index": index})
         base = env.unwrapped

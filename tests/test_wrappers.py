@@ -88,14 +88,14 @@ def test_per_env_wrappers_see_batched_verdicts(policy):
 def test_vector_wrappers_on_reasoning_vector_env(policy):
     envs = mpo_gym.make_vec("mpo_gym/Toy-v0", 4, max_new_tokens=16, block_size=3)
     envs = vector_wrappers.RecordEpisodeStatistics(vector_wrappers.TransformReward(envs, plus_100))
-    episodes = rollout(envs, policy, seed=4)
+    episodes = rollout(envs, policy, seed=2)
     assert len({len(e.block_lengths) for e in episodes}) > 1
     # finished sub-envs idle: exactly the 4 episodes played are recorded, with the wrapped reward
     assert sorted(envs.return_queue) == pytest.approx(sorted(e.reward for e in episodes))
     assert sorted(envs.length_queue) == sorted(len(e.block_lengths) for e in episodes)
     for e in episodes:
         assert e.reward == pytest.approx(e.verdict.reward + 100 * len(e.block_lengths))
-    again = rollout(envs, policy, seed=4)  # a second call resets and replays
+    again = rollout(envs, policy, seed=2)  # a second call resets and replays
     assert [e.response_ids for e in again] == [e.response_ids for e in episodes]
 
 
