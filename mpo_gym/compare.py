@@ -188,11 +188,15 @@ def _run_one(cfg_json: str, result_path: str) -> None:
     except MpoGymError as exc:
         print(f"mpo-gym: {label}: {exc}", file=sys.stderr, flush=True)
         sys.exit(exc.exit_code)
-    summary = {
+    Path(result_path).write_text(json.dumps(_summary(result)))
+
+
+def _summary(result: Any) -> dict[str, Any]:
+    """What a comparison keeps of one finished run (``summary.json``)."""
+    return {
         "updates": result.updates, "train_seconds": result.train_seconds, "warmup_seconds": result.warmup_seconds,
         "eval_before": result.eval_before, "eval_after": result.eval_after, "peak_rss_mb": result.peak_rss_mb,
     }
-    Path(result_path).write_text(json.dumps(summary))
 
 
 def _shared_before(cfg: CompareConfig, out: Path) -> dict[str, Any]:
@@ -380,11 +384,7 @@ def _run_here(train_cfg: Any, agent: str, seed: int, result_path: Path) -> dict[
 
     t0 = time.perf_counter()
     result = train(train_cfg, label=f"{agent} s{seed}")
-    summary: dict[str, Any] = {
-        "updates": result.updates, "train_seconds": result.train_seconds, "warmup_seconds": result.warmup_seconds,
-        "eval_before": result.eval_before, "eval_after": result.eval_after, "peak_rss_mb": result.peak_rss_mb,
-        "wall_seconds": time.perf_counter() - t0,
-    }
+    summary = {**_summary(result), "wall_seconds": time.perf_counter() - t0}
     dist = distributed.current()
     if dist.is_main:
         result_path.write_text(json.dumps(summary))
