@@ -386,21 +386,69 @@ def read_results(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+OVER_BUDGET = 1.5  # a run whose training clock passed this many budgets did not get equal wall-clock
+
+
+def machine_kind(m: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes two timings comparable: CPU features, core count, resolved dtype."""
+    return (tuple(m.get("cpu_flags", ())), m.get("cores"), m.get("resolved_dtype"))
+
+
+def invalid_reason(record: dict[str, Any], kind: tuple[Any, ...] | None) -> str | None:
+    """Why a finished run cannot enter the comparison (``None``: it can).
+
+    The protocol is equal training wall-clock on one machine kind. A run stops after the update
+    during which its clock passed the budget, so it overshoots by up to one update; a run whose
+    clock passed ``OVER_BUDGET`` budgets was slowed by something outside the protocol (memory
+    pressure, another job) and had more wall-clock than the others. A run measured on another
+    machine kind (``kind``: that of the study's first run) is not comparable either.
+    """
+    budget = record["protocol"]["budget_s"]
+    if record["train_seconds"] > OVER_BUDGET * budget:
+        return (f"over budget: {record['train_seconds']:.0f} s of training for a {budget:.0f} s budget "
+                f"({record['updates']} updates)")
+    if kind is not None and machine_kind(record["machine"]) != kind:
+        return f"other machine kind {machine_kind(record['machine'])}, the study's is {kind}"
+    return None
+
+
+def split_valid(results: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], str]]]:
+    """(valid runs, [(invalid run, reason)]) of one protocol's results, in file order."""
+    kind = machine_kind(results[0]["machine"]) if results else None
+    valid, invalid = [], []
+    for r in results:
+        reason = invalid_reason(r, kind)
+        if reason is None:
+            valid.append(r)
+        else:
+            invalid.append((r, reason))
+    return valid, invalid
+
+
 def run_study(args: argparse.Namespace) -> None:
     proto = protocol(args)
     pid = protocol_id(proto)
     results_path = Path(args.results)
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    done = {(r["run"], r["seed"]) for r in read_results(results_path) if r.get("protocol_id") == pid}
+    valid, invalid = split_valid([r for r in read_results(results_path) if r.get("protocol_id") == pid])
+    info = machine()
+    if valid and machine_kind(info) != machine_kind(valid[0]["machine"]):
+        raise SystemExit(
+            f"the runs of protocol {pid} in {results_path} were measured on {valid[0]['machine']['cpu']} "
+            f"{machine_kind(valid[0]['machine'])}; this machine is {info['cpu']} {machine_kind(info)}. The timing is "
+            "the comparison: continue on a machine of the study's kind, or start another study with --results NEW.jsonl")
+    done = {(r["run"], r["seed"]) for r in valid}
+    for r, reason in invalid:
+        if (r["run"], r["seed"]) not in done:
+            print(f"{r['run']} seed {r['seed']} is run again: the earlier run is invalid ({reason})", flush=True)
     todo = [(seed, name) for seed in args.seed_list for name in args.agent_list if (name, seed) not in done]
-    print(f"protocol {pid}: {len(done)} runs already in {results_path}, {len(todo)} to go "
+    print(f"protocol {pid}: {len(done)} valid runs already in {results_path}, {len(todo)} to go "
           f"(order: seed-major, {', '.join(args.agent_list)})", flush=True)
     if not todo:
         return
     before = held_out_before(args, work)
     print(f"untrained model: held-out greedy accuracy {before['accuracy']:.3f} on {int(before['n'])} sums", flush=True)
-    info = machine()
     for seed, name in todo:
         run_dir = work / pid / f"{name}-s{seed}"
         load_before = os.getloadavg()
@@ -420,6 +468,10 @@ def run_study(args: argparse.Namespace) -> None:
         with results_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         gain = (record["after"] or float("nan")) - record["before"]
+        reason = invalid_reason(record, machine_kind(valid[0]["machine"]) if valid else None)
+        if reason:
+            print(f"{name} seed {seed} is INVALID ({reason}); it stays in the file, out of the summary, and the "
+                  "next run of this command repeats it", flush=True)
         print(f"{name} seed {seed}: {record['updates']} updates in {record['train_seconds']:.0f} s, held-out "
               f"{record['before']:.3f} -> {record['after']:.3f} ({gain:+.3f}); peak {record['peak_rss_mb']:.0f} MB, "
               f"load {load_before[0]:.1f} -> {record['machine']['loadavg_after'][0]:.1f}", flush=True)
@@ -486,12 +538,13 @@ def write_summary(results_path: Path, pid: str | None = None) -> None:
     if not results:
         print(f"no results in {results_path}")
         return
+    m, proto = results[0]["machine"], results[0]["protocol"]
+    results, invalid = split_valid(results)
     summary = summarize(results)
-    m = results[-1]["machine"]
     lines = [
         f"# Study: our agents vs TRL GRPOTrainer (protocol {pid})", "",
         f"Machine: {m['cpu']} ({', '.join(m['cpu_flags'])}), {m['cores']} cores, resolved dtype {m['resolved_dtype']}; "
-        f"budget {results[0]['protocol']['budget_s']:.0f} s of training per run; {results[0]['protocol']['eval_tasks']} "
+        f"budget {proto['budget_s']:.0f} s of training per run; {proto['eval_tasks']} "
         "held-out sums, greedy, evaluated by mpo-gym for every run.", "",
         "| run | seeds | before | after | mean gain | 95% CI over seeds | 95% CI over tasks | updates | s/update | "
         "warm-up s | peak RSS MB |", "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -504,6 +557,8 @@ def write_summary(results_path: Path, pid: str | None = None) -> None:
         f"{name} " + ", ".join(f"s{seed} {g:+.3f}" for seed, g in zip(s["seeds"], s["gains"])) for name, s in summary.items()),
         "", "Load average (1 min) before/after each run: " + ", ".join(
         f"{r['run']} s{r['seed']} {r['machine']['loadavg_before'][0]:.1f}/{r['machine']['loadavg_after'][0]:.1f}" for r in results),
+        "", "Excluded (invalid; `--summary-only` keeps them out, the study command runs them again): " + (
+        "; ".join(f"{r['run']} s{r['seed']}: {reason}" for r, reason in invalid) or "none") + ".",
         "", f"![held-out accuracy vs training wall-clock]({results_path.with_suffix('.png').name})", ""]
     results_path.with_suffix(".md").write_text("\n".join(lines))
     plot(results, results_path.with_suffix(".png"))

@@ -81,3 +81,70 @@ def test_beta1_control_scales_only_the_actor_lr(study, tmp_path):
     off = study.train_config("mpo-offpolicy", 0, args, tmp_path / "c")
     assert off.agent == "mpo" and off.agent_config().ppo_epochs == 2 and off.agent_config().minibatch_size == 4
     assert off.time_budget_s == 360.0 and off.eval_tasks == 200
+
+
+def finished(run, seed, seconds=370.0, updates=20, flags=("amx_bf16", "avx2"), dtype="bfloat16"):
+    row = result(run, seed, [0, 1], [1, 1], updates=updates, seconds=seconds)
+    row["protocol"] = {"budget_s": 360.0, "eval_tasks": 2}
+    row["machine"] = {"cpu_flags": list(flags), "cores": 2, "resolved_dtype": dtype, "cpu": "x",
+                      "loadavg_before": [1.0], "loadavg_after": [1.0]}
+    row["curve"] = [(0.0, 0.5), (seconds, 1.0)]
+    return row
+
+
+def test_over_budget_and_other_machine_runs_are_invalid(study):
+    ok, slow = finished("mpo", 1, seconds=469.0, updates=8), finished("mpo-offpolicy", 2, seconds=1254.0, updates=4)
+    other = finished("ppo", 2, flags=("avx2",), dtype="float32")
+    assert study.invalid_reason(ok, study.machine_kind(ok["machine"])) is None  # one update over: allowed
+    assert "over budget: 1254 s" in study.invalid_reason(slow, None)
+    assert study.invalid_reason(finished("ppo", 0, seconds=540.1), None) is not None  # just past 1.5 budgets
+    assert study.invalid_reason(finished("ppo", 0, seconds=539.9), None) is None
+    assert "other machine kind" in study.invalid_reason(other, study.machine_kind(ok["machine"]))
+    valid, invalid = study.split_valid([ok, slow, other])
+    assert valid == [ok] and [r for r, _ in invalid] == [slow, other]
+
+
+def test_summary_leaves_invalid_runs_out_and_says_so(study, tmp_path, monkeypatch):
+    import json
+
+    rows = [finished("ppo", 0), finished("ppo", 1), finished("ppo", 2, seconds=1000.0)]
+    rows[2]["outcomes_after"], rows[2]["after"] = [0, 0], 0.0  # a gain that would change the mean
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(study, "plot", lambda results, p: None)
+    study.write_summary(path, "p")
+    text = path.with_suffix(".md").read_text()
+    assert "| ppo | 2 |" in text and "+0.500" in text
+    assert "Excluded (invalid" in text and "ppo s2: over budget: 1000 s" in text
+
+
+def test_study_reruns_invalid_runs_and_refuses_another_machine_kind(study, tmp_path, monkeypatch, capsys):
+    import json
+
+    args = study.parse_args(["--seeds", "0,1", "--agents", "ppo", "--results", str(tmp_path / "r.jsonl"),
+                             "--work-dir", str(tmp_path / "w")])
+    pid = study.protocol_id(study.protocol(args))
+    rows = [finished("ppo", 0), finished("ppo", 1, seconds=1000.0)]
+    for r in rows:
+        r["protocol_id"] = pid
+        r["protocol"] = study.protocol(args)
+    Path(args.results).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    here = {**rows[0]["machine"], "python": "3", "affinity": [0]}
+    monkeypatch.setattr(study, "machine", lambda: here)
+    ran = []
+
+    class Stop(Exception):
+        pass
+
+    def before(args, work):  # the first step after the plan: stop there
+        ran.append("before")
+        raise Stop
+
+    monkeypatch.setattr(study, "held_out_before", before)
+    with pytest.raises(Stop):
+        study.run_study(args)
+    out = capsys.readouterr().out
+    assert "ppo seed 1 is run again" in out and "1 valid runs already" in out and "1 to go" in out
+    monkeypatch.setattr(study, "machine", lambda: {**here, "cpu_flags": ["avx2"], "resolved_dtype": "float32"})
+    with pytest.raises(SystemExit, match="continue on a machine of the study's kind"):
+        study.run_study(args)
