@@ -48,6 +48,8 @@ class CompareConfig:
         updates: update budget per run (0: use ``budget_s`` only).
         num_envs: episodes per rollout batch (GRPO: groups x group size).
         eval_tasks: held-out tasks evaluated greedily before and after.
+        eval_batch: held-out episodes generated together (speed and memory only: greedy results
+            do not depend on it, up to floating-point reduction order).
         eval_every: also evaluate them every N updates during training (0: never); the report
             then has a held-out learning-curve table and panel. Not counted in the budget.
         agent_kwargs: per-agent config overrides, ``{"mpo": {"mpo_k": 3}}``.
@@ -73,6 +75,7 @@ class CompareConfig:
     updates: int = 20
     num_envs: int = 8
     eval_tasks: int = 100
+    eval_batch: int = 64
     eval_every: int = 0
     agent_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     common_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -114,7 +117,8 @@ class CompareConfig:
         return TrainConfig(
             env=self.env, env_kwargs=dict(self.env_kwargs), agent=agent, agent_kwargs=kwargs,
             model=self.model, dtype=self.dtype, num_envs=self.num_envs, updates=self.updates,
-            time_budget_s=self.budget_s, eval_tasks=self.eval_tasks, eval_every=self.eval_every, seed=seed,
+            time_budget_s=self.budget_s, eval_tasks=self.eval_tasks, eval_batch=self.eval_batch,
+            eval_every=self.eval_every, seed=seed,
             out_dir=str(Path(self.out_dir) / f"{agent}-s{seed}"), checkpoint_every=self.checkpoint_every,
             threads=self.threads, data_dir=self.data_dir, allow_test_split=self.allow_test_split,
             report_to=self.report_to, imports=self.imports,
@@ -137,6 +141,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "updates": 0,
         "num_envs": 16,
         "eval_tasks": 200,
+        "eval_batch": 200,  # one batch: the shared prompt head is encoded once for all 200
         "common_kwargs": _CPU_COMMON,
         "agent_kwargs": _CPU_AGENTS,
     },
@@ -415,6 +420,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-envs", type=int)
     parser.add_argument("--eval-tasks", type=int)
     parser.add_argument("--eval-every", type=int, help="held-out evaluation every N updates too")
+    parser.add_argument("--eval-batch", type=int, help="held-out episodes generated together (speed only)")
     parser.add_argument("--dtype", choices=("auto", "bfloat16", "float32"))
     parser.add_argument("--threads", type=int, help="torch CPU threads per run")
     parser.add_argument("--checkpoint-every", type=int, help="updates between checkpoints")
@@ -438,7 +444,7 @@ def _json_arg(text: str) -> Any:
         raise argparse.ArgumentTypeError(f"not valid JSON ({exc.msg}): {text!r}") from exc
 
 
-_FIELDS_FROM_ARGS = ("env", "env_kwargs", "model", "num_envs", "eval_tasks", "eval_every", "dtype", "agent_kwargs",
+_FIELDS_FROM_ARGS = ("env", "env_kwargs", "model", "num_envs", "eval_tasks", "eval_batch", "eval_every", "dtype", "agent_kwargs",
                      "common_kwargs", "updates", "budget_s", "threads", "checkpoint_every", "data_dir",
                      "allow_test_split", "report_to")
 

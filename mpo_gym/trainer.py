@@ -69,7 +69,8 @@ class TrainConfig:
         eval_every: also evaluate them every N updates (0: only before and after), logged as
             ``eval/accuracy``, ``eval/reward`` and ``eval/status/<status>`` in that update's
             metrics row. Evaluation time is not counted in ``time_budget_s``.
-        eval_batch: episodes per evaluation rollout.
+        eval_batch: held-out episodes generated together (speed and memory only: greedy
+            results do not depend on it, up to floating-point reduction order).
         seed: seeds the agent (task choice, sampling) and torch.
         out_dir: run folder (the same config run again into it resumes it).
         checkpoint_every: also save a checkpoint every N updates (0: only by time and at the end).
@@ -104,7 +105,7 @@ class TrainConfig:
     time_budget_s: float = 0.0
     eval_tasks: int = 100
     eval_every: int = 0
-    eval_batch: int = 16
+    eval_batch: int = 64
     seed: int = 0
     out_dir: str = "runs/train"
     checkpoint_every: int = 0

@@ -228,3 +228,57 @@ def test_act_resumes_mid_episode_from_observations():
     policy.end()
     greedy = rollout(toy_envs(2, 3, max_new_tokens=12), policy, task_indices=[0, 1], greedy=True)
     assert [env.response_ids for env in envs] == [e.response_ids[:6] for e in greedy]
+
+
+@pytest.mark.parametrize("greedy", [True, False])
+def test_shared_prompt_head_is_encoded_once_with_the_same_result(monkeypatch, greedy):
+    """Prompts with a common head (system prompt, example turn) prefill the head once and repeat
+    its KV cache; logits, tokens and log-probs equal a full left-padded prefill, and the
+    recorded log-probs still equal teacher forcing."""
+    from mpo_gym.policy import sampling
+
+    policy = eos_prone_policy(eos_scale=1.0)
+    head = list(range(5, 25))  # 20 shared tokens
+    prompts = [head + [30, 31, 32], head + [40], head + [50, 51], head]  # the last is all head
+    calls = []
+    forward = sampling.BlockSampler._forward
+
+    def spy(self, ids, mask, pos, cache):
+        calls.append(tuple(ids.shape))
+        return forward(self, ids, mask, pos, cache)
+
+    monkeypatch.setattr(sampling.BlockSampler, "_forward", spy)
+
+    def play(min_shared):
+        monkeypatch.setattr(sampling, "_MIN_SHARED_PREFIX", min_shared)
+        calls.clear()
+        s = sampling.BlockSampler(policy, prompts, seed=3, greedy=greedy, temperature=1.0)
+        logits = s._logits.clone()
+        prefill = list(calls)
+        tokens, logprobs = [], []
+        for _ in range(4):
+            t, lp = s.sample(3)
+            tokens.append(t)
+            logprobs.append(lp)
+        return logits, prefill, tokens, logprobs
+
+    shared_logits, shared_calls, shared_tokens, shared_lps = play(8)
+    full_logits, full_calls, full_tokens, full_lps = play(10**9)
+    assert shared_calls == [(1, 19), (4, 4)]  # the head minus one token (the last row keeps one), then the tails
+    assert full_calls == [(4, 23)]
+    torch.testing.assert_close(shared_logits, full_logits, atol=1e-5, rtol=1e-5)
+    assert shared_tokens == full_tokens
+    for a, b in zip(shared_lps, full_lps):
+        for x, y in zip(a, b):
+            np.testing.assert_allclose(x, y, atol=1e-5)
+    # teacher forcing agrees with what the head-shared sampler recorded
+    ids = [p + sum((blk[i] for blk in shared_tokens), []) for i, p in enumerate(prompts)]
+    for i, seq in enumerate(ids):
+        P, r = len(prompts[i]), seq[len(prompts[i]):]
+        if not r:
+            continue
+        with torch.no_grad():
+            out = policy.score(torch.tensor([seq]), torch.ones(1, len(seq), dtype=torch.long), P)
+        want = sum((lp[i] for lp in shared_lps), [])
+        torch.testing.assert_close(out.logprobs[0, :len(r)], torch.tensor(want, dtype=out.logprobs.dtype),
+                                   atol=1e-5, rtol=1e-5)

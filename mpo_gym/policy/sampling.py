@@ -1,7 +1,7 @@
 """``BlockSampler``: KV-cached sampling of K-token blocks across env steps.
 
 One sampler holds one batch of sequences. It prefills all prompts as a single left-padded
-batch, then each :meth:`BlockSampler.sample` call draws up to ``n_i`` tokens for each live row,
+batch (their common head encoded once), then each :meth:`BlockSampler.sample` call draws up to ``n_i`` tokens for each live row,
 stopping a row's block at EOS. The KV cache is kept between calls, so a whole episode costs
 about one ``model.generate`` call: one forward per generated token, never re-encoding the
 prefix. A sampled token is fed to the model lazily (at the start of the next draw), so no
@@ -39,6 +39,15 @@ from .scoring import position_ids_from_mask
 __all__ = ["BlockSampler", "obs_rows", "row_seed"]
 
 _UNIFORMS_PER_REFILL = 64  # uniforms drawn at once from a row's stream
+_MIN_SHARED_PREFIX = 8  # shortest common prompt head worth encoding once for all rows
+
+
+def _common_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest prefix that every sequence starts with."""
+    first, n = seqs[0], min(len(s) for s in seqs)
+    for s in seqs[1:]:
+        n = next((j for j in range(n) if s[j] != first[j]), n)
+    return n
 
 
 def row_seed(seed: int, index: int) -> int:
@@ -96,20 +105,42 @@ class BlockSampler:
 
     @torch.no_grad()
     def _prefill(self) -> None:
+        """One forward over the prompts (plus any given responses).
+
+        Prompts of one env usually share a long head (system prompt, example turn): that head
+        (the rows' longest common prefix, when at least ``_MIN_SHARED_PREFIX`` tokens) is encoded
+        once and its KV cache repeated per row; the rest of each row follows it left-padded, so
+        the mask may have a hole between the two (positions count only unmasked tokens). The
+        logits equal those of a full prefill up to floating-point reduction order.
+        """
         seqs = [p + r for p, r in zip(self.prompts, self.responses)]
-        width = max(len(p) for p in seqs)
+        shared = _common_prefix_length(seqs) if self.batch_size > 1 else 0
+        shared = min(shared, min(len(s) for s in seqs) - 1)  # every row keeps >= 1 own token
+        shared = shared if shared >= _MIN_SHARED_PREFIX else 0
+        cache = None
+        if shared:
+            head = torch.tensor([seqs[0][:shared]], device=self.device)  # [1, P]
+            self._forward(head, torch.ones_like(head), torch.arange(shared, device=self.device)[None], None)
+            cache = self._cache
+            if hasattr(cache, "batch_repeat_interleave"):
+                cache.batch_repeat_interleave(self.batch_size)
+            else:  # a cache type without batch expansion: encode everything per row
+                cache, shared = None, 0
+        tails = [s[shared:] for s in seqs]
+        width = max(len(t) for t in tails)
         ids = torch.full((self.batch_size, width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((self.batch_size, width), dtype=torch.long)
-        for i, p in enumerate(seqs):
-            ids[i, width - len(p):] = torch.tensor(p)
-            mask[i, width - len(p):] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)  # [B, Lp]
+        mask = torch.zeros((self.batch_size, shared + width), dtype=torch.long)
+        mask[:, :shared] = 1
+        for i, t in enumerate(tails):
+            ids[i, width - len(t):] = torch.tensor(t)
+            mask[i, shared + width - len(t):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)  # [B, Lp - P], [B, Lp]
         self._rows = torch.arange(self.batch_size)  # cache row -> user row
         self._mask = mask  # [b, S]
         self._pos = mask.sum(-1)  # [b] next position id
         self._pending: torch.Tensor | None = None  # [b] tokens not yet fed
         self._pending_mask: torch.Tensor | None = None  # [b] bool
-        out = self._forward(ids, mask, position_ids_from_mask(mask), None)
+        out = self._forward(ids, mask, position_ids_from_mask(mask)[:, shared:], cache)
         self._logits = out.logits[:, -1].float()  # [b, V]
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: Any) -> Any:
