@@ -117,7 +117,7 @@ class BlockSampler:
         shared = _common_prefix_length(seqs) if self.batch_size > 1 else 0
         shared = min(shared, min(len(s) for s in seqs) - 1)  # every row keeps >= 1 own token
         shared = shared if shared >= _MIN_SHARED_PREFIX else 0
-        cache = None
+        cache: Any = None
         if shared:
             head = torch.tensor([seqs[0][:shared]], device=self.device)  # [1, P]
             self._forward(head, torch.ones_like(head), torch.arange(shared, device=self.device)[None], None)
