@@ -176,8 +176,7 @@ class MPOAgent(PPOAgent):
             if self.dist.active:  # each rank scores its shard of the solutions; the loss is the whole batch's
                 mine = self.dist.shard(input_ids.shape[0])
                 input_ids, attention = input_ids[mine.start : mine.stop], attention[mine.start : mine.stop]
-            out = policy.score(input_ids, attention, prompt_len, mtp=True)
-            mtp_lp, mtp_mask = required(out.mtp_logprobs), required(out.mtp_mask)
+            mtp_lp, mtp_mask = policy.score_mtp(input_ids, attention, prompt_len)  # backbone frozen: no grad
             counts = None
             if self.dist.active:
                 counts = torch.tensor(self.dist.all_reduce(mtp_mask.sum(dim=(0, 1)).tolist()))  # [K-1]

@@ -94,3 +94,19 @@ def test_warmup_loss_trains_only_mtp():
     assert all(p.grad is None for p in pol.backbone_parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in pol.mtp_parameters())
     assert loss.item() > 0
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_score_mtp_equals_score_with_a_frozen_backbone(detach):
+    pol = trained_like_policy(num=2)
+    pol.mtp_detach_backbone = detach
+    ids = torch.randint(4, 100, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0  # a left-padded row
+    full = pol.score(ids, mask, 5, mtp=True)
+    lp, valid = pol.score_mtp(ids, mask, 5)
+    torch.testing.assert_close(lp, full.mtp_logprobs)
+    assert torch.equal(valid, full.mtp_mask)
+    (lp * valid).sum().backward()
+    assert all(p.grad is None for p in pol.backbone_parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in pol.mtp_parameters())

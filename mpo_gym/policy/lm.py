@@ -226,10 +226,11 @@ class LMPolicy(nn.Module):
 
     def _mtp_logprobs(self, hidden: torch.Tensor, input_ids: torch.Tensor,
                       attention_mask: torch.Tensor, position_ids: torch.Tensor,
-                      prompt_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+                      prompt_len: int, detach: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         lm = self.causal_lm
         L = input_ids.shape[1]
-        h = hidden.detach() if self.mtp_detach_backbone else hidden  # [B, L, d]
+        detach = self.mtp_detach_backbone if detach is None else detach
+        h = hidden.detach() if detach else hidden  # [B, L, d]
         attn = causal_padding_mask(attention_mask, h.dtype)  # [B, 1, L, L]
         rope = lm.get_decoder().rotary_emb(h, position_ids=position_ids)
         embed = lm.get_input_embeddings()
@@ -238,9 +239,9 @@ class LMPolicy(nn.Module):
         lps, masks = [], []
         for j, module in enumerate(self.mtp, start=1):
             emb = embed(_shift_left(input_ids, j, self.pad_token_id))  # [B, L, d]
-            h = module(h, emb.detach() if self.mtp_detach_backbone else emb, attn, rope)  # [B, L, d]
+            h = module(h, emb.detach() if detach else emb, attn, rope)  # [B, L, d]
             valid = resp_mask & _shift_left(resp_mask, j, False)  # [B, T]
-            head = module.lm_head if module.lm_head is not None else self._shared_head()
+            head = module.lm_head if module.lm_head is not None else self._shared_head(detach)
             lp, _ = chunked_token_logprobs(head, h[:, prompt_len - 1:L - 1],  # type: ignore[arg-type]
                                            _shift_left(targets, j, self.pad_token_id), valid,
                                            chunk_size=self.chunk_size)
@@ -248,13 +249,25 @@ class LMPolicy(nn.Module):
             masks.append(valid)
         return torch.stack(lps, -1), torch.stack(masks, -1)  # [B, T, M]
 
-    def _shared_head(self) -> Any:
+    def _shared_head(self, detach: bool) -> Any:
         """The backbone's LM head for ``share_lm_head`` modules; detached with the backbone."""
         head = self.causal_lm.get_output_embeddings()
-        if not self.mtp_detach_backbone:
+        if not detach:
             return head
         bias = head.bias.detach() if getattr(head, "bias", None) is not None else None
         return LinearHead(head.weight.detach(), bias)
+
+    def score_mtp(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  prompt_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mtp_logprobs [B, T, M], mtp_mask [B, T, M])`` of :meth:`score` with the backbone
+        frozen: the backbone runs without grad and the main head is skipped, so only the MTP
+        modules cost a backward (MPO's warm-up)."""
+        if len(self.mtp) == 0:
+            raise ValueError("score_mtp needs a policy built with num_mtp_modules > 0")
+        with torch.no_grad():
+            position_ids = position_ids_from_mask(attention_mask)
+            hidden = self._decoder_forward(input_ids, attention_mask, position_ids)
+        return self._mtp_logprobs(hidden, input_ids, attention_mask, position_ids, prompt_len, detach=True)
 
     def mtp_warmup_loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                         prompt_len: int, alphas: list[float] | None = None) -> torch.Tensor:
@@ -263,10 +276,7 @@ class LMPolicy(nn.Module):
         The backbone runs without grad; only MTP parameters receive gradients.
         """
         alphas = alphas or [1.0] * len(self.mtp)
-        with torch.no_grad():
-            position_ids = position_ids_from_mask(attention_mask)
-            hidden = self._decoder_forward(input_ids, attention_mask, position_ids)
-        lp, mask = self._mtp_logprobs(hidden, input_ids, attention_mask, position_ids, prompt_len)
+        lp, mask = self.score_mtp(input_ids, attention_mask, prompt_len)
         weights = torch.tensor(alphas, dtype=lp.dtype, device=lp.device)  # [M]
         per_module = (lp * mask).sum((0, 1)) / mask.sum((0, 1)).clamp(min=1)  # [M]
         return -(weights * per_module).sum()
