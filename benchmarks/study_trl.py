@@ -462,7 +462,7 @@ def run_study(args: argparse.Namespace) -> None:
             "run": name, "seed": seed, "protocol_id": pid, "protocol": proto, "before": before["accuracy"],
             "outcomes_before": before["outcomes"], **out, "wall_seconds": time.time() - t0,
             "machine": {**info, "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "code": _code_version(),
         }
         results_path.parent.mkdir(parents=True, exist_ok=True)
         with results_path.open("a") as f:
@@ -475,6 +475,18 @@ def run_study(args: argparse.Namespace) -> None:
         print(f"{name} seed {seed}: {record['updates']} updates in {record['train_seconds']:.0f} s, held-out "
               f"{record['before']:.3f} -> {record['after']:.3f} ({gain:+.3f}); peak {record['peak_rss_mb']:.0f} MB, "
               f"load {load_before[0]:.1f} -> {record['machine']['loadavg_after'][0]:.1f}", flush=True)
+
+
+def _code_version() -> str:
+    """The commit the runs' code came from (``+dirty`` with local changes), or ``unknown``."""
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head + ("+dirty" if dirty else "")) or "unknown"
 
 
 # ---------------------------------------------------------------------------------- summary
@@ -557,12 +569,21 @@ def write_summary(results_path: Path, pid: str | None = None) -> None:
         f"{name} " + ", ".join(f"s{seed} {g:+.3f}" for seed, g in zip(s["seeds"], s["gains"])) for name, s in summary.items()),
         "", "Load average (1 min) before/after each run: " + ", ".join(
         f"{r['run']} s{r['seed']} {r['machine']['loadavg_before'][0]:.1f}/{r['machine']['loadavg_after'][0]:.1f}" for r in results),
+        "", "Code (commit) of the runs: " + ", ".join(
+        f"{code} ({n} runs)" for code, n in sorted(_count(r.get("code", "not recorded") for r in results).items())) + ".",
         "", "Excluded (invalid; `--summary-only` keeps them out, the study command runs them again): " + (
         "; ".join(f"{r['run']} s{r['seed']}: {reason}" for r, reason in invalid) or "none") + ".",
         "", f"![held-out accuracy vs training wall-clock]({results_path.with_suffix('.png').name})", ""]
     results_path.with_suffix(".md").write_text("\n".join(lines))
     plot(results, results_path.with_suffix(".png"))
     print("\n".join(lines))
+
+
+def _count(items: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in items:
+        out[item] = out.get(item, 0) + 1
+    return out
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:
