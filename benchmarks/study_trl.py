@@ -58,6 +58,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -570,20 +571,13 @@ def write_summary(results_path: Path, pid: str | None = None) -> None:
         "", "Load average (1 min) before/after each run: " + ", ".join(
         f"{r['run']} s{r['seed']} {r['machine']['loadavg_before'][0]:.1f}/{r['machine']['loadavg_after'][0]:.1f}" for r in results),
         "", "Code (commit) of the runs: " + ", ".join(
-        f"{code} ({n} runs)" for code, n in sorted(_count(r.get("code", "not recorded") for r in results).items())) + ".",
+        f"{code} ({n} runs)" for code, n in sorted(Counter(r.get("code", "not recorded") for r in results).items())) + ".",
         "", "Excluded (invalid; `--summary-only` keeps them out, the study command runs them again): " + (
         "; ".join(f"{r['run']} s{r['seed']}: {reason}" for r, reason in invalid) or "none") + ".",
         "", f"![held-out accuracy vs training wall-clock]({results_path.with_suffix('.png').name})", ""]
     results_path.with_suffix(".md").write_text("\n".join(lines))
     plot(results, results_path.with_suffix(".png"))
     print("\n".join(lines))
-
-
-def _count(items: Any) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for item in items:
-        out[item] = out.get(item, 0) + 1
-    return out
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:

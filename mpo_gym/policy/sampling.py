@@ -28,6 +28,7 @@ those and the caller marks the row finished).
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,14 +41,6 @@ __all__ = ["BlockSampler", "obs_rows", "row_seed"]
 
 _UNIFORMS_PER_REFILL = 64  # uniforms drawn at once from a row's stream
 _MIN_SHARED_PREFIX = 8  # shortest common prompt head worth encoding once for all rows
-
-
-def _common_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
-    """Length of the longest prefix that every sequence starts with."""
-    first, n = seqs[0], min(len(s) for s in seqs)
-    for s in seqs[1:]:
-        n = next((j for j in range(n) if s[j] != first[j]), n)
-    return n
 
 
 def row_seed(seed: int, index: int) -> int:
@@ -114,7 +107,7 @@ class BlockSampler:
         logits equal those of a full prefill up to floating-point reduction order.
         """
         seqs = [p + r for p, r in zip(self.prompts, self.responses)]
-        shared = _common_prefix_length(seqs) if self.batch_size > 1 else 0
+        shared = len(os.path.commonprefix(seqs)) if self.batch_size > 1 else 0
         shared = min(shared, min(len(s) for s in seqs) - 1)  # every row keeps >= 1 own token
         shared = shared if shared >= _MIN_SHARED_PREFIX else 0
         cache: Any = None
