@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from mpo_gym.distributed import SINGLE, Dist
+from mpo_gym.distributed import SINGLE, Dist, shard
 from mpo_gym.policy import LMPolicy, ScoreOutput
 from mpo_gym.rollout import Episode, rollout, task_count
 
@@ -311,10 +311,11 @@ class BaseAgent:
         tasks = self.choose_tasks(envs)
         seed = int(self.rng.integers(2**31 - 1))
         mine = self.dist.shard(len(tasks))
-        episodes = rollout(
-            envs, policy, task_indices=[tasks[i] for i in mine], seed=seed, first_index=mine.start,
-            temperature=self.config.temperature, top_p=self.config.top_p,
-        )
+        with self.dist.gathered(policy):  # sharded (fsdp): ranks generate different token counts
+            episodes = rollout(
+                envs, policy, task_indices=[tasks[i] for i in mine], seed=seed, first_index=mine.start,
+                temperature=self.config.temperature, top_p=self.config.top_p,
+            )
         if self.dist.active:  # every rank holds the whole batch, in episode order
             episodes = [e for part in self.dist.all_gather_objects(episodes) for e in part]
         self.rollout_calls += 1
@@ -394,11 +395,13 @@ class BaseAgent:
         weights = self._micro_weights(batch, rows)
         logs: dict[str, float] = {}
         error = None
-        for micro, weight in weights:
+        for i, (micro, weight) in enumerate(weights):
             loss, metrics = self.loss(batch.select(micro))
-            if not torch.isfinite(loss):
+            if not torch.isfinite(loss) and error is None:
                 error = f"non-finite loss {loss.item()} ({self.name}); metrics {metrics}"
+            if error is not None and not self.dist.fsdp:  # sharded, each backward is a collective: run them all
                 break
+            self.dist.gradient_sync(self.policy, i == len(weights) - 1)
             (loss * weight).backward()
             for key, value in metrics.items():
                 logs[key] = logs.get(key, 0.0) + weight * float(value)
@@ -415,10 +418,10 @@ class BaseAgent:
             raise FloatingPointError(error)
         self.bytes_reduced += self.dist.all_reduce_grads(params)
         if self.config.max_grad_norm > 0:
-            norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
+            norm = _full(torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm))
             logs["losses/grad_norm"] = float(norm)
         else:
-            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+            norm = _full(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
         if not torch.isfinite(norm):  # a finite loss can still have inf/nan gradients
             self.optimizer.zero_grad(set_to_none=True)
             raise FloatingPointError(f"non-finite gradient norm {float(norm)} ({self.name}); optimizer step skipped")
@@ -427,12 +430,21 @@ class BaseAgent:
 
     def _micro_weights(self, batch: RolloutBatch, rows: list[int]) -> list[tuple[list[int], float]]:
         """This rank's part of the mini-batch ``rows`` as micro-batches, weighted so that the
-        gradients accumulated over micro-batches and summed over ranks equal the mini-batch loss's."""
+        gradients accumulated over micro-batches and summed over ranks equal the mini-batch loss's.
+
+        Sharded (``fsdp``), every rank runs as many micro-batches as the rank with the most: the
+        others are padded with zero-weight ones (a row of the mini-batch, contributing nothing),
+        since each forward and backward is a collective there."""
         token_mean = self.config.loss_aggregation == "token-mean"
         total = max(float(batch.mask[rows].sum()) if token_mean else float(len(rows)), 1.0)
         micros = self._chunks([rows[i] for i in self.dist.shard(len(rows))])
         counts = [float(batch.mask[m].sum()) if token_mean else float(len(m)) for m in micros]
-        return [(m, c / total) for m, c in zip(micros, counts)]
+        out = [(m, c / total) for m, c in zip(micros, counts)]
+        if self.dist.fsdp:
+            size = self.config.micro_batch_size
+            most = -(-len(shard(len(rows), 0, self.dist.world_size)) // size)  # rank 0's shard is the largest
+            out += [([rows[0]], 0.0)] * (most - len(out))
+        return out
 
     def batch_metrics(self, batch: RolloutBatch) -> dict[str, float]:
         lengths = batch.mask.sum(1).float()
@@ -470,7 +482,7 @@ class BaseAgent:
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         return {
-            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+            "optimizer": None if self.optimizer is None else self.dist.optimizer_state(self.policy, self.optimizer),
             "rng": self.rng.bit_generator.state,
             "torch_rng": self.torch_rng.get_state(),
             "rollout_calls": self.rollout_calls,
@@ -478,7 +490,7 @@ class BaseAgent:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.optimizer is not None and state.get("optimizer") is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
+            self.dist.load_optimizer_state(self.policy, self.optimizer, state["optimizer"])
         self.rng.bit_generator.state = state["rng"]
         self.torch_rng.set_state(state["torch_rng"])
         self.rollout_calls = state.get("rollout_calls", 0)
@@ -494,6 +506,11 @@ def adamw(params: Any, **kwargs: Any) -> torch.optim.AdamW:
         return torch.optim.AdamW(params, fused=True, **kwargs)
     except (RuntimeError, ValueError):  # a device or dtype without a fused kernel
         return torch.optim.AdamW(params, **kwargs)
+
+
+def _full(norm: torch.Tensor) -> torch.Tensor:
+    """A gradient norm as a plain tensor (sharded parameters give a distributed one)."""
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
 def required(value: torch.Tensor | None) -> torch.Tensor:

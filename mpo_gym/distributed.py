@@ -17,22 +17,35 @@ How the trainer uses it (see ``docs`` in the README, "Data-parallel training"):
   (:meth:`Dist.all_reduce_grads`) before one identical optimizer step on every rank;
 - rank 0 writes the run folder.
 
-What it does not do: no tensor or pipeline parallelism, no FSDP, no separate inference engine.
+With ``fsdp`` (:func:`shard_policy`, FSDP2's ``fully_shard``) parameters, gradients and
+optimizer state are sharded over the ranks instead of replicated: every decoder layer (of the
+backbone and of the MTP modules) is one unit, the rest of the policy the root. The scoring forwards (``score``,
+``score_mtp``) and the update's backward gather and reduce-scatter unit by unit, so they run
+in lock-step: the same number of forwards and backwards on every rank (the trainer's shards
+are equal and short ranks run zero-weight micro-batches). Generation (rollouts and held-out
+evaluation) differs in length between ranks, so it runs under :meth:`Dist.gathered`, with the
+parameters all-gathered once for the whole rollout (as FSDP1's ``summon_full_params``): a rank
+needs room for the parameters, while gradients and optimizer state stay sharded.
+Checkpoints hold full (unsharded) state dicts, written by rank 0.
+
+What it does not do: no tensor or pipeline parallelism, no separate inference engine.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import torch
 
 from .verifiers.pool import local_cpus
 
-__all__ = ["SINGLE", "Dist", "init", "launched", "local_cpus", "shard"]
+__all__ = ["SINGLE", "Dist", "init", "launched", "local_cpus", "shard", "shard_policy"]
 
 T = TypeVar("T")
 
@@ -60,12 +73,14 @@ class Dist:
         rank, world_size: this process's rank and the number of ranks.
         local_rank: rank on this node (the CUDA device index).
         backend: ``"gloo"``, ``"nccl"`` or ``""`` (single process).
+        fsdp: the policy is sharded (:func:`shard_policy`), not replicated.
     """
 
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
     backend: str = ""
+    fsdp: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -135,17 +150,21 @@ class Dist:
         """Sum ``p.grad`` over ranks (a missing grad counts as zeros); returns the bytes reduced.
 
         The gradients are flattened into one buffer per dtype and device, reduced in one call
-        each, and copied back, as DDP's buckets do once per optimizer step.
+        each, and copied back, as DDP's buckets do once per optimizer step. Sharded parameters
+        (``fsdp``) were reduce-scattered by their backward already: they are not reduced again
+        and count with their full size (the bytes their reduce-scatter summed).
         """
         params = [p for p in params if p.requires_grad]
         if not self.active:
             return 0
+        sharded = [p for p in params if _is_sharded(p)]
+        total = sum(p.numel() * p.element_size() for p in sharded)
+        params = [p for p in params if not _is_sharded(p)]
         groups: dict[tuple[torch.dtype, torch.device], list[torch.nn.Parameter]] = {}
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             groups.setdefault((p.grad.dtype, p.grad.device), []).append(p)
-        total = 0
         for group in groups.values():
             flat = torch.cat([p.grad.reshape(-1) for p in group])  # type: ignore[union-attr]
             moved = flat.to(self._device())
@@ -160,9 +179,12 @@ class Dist:
         return total
 
     def broadcast_module(self, module: torch.nn.Module) -> None:
-        """Rank 0's parameters and buffers on every rank (as DDP does when it wraps a model)."""
+        """Rank 0's parameters and buffers on every rank (as DDP does when it wraps a model);
+        call it before :func:`shard_policy`."""
         if not self.active:
             return
+        if any(_is_sharded(p) for p in module.parameters()):
+            raise RuntimeError("broadcast_module needs the unsharded module: call it before shard_policy")
         dev = self._device()
         with torch.no_grad():
             for t in list(module.parameters()) + list(module.buffers()):
@@ -174,8 +196,117 @@ class Dist:
         if self.active:
             torch.distributed.barrier()
 
+    # ------------------------------------------------------------------ sharded policy (FSDP2)
+    @contextlib.contextmanager
+    def gathered(self, module: torch.nn.Module) -> Iterator[None]:
+        """Under ``fsdp``: every unit of ``module`` all-gathered for the block (forwards issue no
+        collectives, so ranks may run different numbers of them: generation), resharded after.
+        A no-op otherwise."""
+        units = _fsdp_units(module) if self.fsdp else []
+        if not units:
+            yield
+            return
+        module._get_fsdp_state()._lazy_init()  # type: ignore[operator]  # the root is known before any forward
+        for unit in units:
+            unit.unshard()
+            unit.set_reshard_after_forward(False, recurse=False)
+        try:
+            yield
+        finally:
+            for unit in units:
+                unit.reshard()
+                unit.set_reshard_after_forward(unit is not module, recurse=False)
+
+    def gradient_sync(self, module: torch.nn.Module, sync: bool) -> None:
+        """Under ``fsdp``: whether the next backward reduce-scatters (the last micro-batch of a
+        step) or only accumulates local unsharded gradients (the others)."""
+        if self.fsdp:
+            module.set_requires_gradient_sync(sync)  # type: ignore[operator]
+
+    def model_state(self, module: torch.nn.Module) -> dict[str, Any]:
+        """``module.state_dict()``; under ``fsdp`` the full one, on CPU, on rank 0 (a collective:
+        every rank calls it; the others get ``{}``)."""
+        if not self.fsdp:
+            return module.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def optimizer_state(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """``optimizer.state_dict()``; under ``fsdp`` the full one keyed by parameter name, on
+        rank 0 (a collective, as :meth:`model_state`)."""
+        if not self.fsdp:
+            return optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_optimizer_state_dict,
+        )
+
+        return get_optimizer_state_dict(module, optimizer,
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def load_optimizer_state(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                             state: dict[str, Any]) -> None:
+        """Load what :meth:`optimizer_state` returned (every rank passes the full state)."""
+        if not self.fsdp:
+            optimizer.load_state_dict(state)
+            return
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_optimizer_state_dict,
+        )
+
+        set_optimizer_state_dict(module, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
 
 SINGLE = Dist()
+
+
+def shard_policy(policy: Any, dist: Dist) -> Dist:
+    """Shard an :class:`~mpo_gym.policy.LMPolicy` over the ranks with FSDP2 (``fully_shard``).
+
+    Units: each decoder layer of the backbone and of the MTP modules, a separate critic; the
+    policy itself is the root (embeddings, final norm, LM heads, MTP projections and norms, a
+    value head), with ``score`` and
+    ``score_mtp`` registered as forward methods. Gradients are summed over ranks, not averaged
+    (the trainer's loss weights are already normalised over the whole batch). Call it after
+    loading and broadcasting the weights and before building the optimizer. Returns ``dist``
+    with ``fsdp`` set.
+    """
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    from .errors import ConfigError
+
+    if not dist.active:
+        raise ConfigError("--fsdp shards the model over ranks: start 2 or more with torchrun")
+    decoder = policy.causal_lm.get_decoder()
+    units = list(decoder.layers) + [module.layer for module in policy.mtp]  # MTP heads are read outside a forward
+    if policy.value_kind == "separate":
+        units.append(policy.value_head)
+    for unit in units:
+        fully_shard(unit, reshard_after_forward=True)
+    fully_shard(policy, reshard_after_forward=False)
+    for method in ("score", "score_mtp"):
+        register_fsdp_forward_method(policy, method)
+    # score's outputs are slices (views); nothing edits them in place, which would skip the
+    # root's gradient reduce-scatter (the sharded-equals-replicated tests would catch that)
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDPLMPolicy\) returned a view tensor")
+    for unit in _fsdp_units(policy):
+        unit.set_gradient_divide_factor(1.0)
+        unit.set_force_sum_reduction_for_comms(True)  # a plain sum (gloo has no pre-multiplied sum)
+    return replace(dist, fsdp=True)
+
+
+def _fsdp_units(module: torch.nn.Module) -> list[Any]:
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in module.modules() if isinstance(m, FSDPModule)]
+
+
+def _is_sharded(p: torch.Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(p, DTensor)
 
 _CURRENT: Dist = SINGLE
 

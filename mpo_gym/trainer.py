@@ -91,6 +91,9 @@ class TrainConfig:
         completions_every: append sampled prompts, responses, verdicts and rewards to
             ``completions.jsonl`` every N updates (0: never).
         imports: comma-separated modules to import first (they register user envs).
+        fsdp: under torchrun, shard parameters, gradients and optimizer state over the ranks
+            (FSDP2) instead of replicating them; for models whose training state does not fit
+            one device. Same updates as replicated, up to reduction order.
     """
 
     env: str = "mpo_gym/Arithmetic-v0"
@@ -120,6 +123,7 @@ class TrainConfig:
     log_every: int = 10
     completions_every: int = 10
     imports: str = ""
+    fsdp: bool = False
 
     def __post_init__(self) -> None:
         if self.agent not in AGENTS:
@@ -237,7 +241,7 @@ def evaluate_held_out(cfg: TrainConfig, policy: Any, envs: list[Any] | None = No
     envs = envs or make_envs(cfg, min(cfg.eval_batch, cfg.eval_tasks), split="test")
     n_tasks = min(cfg.eval_tasks, task_count(envs)[1])
     policy.eval()
-    with autocast(cfg, policy), torch.no_grad():
+    with autocast(cfg, policy), torch.no_grad(), dist.gathered(policy):
         samples = evaluate_envs(envs, policy, range(n_tasks), temperature=0.0, suite=cfg.env,
                                 model_name=cfg.agent, dist=dist)
     if dist.is_main:
@@ -398,12 +402,19 @@ def train(cfg: TrainConfig, *, progress: bool = True, resume: bool = True, label
 
 
 def check_shards(cfg: TrainConfig, dist: distributed.Dist) -> None:
-    """Under several ranks, the batch must split into equal shards of whole groups."""
+    """Under several ranks, the batch must split into equal shards of whole groups; ``fsdp``
+    needs several ranks and supports neither a KL reference nor LoRA yet."""
+    if cfg.fsdp and not dist.active:
+        raise ConfigError("--fsdp shards the model over ranks: start 2 or more with torchrun, or leave --fsdp off")
     if not dist.active:
         return
     from .agents import AGENTS
 
-    group = int(AGENTS[cfg.agent][0](cfg.agent_config()).group_size)
+    agent_cfg = cfg.agent_config()
+    if cfg.fsdp and (getattr(agent_cfg, "kl_coef", 0.0) > 0 or cfg.lora):
+        raise ConfigError("--fsdp does not support a KL reference (--kl-coef > 0) or --lora yet: "
+                          "leave them off, or run without --fsdp")
+    group = int(AGENTS[cfg.agent][0](agent_cfg).group_size)
     share, left = divmod(cfg.num_envs, dist.world_size)
     if left or share % group:
         raise ConfigError(
@@ -419,20 +430,27 @@ def _train(cfg: TrainConfig, out: Path, envs: list[Any], eval_envs: list[Any] | 
 
     main = dist.is_main
     policy = _build_policy(cfg)
-    agent = make_agent(cfg.agent, policy, **{"seed": cfg.seed, **cfg.agent_kwargs})
-    agent.dist = dist
     metrics_path, eval_path = out / "metrics.jsonl", out / "eval.json"
     step, train_seconds = 0, 0.0
     evals: dict[str, Any] = json.loads(eval_path.read_text()) if eval_path.exists() else {}
     loaded = runs.load_checkpoint(out, ("policy.pt", "state.pt"))
-    if loaded is not None:
-        files, folder = loaded
-        step, train_seconds = _restore(files, policy, agent)
-    seen = dist.all_gather_objects(step)
+    seen = dist.all_gather_objects(int(loaded[0]["state.pt"]["step"]) if loaded is not None else 0)
     if len(set(seen)) > 1:
         raise ConfigError(f"the ranks found checkpoints of different updates in {out} ({seen}): every rank must "
                           "see the same run folder (on several nodes, put --out-dir on a shared filesystem)")
+    # the agent binds the policy before the checkpoint's weights are loaded (a KL reference is a
+    # copy of the initial weights); sharded (no KL reference), after sharding, so that its
+    # optimizer holds the sharded parameters
+    agent: Any = None if cfg.fsdp else make_agent(cfg.agent, policy, **{"seed": cfg.seed, **cfg.agent_kwargs})
+    if loaded is not None:
+        policy.load_state_dict(loaded[0]["policy.pt"])
     dist.broadcast_module(policy)  # every rank starts from rank 0's weights, as DDP does
+    if cfg.fsdp:
+        dist = distributed.shard_policy(policy, dist)
+        agent = make_agent(cfg.agent, policy, **{"seed": cfg.seed, **cfg.agent_kwargs})
+    agent.dist = dist
+    if loaded is not None:
+        step, train_seconds = _restore(loaded[0], agent)
     if main:
         _keep_rows_up_to(out, step)
         if step == 0 and warning:
@@ -472,8 +490,10 @@ def _train(cfg: TrainConfig, out: Path, envs: list[Any], eval_envs: list[Any] | 
                 f"stopped at update {step + 1}: {exc}. The last good checkpoint is {saved}; "
                 "lower the learning rate or use float32."
             ) from exc
-        # the ranks agree on the clock (the slowest rank's) and on a signal any of them received
-        seconds, signum = dist.all_reduce([time.perf_counter() - t0, stop.received or 0], op="max")
+        # the ranks agree on the clock (the slowest rank's), on a signal any of them received and
+        # on whether a checkpoint is due by time (saving is a collective when the policy is sharded)
+        late = bool(cfg.checkpoint_every_s and time.monotonic() - last_save >= cfg.checkpoint_every_s)
+        seconds, signum, late = dist.all_reduce([time.perf_counter() - t0, stop.received or 0, late], op="max")
         received = int(signum) or None
         train_seconds += seconds
         step += 1
@@ -489,11 +509,9 @@ def _train(cfg: TrainConfig, out: Path, envs: list[Any], eval_envs: list[Any] | 
                 table = write_completions(out / "completions.jsonl", step, batch, envs)
                 tracker.log_completions(table, step)
             bar.update(step, train_seconds, row)
-        due = (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or (
-            cfg.checkpoint_every_s and time.monotonic() - last_save >= cfg.checkpoint_every_s)
+        due = (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or bool(late)
         if due or received is not None:
-            if main:
-                _checkpoint(out, policy, agent, step, train_seconds)
+            _checkpoint(out, policy, agent, step, train_seconds, dist)
             last_good, last_save = step, time.monotonic()
         if received is not None:
             bar.close()
@@ -507,8 +525,8 @@ def _train(cfg: TrainConfig, out: Path, envs: list[Any], eval_envs: list[Any] | 
     stop.deferred = False
     bar.close()
     tracker.close()
-    if main and (last_good != step or not (out / runs.LATEST).exists()):
-        _checkpoint(out, policy, agent, step, train_seconds)
+    if last_good != step or not dist.broadcast_object((out / runs.LATEST).exists()):
+        _checkpoint(out, policy, agent, step, train_seconds, dist)
     if cfg.eval_tasks and not ("after" in evals and evals.get("updates") == step):
         evals["after"] = evaluate_held_out(cfg, policy, eval_envs, when="after", dist=dist)
         evals["train_seconds"], evals["updates"], evals["warmup_seconds"] = train_seconds, step, warmup_seconds
@@ -520,14 +538,17 @@ def _train(cfg: TrainConfig, out: Path, envs: list[Any], eval_envs: list[Any] | 
     )
 
 
-def _checkpoint(out: Path, policy: Any, agent: Any, step: int, train_seconds: float) -> None:
-    state = {"agent": agent.state_dict(), "step": step, "train_seconds": train_seconds,
-             "torch_rng": torch.get_rng_state()}
-    runs.save_checkpoint(out, {"policy.pt": policy.state_dict(), "state.pt": state})
+def _checkpoint(out: Path, policy: Any, agent: Any, step: int, train_seconds: float,
+                dist: distributed.Dist = distributed.SINGLE) -> None:
+    """Every rank calls it (sharded state is gathered); rank 0 writes."""
+    weights, state = dist.model_state(policy), {"agent": agent.state_dict(), "step": step,
+                                                "train_seconds": train_seconds, "torch_rng": torch.get_rng_state()}
+    if dist.is_main:
+        runs.save_checkpoint(out, {"policy.pt": weights, "state.pt": state})
 
 
-def _restore(files: dict[str, Any], policy: Any, agent: Any) -> tuple[int, float]:
-    policy.load_state_dict(files["policy.pt"])
+def _restore(files: dict[str, Any], agent: Any) -> tuple[int, float]:
+    """The agent's state and the clock of a checkpoint (the weights are loaded before)."""
     state = files["state.pt"]
     agent.load_state_dict(state["agent"])
     torch.set_rng_state(state["torch_rng"])

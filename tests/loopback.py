@@ -48,7 +48,7 @@ def torchrun(args: Sequence[str], nproc: int = 2, *, cwd: Path | None = None, ti
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_tree(proc.pid)
         out, err = proc.communicate()
         raise AssertionError(f"torchrun {' '.join(args[:3])} ran past {timeout} s; its stderr ends:\n{err[-3000:]}") from None
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
@@ -62,3 +62,32 @@ def popen_torchrun(args: Sequence[str], nproc: int = 2, *, cwd: Path | None = No
     full_env = {**os.environ, **_LOOPBACK_ENV, **(env or {})}
     return subprocess.Popen(in_namespace(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=cwd, env=full_env, start_new_session=True)
+
+
+def kill_tree(root: int) -> None:
+    """SIGKILL ``root``'s process group and every process below it: torchrun starts its ranks in
+    sessions of their own, so killing the group alone leaves them running (holding the pipes)."""
+    for pid in [root, *descendants(root)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        os.killpg(root, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def descendants(root: int) -> list[int]:
+    """Every process below ``root`` (from ``/proc``), parents before children."""
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            children = []
+        for child in map(int, children):
+            out.append(child)
+            todo.append(child)
+    return out

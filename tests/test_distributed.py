@@ -20,7 +20,7 @@ import torch
 
 from mpo_gym.distributed import SINGLE, shard
 
-from .loopback import needs_namespace, popen_torchrun, torchrun
+from .loopback import descendants, kill_tree, needs_namespace, popen_torchrun, torchrun
 
 pytestmark = needs_namespace
 
@@ -60,7 +60,11 @@ def params(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(run / "checkpoint" / "policy.pt", map_location="cpu")
 
 
-def assert_same_run(a: Path, b: Path, loss_tol: float = 1e-4, param_tol: float = 1e-5) -> None:
+def assert_same_run(a: Path, b: Path, loss_tol: float = 1e-4, param_tol: float = 1e-5, tie_tol: float = 0.0) -> None:
+    """Same metrics (rewards and verdicts equal, the rest within ``loss_tol``), parameters within
+    ``param_tol`` and held-out outcomes equal. ``tie_tol``: how far clip fractions may differ
+    beyond ``loss_tol``; they count threshold tests that are exact ties on the first, on-policy
+    mini-batch (ratio 1, value equal to the old value), decided there by rounding."""
     ra, rb = rows(a), rows(b)
     assert [r["step"] for r in ra] == [r["step"] for r in rb]
     for x, y in zip(ra, rb):
@@ -71,6 +75,8 @@ def assert_same_run(a: Path, b: Path, loss_tol: float = 1e-4, param_tol: float =
                 continue
             if key.startswith(("charts/", "verdicts/", "eval/")):
                 assert x[key] == y[key], (x["step"], key, x[key], y[key])  # same episodes, same rewards
+            elif key.endswith("clipfrac"):
+                assert abs(x[key] - y[key]) <= loss_tol + tie_tol, (x["step"], key, x[key], y[key])
             else:
                 assert abs(x[key] - y[key]) <= loss_tol * max(1.0, abs(x[key])), (x["step"], key, x[key], y[key])
     pa, pb = params(a), params(b)
@@ -92,10 +98,25 @@ def test_shards_are_contiguous_equal_and_cover_the_batch():
     assert SINGLE.all_reduce([1.5, 2.0]) == [1.5, 2.0]
 
 
+_RUNS: dict[tuple[str, ...], Path] = {}
+
+
+def cached_run(tmp_path_factory: pytest.TempPathFactory, ranks: int, agent: str, *extra: str) -> Path:
+    """A 3-update run of ``train_args(agent, ...)`` in 1 process or under 2 ranks, made once per
+    test session (tests only read it)."""
+    key = (str(ranks), agent, *extra)
+    if key not in _RUNS:
+        run = tmp_path_factory.mktemp("run") / "run"
+        args = train_args(agent, run, 3, *extra)
+        proc = ok(one_process(args) if ranks == 1 else torchrun(cwd=REPO, args=args, timeout=180))
+        assert proc.stdout.count("trained ") == 1 and "view tensor" not in proc.stderr  # rank 0 alone prints
+        _RUNS[key] = run
+    return _RUNS[key]
+
+
 @pytest.mark.parametrize("agent", ["ppo", "mpo", "grpo"])
-def test_two_ranks_compute_the_updates_of_one_process(tmp_path, agent):
-    single, double = tmp_path / "one", tmp_path / "two"
-    ok(one_process(train_args(agent, single)))
+def test_two_ranks_compute_the_updates_of_one_process(tmp_path, tmp_path_factory, agent):
+    single, double = cached_run(tmp_path_factory, 1, agent), tmp_path / "two"
     proc = ok(torchrun(cwd=REPO, args=train_args(agent, double)))
     assert proc.stdout.count("trained ") == 1, proc.stdout  # rank 0 alone prints the summary
     assert_same_run(single, double)
@@ -109,6 +130,60 @@ def test_two_ranks_compute_the_updates_of_one_process(tmp_path, agent):
     if agent == "mpo":  # the warm-up is data-parallel too: its logged loss is the whole batch's
         warm_a, warm_b = rows(single)[0], rows(double)[0]
         assert warm_a["step"] == 0 and abs(warm_a["warmup/loss"] - warm_b["warmup/loss"]) < 1e-4
+
+
+# mpo: MTP decoder layers are units of their own, the MTP heads and the value head in the root,
+# the warm-up's backward reaches only the MTP units. grpo with mini-batches of 3 rows and
+# micro-batches of 1: the ranks' shares of a mini-batch differ (2 and 1), so rank 1 runs
+# zero-weight micro-batches to keep the backwards in lock-step.
+FSDP_CASES = {"mpo": (), "grpo": ("--minibatch-size", "3", "--micro-batch-size", "1")}
+
+
+@pytest.mark.parametrize("agent", sorted(FSDP_CASES))
+def test_sharded_policy_computes_the_updates_of_one_process(tmp_path_factory, agent):
+    single = cached_run(tmp_path_factory, 1, agent, *FSDP_CASES[agent])
+    sharded = cached_run(tmp_path_factory, 2, agent, *FSDP_CASES[agent], "--fsdp", "true")
+    assert_same_run(single, sharded, tie_tol=0.05)
+    assert json.loads((sharded / "config.json").read_text())["fsdp"] is True
+    # each optimizer step reduce-scatters every trained parameter once (the last micro-batch syncs)
+    n_params = sum(t.numel() for k, t in params(sharded).items())
+    reduced = rows(sharded)[-1]["perf/allreduce_bytes"]
+    steps = {"mpo": 2, "grpo": 3}[agent]
+    assert reduced % (4 * steps) == 0 and 0.5 * n_params <= reduced / (4 * steps) <= n_params, (reduced, n_params)
+
+
+def test_sharded_resume_is_exact(tmp_path, tmp_path_factory):
+    args = ("--fsdp", "true")
+    straight, resumed = cached_run(tmp_path_factory, 2, "mpo", *args), tmp_path / "resumed"
+    ok(torchrun(cwd=REPO, args=train_args("mpo", resumed, 2, *args), timeout=180))
+    proc = ok(torchrun(cwd=REPO, args=train_args("mpo", resumed, 3, *args), timeout=180))
+    assert proc.stdout.count("resuming from update 2 of 3") == 1, proc.stdout
+    assert_same_run(straight, resumed, loss_tol=0.0, param_tol=0.0)
+
+
+def test_micro_batches_of_a_sharded_policy_are_padded_to_the_same_count():
+    from agents import make_agent
+    from mpo_gym.distributed import Dist
+
+    agent = make_agent("grpo", micro_batch_size=2)
+    batch = type("B", (), {"mask": torch.ones(8, 3, dtype=torch.bool)})()
+    rows = [5, 1, 7, 2, 0]  # shares of 3 and 2 rows: 2 and 1 micro-batches
+    per_rank = {}
+    for rank in (0, 1):
+        for fsdp in (False, True):
+            agent.dist = Dist(rank, 2, fsdp=fsdp)
+            per_rank[rank, fsdp] = agent._micro_weights(batch, rows)  # type: ignore[arg-type]
+    assert [len(per_rank[r, False]) for r in (0, 1)] == [2, 1]
+    assert [len(per_rank[r, True]) for r in (0, 1)] == [2, 2]
+    assert per_rank[1, True][-1][1] == 0.0 and per_rank[1, True][:1] == per_rank[1, False]
+    for fsdp in (False, True):  # the weights over both ranks still add up to the mini-batch
+        assert abs(sum(w for r in (0, 1) for _, w in per_rank[r, fsdp]) - 1.0) < 1e-12
+
+
+def test_fsdp_needs_several_ranks(tmp_path):
+    proc = one_process(train_args("grpo", tmp_path / "r", 1, "--fsdp", "true"))
+    assert proc.returncode == 2 and "start 2 or more with torchrun" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "r").exists()
 
 
 def test_resume_under_two_ranks_is_exact(tmp_path):
@@ -159,7 +234,7 @@ def test_sigterm_on_one_rank_stops_both_with_a_checkpoint_and_resume_continues(t
         _, err = proc.communicate(timeout=240)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_tree(proc.pid)
     assert proc.returncode != 0
     assert err.count("Resume with:") == 1, err[-3000:]  # rank 0 reports it once; rank 1 stays quiet
     assert "Traceback" not in err.split("Resume with:")[0][-2000:]
@@ -176,7 +251,7 @@ def _rank_pid(root: int, rank: int, timeout: float = 60) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = []
-        for pid in _descendants(root):
+        for pid in descendants(root):
             try:
                 env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
             except OSError:
@@ -187,20 +262,6 @@ def _rank_pid(root: int, rank: int, timeout: float = 60) -> int:
             return min(found)  # the worker itself, not the verifier processes it forked later
         time.sleep(0.2)
     raise AssertionError(f"no rank {rank} worker under {root}")
-
-
-def _descendants(root: int) -> list[int]:
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        try:
-            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        except OSError:
-            children = []
-        for child in map(int, children):
-            out.append(child)
-            todo.append(child)
-    return out
 
 
 def test_compare_under_two_ranks_reports_what_one_process_reports(tmp_path):

@@ -55,6 +55,11 @@ class ScoreOutput:
     entropy: torch.Tensor | None = None
 
 
+# a pytree node, so that hooks on a method returning it see its tensors (FSDP2's pre-backward
+# hook on a registered forward method such as ``score``)
+torch.utils._pytree.register_dataclass(ScoreOutput)
+
+
 class LMPolicy(nn.Module):
     """A ``transformers`` causal LM as an RL policy (+ optional critic and MTP modules).
 
