@@ -492,7 +492,7 @@ def _train(cfg: TrainConfig, out: Path, envs: list[Any], eval_envs: list[Any] | 
             ) from exc
         # the ranks agree on the clock (the slowest rank's), on a signal any of them received and
         # on whether a checkpoint is due by time (saving is a collective when the policy is sharded)
-        late = bool(cfg.checkpoint_every_s and time.monotonic() - last_save >= cfg.checkpoint_every_s)
+        late = float(bool(cfg.checkpoint_every_s) and time.monotonic() - last_save >= cfg.checkpoint_every_s)
         seconds, signum, late = dist.all_reduce([time.perf_counter() - t0, stop.received or 0, late], op="max")
         received = int(signum) or None
         train_seconds += seconds
