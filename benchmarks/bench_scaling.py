@@ -1,11 +1,13 @@
-"""Data-parallel scaling of one update: 1 rank x 1 thread, 2 ranks x 1 thread, 1 rank x 2 threads.
+"""Data-parallel scaling of one update: 1 rank x 1 thread, 2 ranks x 1 thread (replicated and
+sharded, ``--fsdp``), 1 rank x 2 threads.
 
 Each configuration runs ``mpo-gym train`` (the product path; 2 ranks through ``torchrun
 --standalone``) for ``--updates`` updates of the same run and reads the per-update wall-clock
 from its ``metrics.jsonl`` (the first update, which pays allocation and warm-up costs, is left
 out). It prints episodes per second of each configuration, the ratios against 1 rank x 1 thread
-measured in the same invocation, and the gradient bytes all-reduced per update
-(``perf/allreduce_bytes``).
+measured in the same invocation, the gradient bytes reduced per update
+(``perf/allreduce_bytes``: all-reduced when replicated, reduce-scattered when sharded) and the
+peak resident memory of the largest rank (``perf/peak_rss_mb``), where sharding shows.
 
 On a 2-core machine expect no speed-up from 2 ranks (both configurations use both cores); the
 benchmark is for machines with more cores or devices. The ranks talk over loopback only: the
@@ -39,12 +41,14 @@ def confined(cmd: list[str]) -> list[str]:
     return ["unshare", "-n", "sh", "-c", "ip link set lo up && exec " + shlex.join(cmd)]
 
 
-def run(name: str, ranks: int, threads: int, args: argparse.Namespace, work: Path) -> dict[str, float]:
+def run(name: str, ranks: int, threads: int, args: argparse.Namespace, work: Path,
+        fsdp: bool = False) -> dict[str, float]:
     out = work / name
     train = ["-m", "mpo_gym", "train", "--agent", args.agent, "--env", args.env, "--model", args.model,
              "--dtype", args.dtype, "--num-envs", str(args.num_envs), "--updates", str(args.updates + 1),
              "--eval-tasks", "0", "--threads", str(threads), "--completions-every", "0", "--out-dir", str(out),
-             "--minibatch-size", str(args.num_envs // 2), "--micro-batch-size", str(args.num_envs // 2)]
+             "--minibatch-size", str(args.num_envs // 2), "--micro-batch-size", str(args.num_envs // 2),
+             "--fsdp", str(fsdp).lower()]
     if ranks == 1:
         cmd = [sys.executable, *train]
     else:
@@ -60,7 +64,8 @@ def run(name: str, ranks: int, threads: int, args: argparse.Namespace, work: Pat
     per_update = (times[-1] - times[0]) / (len(times) - 1)
     config = json.loads((out / "config.json").read_text())
     return {"s_per_update": per_update, "episodes_per_s": args.num_envs / per_update,
-            "allreduce_bytes": float(rows[-1].get("perf/allreduce_bytes", 0.0)), "dtype": config["resolved_dtype"]}
+            "allreduce_bytes": float(rows[-1].get("perf/allreduce_bytes", 0.0)), "dtype": config["resolved_dtype"],
+            "peak_rss_mb": float(max(r["perf/peak_rss_mb"] for r in rows))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,18 +79,21 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.model == "tiny" and args.env == "mpo_gym/Arithmetic-v0":
         args.env = "mpo_gym/Toy-v0"
-    configs = [("1 rank x 1 thread", 1, 1), ("2 ranks x 1 thread", 2, 1), ("1 rank x 2 threads", 1, 2)]
+    configs = [("1 rank x 1 thread", 1, 1, False), ("2 ranks x 1 thread", 2, 1, False),
+               ("2 ranks x 1 thread, fsdp", 2, 1, True), ("1 rank x 2 threads", 1, 2, False)]
     with tempfile.TemporaryDirectory() as tmp:
-        results = {name: run(name.replace(" ", "_"), ranks, threads, args, Path(tmp)) for name, ranks, threads in configs}
+        results = {name: run(name.replace(" ", "_").replace(",", ""), ranks, threads, args, Path(tmp), fsdp)
+                   for name, ranks, threads, fsdp in configs}
     base = results[configs[0][0]]["episodes_per_s"]
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     kind = ", ".join(f for f in ("avx512_bf16", "amx_bf16") if f in flags) or "no native bf16"
     print(f"{args.agent} on {args.env}, model {args.model}, {args.num_envs} episodes per update, "
           f"{os.cpu_count()} CPUs ({kind}), resolved dtype {results[configs[0][0]]['dtype']}")
-    print(f"{'configuration':<22} {'s/update':>9} {'episodes/s':>11} {'ratio':>6} {'all-reduced/update':>19}")
+    print(f"{'configuration':<26} {'s/update':>9} {'episodes/s':>11} {'ratio':>6} {'reduced/update':>15} "
+          f"{'peak RSS/rank':>14}")
     for name, r in results.items():
-        print(f"{name:<22} {r['s_per_update']:>9.2f} {r['episodes_per_s']:>11.2f} {r['episodes_per_s'] / base:>5.2f}x "
-              f"{r['allreduce_bytes'] / 2**20:>15.1f} MiB")
+        print(f"{name:<26} {r['s_per_update']:>9.2f} {r['episodes_per_s']:>11.2f} {r['episodes_per_s'] / base:>5.2f}x "
+              f"{r['allreduce_bytes'] / 2**20:>11.1f} MiB {r['peak_rss_mb']:>10.0f} MiB")
     return 0
 
 

@@ -491,13 +491,16 @@ def _train(cfg: TrainConfig, out: Path, envs: list[Any], eval_envs: list[Any] | 
                 "lower the learning rate or use float32."
             ) from exc
         # the ranks agree on the clock (the slowest rank's), on a signal any of them received and
-        # on whether a checkpoint is due by time (saving is a collective when the policy is sharded)
+        # on whether a checkpoint is due by time (saving is a collective when the policy is sharded);
+        # the peak memory logged is the largest rank's
         late = float(bool(cfg.checkpoint_every_s) and time.monotonic() - last_save >= cfg.checkpoint_every_s)
-        seconds, signum, late = dist.all_reduce([time.perf_counter() - t0, stop.received or 0, late], op="max")
+        seconds, signum, late, peak = dist.all_reduce(
+            [time.perf_counter() - t0, stop.received or 0, late, _peak_rss_mb()], op="max")
         received = int(signum) or None
         train_seconds += seconds
         step += 1
-        row = {"step": step, "time": round(train_seconds, 3), **{k: _num(v) for k, v in metrics.items()}}
+        row = {"step": step, "time": round(train_seconds, 3), **{k: _num(v) for k, v in metrics.items()},
+               "perf/peak_rss_mb": round(peak, 1)}
         if cfg.eval_every and step % cfg.eval_every == 0:
             held_out = evaluate_held_out(cfg, policy, eval_envs, when=step, dist=dist)
             row.update({f"eval/{k}": v for k, v in held_out.items() if k not in ("n", "outcomes")})
