@@ -387,6 +387,7 @@ class BaseAgent:
         metrics.update(self.batch_metrics(batch))
         if self.dist.active:
             metrics["perf/allreduce_bytes"] = float(self.bytes_reduced)  # gradients summed over ranks
+        metrics["perf/train_state_mb"] = self.train_state_bytes() / 2**20
         return metrics
 
     def _step(self, batch: RolloutBatch, rows: list[int]) -> dict[str, float]:
@@ -427,6 +428,15 @@ class BaseAgent:
             raise FloatingPointError(f"non-finite gradient norm {float(norm)} ({self.name}); optimizer step skipped")
         self.optimizer.step()
         return logs
+
+    def train_state_bytes(self) -> int:
+        """Bytes this rank holds of the trained parameters, their gradients and the optimizer
+        state (this rank's shards when the policy is sharded): what ``--fsdp`` divides."""
+        assert self.optimizer is not None
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        tensors = params + [p.grad for p in params if p.grad is not None]
+        tensors += [v for state in self.optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+        return sum(_local(t).numel() * t.element_size() for t in tensors)
 
     def _micro_weights(self, batch: RolloutBatch, rows: list[int]) -> list[tuple[list[int], float]]:
         """This rank's part of the mini-batch ``rows`` as micro-batches, weighted so that the
@@ -506,6 +516,11 @@ def adamw(params: Any, **kwargs: Any) -> torch.optim.AdamW:
         return torch.optim.AdamW(params, fused=True, **kwargs)
     except (RuntimeError, ValueError):  # a device or dtype without a fused kernel
         return torch.optim.AdamW(params, **kwargs)
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a sharded tensor, or the tensor."""
+    return t.to_local() if hasattr(t, "to_local") else t
 
 
 def _full(norm: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,10 @@ from its ``metrics.jsonl`` (the first update, which pays allocation and warm-up 
 out). It prints episodes per second of each configuration, the ratios against 1 rank x 1 thread
 measured in the same invocation, the gradient bytes reduced per update
 (``perf/allreduce_bytes``: all-reduced when replicated, reduce-scattered when sharded) and the
-peak resident memory of the largest rank (``perf/peak_rss_mb``), where sharding shows.
+bytes of trained parameters, gradients and optimizer state a rank holds
+(``perf/train_state_mb``), which sharding divides by the number of ranks, and the peak resident
+memory of the largest rank (``perf/peak_rss_mb``; on the CPU it also holds the process's
+libraries, activations and memory the allocator keeps, so it shows far less of the sharding).
 
 On a 2-core machine expect no speed-up from 2 ranks (both configurations use both cores); the
 benchmark is for machines with more cores or devices. The ranks talk over loopback only: the
@@ -65,7 +68,8 @@ def run(name: str, ranks: int, threads: int, args: argparse.Namespace, work: Pat
     config = json.loads((out / "config.json").read_text())
     return {"s_per_update": per_update, "episodes_per_s": args.num_envs / per_update,
             "allreduce_bytes": float(rows[-1].get("perf/allreduce_bytes", 0.0)), "dtype": config["resolved_dtype"],
-            "peak_rss_mb": float(max(r["perf/peak_rss_mb"] for r in rows))}
+            "peak_rss_mb": float(max(r["perf/peak_rss_mb"] for r in rows)),
+            "train_state_mb": float(rows[-1]["perf/train_state_mb"])}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,10 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.agent} on {args.env}, model {args.model}, {args.num_envs} episodes per update, "
           f"{os.cpu_count()} CPUs ({kind}), resolved dtype {results[configs[0][0]]['dtype']}")
     print(f"{'configuration':<26} {'s/update':>9} {'episodes/s':>11} {'ratio':>6} {'reduced/update':>15} "
-          f"{'peak RSS/rank':>14}")
+          f"{'train state/rank':>17} {'peak RSS/rank':>14}")
     for name, r in results.items():
         print(f"{name:<26} {r['s_per_update']:>9.2f} {r['episodes_per_s']:>11.2f} {r['episodes_per_s'] / base:>5.2f}x "
-              f"{r['allreduce_bytes'] / 2**20:>11.1f} MiB {r['peak_rss_mb']:>10.0f} MiB")
+              f"{r['allreduce_bytes'] / 2**20:>11.1f} MiB {r['train_state_mb']:>13.0f} MiB {r['peak_rss_mb']:>10.0f} MiB")
     return 0
 
 

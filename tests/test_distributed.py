@@ -145,6 +145,9 @@ def test_sharded_policy_computes_the_updates_of_one_process(tmp_path_factory, ag
     sharded = cached_run(tmp_path_factory, 2, agent, *FSDP_CASES[agent], "--fsdp", "true")
     assert_same_run(single, sharded, tie_tol=0.05)
     assert json.loads((sharded / "config.json").read_text())["fsdp"] is True
+    # each rank holds half of the trained parameters, their gradients and the optimizer state
+    held = [rows(run)[-1]["perf/train_state_mb"] for run in (single, sharded)]
+    assert 0.45 <= held[1] / held[0] <= 0.55, held
     # each optimizer step reduce-scatters every trained parameter once (the last micro-batch syncs)
     n_params = sum(t.numel() for k, t in params(sharded).items())
     reduced = rows(sharded)[-1]["perf/allreduce_bytes"]
