@@ -128,7 +128,7 @@ class Dist:
         """Concatenate every rank's ``[n_r, ...]`` tensor along dim 0 (trailing dims equal)."""
         if not self.active:
             return tensor
-        sizes = [int(s) for s in self.all_reduce_vector(tensor.shape[0])]
+        sizes = [int(s) for s in self.all_gather_ints(tensor.shape[0])]
         width = max(sizes)
         dev = self._device()
         padded = torch.zeros((width, *tensor.shape[1:]), dtype=tensor.dtype, device=dev)
@@ -137,8 +137,8 @@ class Dist:
         torch.distributed.all_gather(parts, padded)
         return torch.cat([p[:n] for p, n in zip(parts, sizes)]).to(tensor.device)
 
-    def all_reduce_vector(self, value: int) -> list[int]:
-        """Every rank's integer ``value``, in rank order."""
+    def all_gather_ints(self, value: int) -> list[int]:
+        """Every rank's integer ``value``, in rank order (one all-reduce of a one-hot vector)."""
         if not self.active:
             return [int(value)]
         t = torch.zeros(self.world_size, dtype=torch.int64, device=self._device())
