@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from mpo_gym.distributed import SINGLE, Dist, shard
+from mpo_gym.distributed import SINGLE, Dist, full_tensor, local_tensor, shard
 from mpo_gym.policy import LMPolicy, ScoreOutput
 from mpo_gym.rollout import Episode, rollout, task_count
 
@@ -419,10 +419,10 @@ class BaseAgent:
             raise FloatingPointError(error)
         self.bytes_reduced += self.dist.all_reduce_grads(params)
         if self.config.max_grad_norm > 0:
-            norm = _full(torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm))
+            norm = full_tensor(torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm))
             logs["losses/grad_norm"] = float(norm)
         else:
-            norm = _full(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
+            norm = full_tensor(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
         if not torch.isfinite(norm):  # a finite loss can still have inf/nan gradients
             self.optimizer.zero_grad(set_to_none=True)
             raise FloatingPointError(f"non-finite gradient norm {float(norm)} ({self.name}); optimizer step skipped")
@@ -436,7 +436,7 @@ class BaseAgent:
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         tensors = params + [p.grad for p in params if p.grad is not None]
         tensors += [v for state in self.optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
-        return sum(_local(t).numel() * t.element_size() for t in tensors)
+        return sum(local_tensor(t).numel() * t.element_size() for t in tensors)
 
     def _micro_weights(self, batch: RolloutBatch, rows: list[int]) -> list[tuple[list[int], float]]:
         """This rank's part of the mini-batch ``rows`` as micro-batches, weighted so that the
@@ -516,16 +516,6 @@ def adamw(params: Any, **kwargs: Any) -> torch.optim.AdamW:
         return torch.optim.AdamW(params, fused=True, **kwargs)
     except (RuntimeError, ValueError):  # a device or dtype without a fused kernel
         return torch.optim.AdamW(params, **kwargs)
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """This rank's shard of a sharded tensor, or the tensor."""
-    return t.to_local() if hasattr(t, "to_local") else t
-
-
-def _full(norm: torch.Tensor) -> torch.Tensor:
-    """A gradient norm as a plain tensor (sharded parameters give a distributed one)."""
-    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
 def required(value: torch.Tensor | None) -> torch.Tensor:

@@ -45,7 +45,7 @@ import torch
 
 from .verifiers.pool import local_cpus
 
-__all__ = ["SINGLE", "Dist", "init", "launched", "local_cpus", "shard", "shard_policy"]
+__all__ = ["SINGLE", "Dist", "full_tensor", "init", "launched", "local_cpus", "local_tensor", "shard", "shard_policy"]
 
 T = TypeVar("T")
 
@@ -157,9 +157,8 @@ class Dist:
         params = [p for p in params if p.requires_grad]
         if not self.active:
             return 0
-        sharded = [p for p in params if _is_sharded(p)]
-        total = sum(p.numel() * p.element_size() for p in sharded)
-        params = [p for p in params if not _is_sharded(p)]
+        total = sum(p.numel() * p.element_size() for p in params if is_sharded(p))
+        params = [p for p in params if not is_sharded(p)]
         groups: dict[tuple[torch.dtype, torch.device], list[torch.nn.Parameter]] = {}
         for p in params:
             if p.grad is None:
@@ -183,7 +182,7 @@ class Dist:
         call it before :func:`shard_policy`."""
         if not self.active:
             return
-        if any(_is_sharded(p) for p in module.parameters()):
+        if any(is_sharded(p) for p in module.parameters()):
             raise RuntimeError("broadcast_module needs the unsharded module: call it before shard_policy")
         dev = self._device()
         with torch.no_grad():
@@ -213,7 +212,7 @@ class Dist:
         try:
             yield
         finally:
-            for unit in units:
+            for unit in units:  # back to shard_policy's setting: the root keeps, the others reshard
                 unit.reshard()
                 unit.set_reshard_after_forward(unit is not module, recurse=False)
 
@@ -303,10 +302,22 @@ def _fsdp_units(module: torch.nn.Module) -> list[Any]:
     return [m for m in module.modules() if isinstance(m, FSDPModule)]
 
 
-def _is_sharded(p: torch.Tensor) -> bool:
+def is_sharded(t: torch.Tensor) -> bool:
+    """A tensor sharded over the ranks (a ``DTensor``: parameters, gradients and optimizer state
+    of a :func:`shard_policy` policy)."""
     from torch.distributed.tensor import DTensor
 
-    return isinstance(p, DTensor)
+    return isinstance(t, DTensor)
+
+
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a sharded tensor; the tensor itself otherwise."""
+    return t.to_local() if is_sharded(t) else t  # type: ignore[attr-defined]
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The whole of a sharded tensor, gathered (a collective); the tensor itself otherwise."""
+    return t.full_tensor() if is_sharded(t) else t  # type: ignore[attr-defined]
 
 _CURRENT: Dist = SINGLE
 

@@ -441,13 +441,16 @@ def _train(cfg: TrainConfig, out: Path, envs: list[Any], eval_envs: list[Any] | 
     # the agent binds the policy before the checkpoint's weights are loaded (a KL reference is a
     # copy of the initial weights); sharded (no KL reference), after sharding, so that its
     # optimizer holds the sharded parameters
-    agent: Any = None if cfg.fsdp else make_agent(cfg.agent, policy, **{"seed": cfg.seed, **cfg.agent_kwargs})
+    def new_agent() -> Any:
+        return make_agent(cfg.agent, policy, **{"seed": cfg.seed, **cfg.agent_kwargs})
+
+    agent: Any = None if cfg.fsdp else new_agent()
     if loaded is not None:
         policy.load_state_dict(loaded[0]["policy.pt"])
     dist.broadcast_module(policy)  # every rank starts from rank 0's weights, as DDP does
     if cfg.fsdp:
         dist = distributed.shard_policy(policy, dist)
-        agent = make_agent(cfg.agent, policy, **{"seed": cfg.seed, **cfg.agent_kwargs})
+        agent = new_agent()
     agent.dist = dist
     if loaded is not None:
         step, train_seconds = _restore(loaded[0], agent)
