@@ -267,7 +267,9 @@ def shard_policy(policy: Any, dist: Dist) -> Dist:
     Units: each decoder layer of the backbone and of the MTP modules, a separate critic; the
     policy itself is the root (embeddings, final norm, LM heads, MTP projections and norms, a
     value head), with ``score`` and
-    ``score_mtp`` registered as forward methods. Gradients are summed over ranks, not averaged
+    ``score_mtp`` registered as forward methods. Each rank then runs the decoder once per
+    micro-batch over whole rows (``share_prompt_head`` off): a forward is a collective, and
+    whether a rank's rows share a prompt head depends on its own rows. Gradients are summed over ranks, not averaged
     (the trainer's loss weights are already normalised over the whole batch). Call it after
     loading and broadcasting the weights and before building the optimizer. Returns ``dist``
     with ``fsdp`` set.
@@ -278,6 +280,7 @@ def shard_policy(policy: Any, dist: Dist) -> Dist:
 
     if not dist.active:
         raise ConfigError("--fsdp shards the model over ranks: start 2 or more with torchrun")
+    policy.share_prompt_head = False
     decoder = policy.causal_lm.get_decoder()
     units = list(decoder.layers) + [module.layer for module in policy.mtp]  # MTP heads are read outside a forward
     if policy.value_kind == "separate":

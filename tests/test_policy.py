@@ -87,6 +87,56 @@ def test_values_equal_per_prefix_recomputation(seqs, kind):
         torch.testing.assert_close(prefix[-1], out.last_values[i], atol=1e-5, rtol=1e-5)
 
 
+def _shared_head_seqs():
+    """Prompts that start with one 12-token head, then own tails of different lengths."""
+    g = torch.Generator().manual_seed(3)
+    head = torch.randint(4, 100, (12,), generator=g).tolist()
+    prompts = [head + torch.randint(4, 100, (n,), generator=g).tolist() for n in (1, 4, 2, 6)]
+    responses = [torch.randint(4, 100, (n,), generator=g).tolist() for n in (5, 2, 7, 3)]
+    return prompts, responses
+
+
+def test_shared_head_length_counts_the_common_prompt_head():
+    from mpo_gym.policy.scoring import shared_head_length
+
+    prompts, responses = _shared_head_seqs()
+    ids, mask, P = make_batch(prompts, responses, extra_left=3)
+    assert shared_head_length(ids, mask, P) == 12
+    assert shared_head_length(ids[:1], mask[:1], P) == 0  # one row shares nothing
+    # the first row's own tail is one token: the head may not swallow it
+    short = [prompts[0][:12]] + prompts[1:]
+    ids, mask, P = make_batch(short, responses)
+    assert shared_head_length(ids, mask, P) == 11
+    assert shared_head_length(*make_batch(*_seqs_without_head()), min_len=2) == 0
+
+
+def _seqs_without_head():
+    return [[5, 6, 7], [6, 6, 7]], [[8], [9]]
+
+
+@pytest.mark.parametrize("kind", [True, "separate"])
+def test_shared_prompt_head_scores_and_gradients_equal_the_per_row_forward(kind):
+    """Encoding the common head once: log-probs, entropy, values, MTP log-probs and every
+    parameter's gradient equal those of the per-row forward."""
+    prompts, responses = _shared_head_seqs()
+    ids, mask, P = make_batch(prompts, responses, extra_left=2)
+    results, state = [], None
+    for share in (False, True):
+        pol = policy(value_head=kind, num_mtp_modules=2, mtp_detach_backbone=False, share_prompt_head=share)
+        state = state or pol.state_dict()  # the same value head and MTP projections in both
+        pol.load_state_dict(state)
+        out = pol.score(ids, mask, P, values=True, mtp=True, entropy=True)
+        (out.logprobs.sum() + out.values.sum() + out.last_values.sum() + out.mtp_logprobs.sum()).backward()
+        grads = {n: p.grad.clone() for n, p in pol.named_parameters() if p.grad is not None}
+        results.append((out, grads))
+    (a, ga), (b, gb) = results
+    for name in ("logprobs", "entropy", "values", "last_values", "mtp_logprobs"):
+        torch.testing.assert_close(getattr(b, name), getattr(a, name), atol=1e-5, rtol=1e-5)
+    assert ga.keys() == gb.keys() and len(ga) > 10
+    for n in ga:
+        torch.testing.assert_close(gb[n], ga[n], atol=1e-5, rtol=1e-4, msg=n)
+
+
 def test_temperature_divides_logits(seqs):
     pol = policy()
     ids, mask, P = make_batch(*seqs)

@@ -250,7 +250,7 @@ def test_shared_prompt_head_is_encoded_once_with_the_same_result(monkeypatch, gr
     monkeypatch.setattr(sampling.BlockSampler, "_forward", spy)
 
     def play(min_shared):
-        monkeypatch.setattr(sampling, "_MIN_SHARED_PREFIX", min_shared)
+        monkeypatch.setattr(sampling, "MIN_SHARED_HEAD", min_shared)
         calls.clear()
         s = sampling.BlockSampler(policy, prompts, seed=3, greedy=greedy, temperature=1.0)
         logits = s._logits.clone()

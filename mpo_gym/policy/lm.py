@@ -25,6 +25,7 @@ from .scoring import (
     LinearHead,
     ValueHead,
     chunked_token_logprobs,
+    decoder_hidden_states,
     position_ids_from_mask,
 )
 
@@ -77,6 +78,9 @@ class LMPolicy(nn.Module):
         critic_layers: layers of the separate critic built from the backbone.
         critic_model: a model whose decoder becomes the separate critic's body.
         chunk_size: positions per LM-head application in :meth:`score`.
+        share_prompt_head: in :meth:`score`, encode the prompts' common head (system prompt,
+            example turns) once per batch instead of once per row; the results equal the
+            per-row forward's up to floating-point reduction order (``False``: per row).
 
     What it does not do: no tensor/pipeline parallelism; MTP modules need a Llama-like decoder.
     """
@@ -84,7 +88,7 @@ class LMPolicy(nn.Module):
     def __init__(self, model: Any, tokenizer: Any, *, value_head: bool | str = False,
                  num_mtp_modules: int = 0, share_lm_head: bool = False,
                  mtp_detach_backbone: bool = True, critic_layers: int = 2,
-                 critic_model: Any | None = None, chunk_size: int = 512):
+                 critic_model: Any | None = None, chunk_size: int = 512, share_prompt_head: bool = True):
         super().__init__()
         if value_head not in (False, True, "head", "separate"):
             raise ValueError(f"value_head must be False, True, 'head' or 'separate'; got {value_head!r}")
@@ -95,6 +99,7 @@ class LMPolicy(nn.Module):
         self.share_lm_head = share_lm_head
         self.mtp_detach_backbone = mtp_detach_backbone
         self.chunk_size = int(chunk_size)
+        self.share_prompt_head = bool(share_prompt_head)
         self.value_kind = "separate" if value_head == "separate" else ("head" if value_head else None)
         self._options = {"value_head": value_head, "num_mtp_modules": num_mtp_modules,
                          "share_lm_head": share_lm_head, "mtp_detach_backbone": mtp_detach_backbone,
@@ -143,7 +148,7 @@ class LMPolicy(nn.Module):
         model = copy.deepcopy(self.model).eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        return LMPolicy(model, self.tokenizer, chunk_size=self.chunk_size)
+        return LMPolicy(model, self.tokenizer, chunk_size=self.chunk_size, share_prompt_head=self.share_prompt_head)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -172,10 +177,9 @@ class LMPolicy(nn.Module):
 
     # ------------------------------------------------------------------ scoring
     def _decoder_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                         position_ids: torch.Tensor) -> torch.Tensor:
-        out = self.causal_lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
-                                           position_ids=position_ids, use_cache=False)
-        return out.last_hidden_state  # [B, L, d]
+                         position_ids: torch.Tensor, prompt_len: int) -> torch.Tensor:
+        return decoder_hidden_states(self.causal_lm.get_decoder(), input_ids, attention_mask, position_ids,
+                                     prompt_len, self.share_prompt_head)  # [B, L, d]
 
     def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int, *,
               values: bool = False, mtp: bool = False, entropy: bool = False,
@@ -202,7 +206,7 @@ class LMPolicy(nn.Module):
             raise ValueError("mtp=True needs a policy built with num_mtp_modules > 0")
         L = input_ids.shape[1]
         position_ids = position_ids_from_mask(attention_mask)  # [B, L]
-        hidden = self._decoder_forward(input_ids, attention_mask, position_ids)  # [B, L, d]
+        hidden = self._decoder_forward(input_ids, attention_mask, position_ids, prompt_len)  # [B, L, d]
         targets = input_ids[:, prompt_len:]  # [B, T]
         mask = attention_mask[:, prompt_len:].bool()  # [B, T]
         h_resp = hidden[:, prompt_len - 1:L - 1]  # [B, T, d]
@@ -221,7 +225,8 @@ class LMPolicy(nn.Module):
     def _values(self, hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 position_ids: torch.Tensor, prompt_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.value_kind == "separate":
-            v_all = self.value_head(input_ids, attention_mask, position_ids)  # type: ignore[misc]  # [B, L]
+            v_all = self.value_head(input_ids, attention_mask, position_ids, prompt_len,  # type: ignore[misc]
+                                    self.share_prompt_head)  # [B, L]
         else:
             v_all = self.value_head(hidden)  # type: ignore[misc]  # [B, L]
         L = input_ids.shape[1]
@@ -271,7 +276,7 @@ class LMPolicy(nn.Module):
             raise ValueError("score_mtp needs a policy built with num_mtp_modules > 0")
         with torch.no_grad():
             position_ids = position_ids_from_mask(attention_mask)
-            hidden = self._decoder_forward(input_ids, attention_mask, position_ids)
+            hidden = self._decoder_forward(input_ids, attention_mask, position_ids, prompt_len)
         return self._mtp_logprobs(hidden, input_ids, attention_mask, position_ids, prompt_len, detach=True)
 
     def mtp_warmup_loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,

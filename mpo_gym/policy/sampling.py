@@ -35,12 +35,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .scoring import position_ids_from_mask
+from .scoring import MIN_SHARED_HEAD, cache_kwarg, position_ids_from_mask
 
 __all__ = ["BlockSampler", "obs_rows", "row_seed"]
 
 _UNIFORMS_PER_REFILL = 64  # uniforms drawn at once from a row's stream
-_MIN_SHARED_PREFIX = 8  # shortest common prompt head worth encoding once for all rows
 
 
 def row_seed(seed: int, index: int) -> int:
@@ -101,7 +100,7 @@ class BlockSampler:
         """One forward over the prompts (plus any given responses).
 
         Prompts of one env usually share a long head (system prompt, example turn): that head
-        (the rows' longest common prefix, when at least ``_MIN_SHARED_PREFIX`` tokens) is encoded
+        (the rows' longest common prefix, when at least ``MIN_SHARED_HEAD`` tokens) is encoded
         once and its KV cache repeated per row; the rest of each row follows it left-padded, so
         the mask may have a hole between the two (positions count only unmasked tokens). The
         logits equal those of a full prefill up to floating-point reduction order.
@@ -109,7 +108,7 @@ class BlockSampler:
         seqs = [p + r for p, r in zip(self.prompts, self.responses)]
         shared = len(os.path.commonprefix(seqs)) if self.batch_size > 1 else 0
         shared = min(shared, min(len(s) for s in seqs) - 1)  # every row keeps >= 1 own token
-        shared = shared if shared >= _MIN_SHARED_PREFIX else 0
+        shared = shared if shared >= MIN_SHARED_HEAD else 0
         cache: Any = None
         if shared:
             head = torch.tensor([seqs[0][:shared]], device=self.device)  # [1, P]
@@ -341,6 +340,6 @@ def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
 def _forward_kwarg_names(lm: Any) -> tuple[str, str]:
     """Names of the cache and keep-last-logits kwargs across ``transformers`` versions."""
     params = inspect.signature(lm.forward).parameters
-    cache_kw = "cache" if "cache" in params else "past_key_values"
+    cache_kw = cache_kwarg(lm)
     keep_kw = "logits_to_keep" if "logits_to_keep" in params else "num_logits_to_keep"
     return cache_kw, keep_kw

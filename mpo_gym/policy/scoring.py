@@ -10,6 +10,7 @@ backward instead (the same ``O(chunk * V)``, without a second head product).
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -17,12 +18,89 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["CriticModel", "LinearHead", "ValueHead", "chunked_token_logprobs", "position_ids_from_mask"]
+__all__ = ["CriticModel", "LinearHead", "ValueHead", "chunked_token_logprobs", "decoder_hidden_states",
+           "position_ids_from_mask", "shared_head_length"]
+
+MIN_SHARED_HEAD = 8  # shortest common prompt head worth encoding once for all rows
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """``[B, L]`` position ids ``cumsum(mask) - 1`` (0 on left padding)."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def shared_head_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
+                       min_len: int = MIN_SHARED_HEAD) -> int:
+    """Tokens at the start of every row's prompt that all rows share (0 if fewer than ``min_len``).
+
+    The prompts are left-padded to ``prompt_len``; every row keeps at least one prompt token of
+    its own (so the position that predicts the first response token is a row's own). A batch
+    of one row shares nothing.
+    """
+    B = input_ids.shape[0]
+    if B < 2 or prompt_len < 2:
+        return 0
+    lengths = attention_mask[:, :prompt_len].long().sum(-1)  # [B] prompt tokens per row
+    width = int(lengths.min()) - 1
+    if width < min_len:
+        return 0
+    start = prompt_len - lengths  # [B] first prompt token of each row
+    cols = start[:, None] + torch.arange(width, device=input_ids.device)[None]  # [B, width]
+    aligned = input_ids.gather(1, cols)  # [B, width] each row's prompt from its first token
+    same = (aligned == aligned[:1]).all(0)  # [width]
+    shared = int(same.long().cumprod(0).sum())
+    return shared if shared >= min_len else 0
+
+
+def cache_kwarg(module: Any) -> str:
+    """The name ``module.forward`` takes a KV cache under (``cache``, or ``past_key_values``
+    in older ``transformers``)."""
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+
+
+def decoder_hidden_states(decoder: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                          position_ids: torch.Tensor, prompt_len: int, share_head: bool = True) -> torch.Tensor:
+    """The decoder's last hidden states ``[B, L, d]`` of left-padded prompts + responses.
+
+    When the rows' prompts start with a common head (a system prompt, an example turn; see
+    :func:`shared_head_length`), the head is encoded once and its KV cache repeated for every
+    row; the rest of each row (its padding, own prompt tail and response) follows it, so the
+    mask has a hole where the padding is and positions count only unmasked tokens. Under
+    autograd the head's gradient is the sum over the rows, as in a full forward: the hidden
+    states and their gradients equal those of one forward over every row up to floating-point
+    reduction order, for a fraction of the compute when the head is most of the sequence.
+    Falls back to the full forward for a cache type without batch expansion.
+    """
+    H = shared_head_length(input_ids, attention_mask, prompt_len) if share_head else 0
+    full = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids, "use_cache": False}
+    if H == 0:
+        return decoder(**full).last_hidden_state
+    B, L = input_ids.shape
+    device = input_ids.device
+    start = prompt_len - attention_mask[:, :prompt_len].long().sum(-1)  # [B] where each row's prompt starts
+    cols = torch.arange(L, device=device)[None]  # [1, L]
+    in_head = (cols >= start[:, None]) & (cols < start[:, None] + H)  # [B, L]
+    first = int(start[0])
+    head = input_ids[:1, first:first + H]  # [1, H]
+    out = decoder(input_ids=head, attention_mask=torch.ones_like(head),
+                  position_ids=torch.arange(H, device=device)[None], use_cache=True)
+    cache_kw = cache_kwarg(decoder)
+    cache = getattr(out, cache_kw, None)
+    cache = out.past_key_values if cache is None else cache
+    if not hasattr(cache, "batch_repeat_interleave"):
+        return decoder(**full).last_hidden_state
+    cache.batch_repeat_interleave(B)
+    keep = ~in_head
+    rest_ids = input_ids[keep].view(B, L - H)  # [B, L-H] the rows with their head taken out
+    mask = torch.cat([torch.ones(B, H, dtype=attention_mask.dtype, device=device),
+                      attention_mask[keep].view(B, L - H)], dim=1)  # [B, L]
+    rest = decoder(input_ids=rest_ids, attention_mask=mask, position_ids=position_ids[keep].view(B, L - H),
+                   use_cache=True, **{cache_kw: cache}).last_hidden_state  # [B, L-H, d]
+    d = rest.shape[-1]
+    source = torch.cat([out.last_hidden_state.expand(B, H, d), rest], dim=1)  # [B, H + L-H, d]
+    # back to the input's layout: a head position reads the head, any other its slot in `rest`
+    index = torch.where(in_head, cols - start[:, None], torch.where(cols < start[:, None], H + cols, cols))  # [B, L]
+    return source.gather(1, index[:, :, None].expand(B, L, d))
 
 
 class LinearHead:
@@ -187,11 +265,13 @@ class CriticModel(nn.Module):
         self.head = ValueHead(int(self.body.config.hidden_size))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                position_ids: torch.Tensor) -> torch.Tensor:
-        """``[B, L]`` ids -> ``[B, L]`` values (value of the state after each position)."""
-        out = self.body(input_ids=input_ids, attention_mask=attention_mask,
-                        position_ids=position_ids, use_cache=False)
-        return self.head(out.last_hidden_state)
+                position_ids: torch.Tensor, prompt_len: int = 0, share_head: bool = True) -> torch.Tensor:
+        """``[B, L]`` ids -> ``[B, L]`` values (value of the state after each position).
+
+        With ``prompt_len`` the prompts' common head is encoded once (:func:`decoder_hidden_states`).
+        """
+        return self.head(decoder_hidden_states(self.body, input_ids, attention_mask, position_ids,
+                                               prompt_len, share_head))
 
 
 def _truncated_decoder(backbone: Any, num_layers: int) -> nn.Module:
