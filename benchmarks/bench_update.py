@@ -7,7 +7,9 @@ values, MTP), time of ``update`` (forward + backward + optimizer step over the m
 one whole iteration (rollout + score_old + update, the paper's "time per iteration"), the
 matrix-product GFLOPs of one update (``torch.utils.flop_counter``: what no implementation can
 avoid, so its ratio is the floor for the time ratio), and peak RSS. Paper (Table 2): MPO is
-1.18-1.48x PPO's time per iteration. Target: <= 1.25x at K=5, memory <= 1.3x.
+1.18-1.48x PPO's time per iteration. Target: <= 1.25x at K=5, memory <= 1.3x. The ``-per-row``
+configurations score without encoding the prompts' common head once per batch
+(``LMPolicy.share_prompt_head=False``): what that saves.
 
 Like the trainer, every process keeps freed memory for reuse
 (:func:`mpo_gym.policy.reuse_freed_memory`); ``--system-malloc`` measures glibc's default,
@@ -32,8 +34,11 @@ CONFIGS = {
     "mpo-k5-shared": ("mpo", {"mpo_k": 5, "share_lm_head": True, "warmup_steps": 0}),
     "mpo-k5-frozen": ("mpo", {"mpo_k": 5, "mtp_trainable_in_rl": False, "warmup_steps": 0}),
     "mpo-k5-backbone": ("mpo", {"mpo_k": 5, "ratio_source": "backbone", "warmup_steps": 0}),
+    "ppo-per-row": ("ppo", {}),  # scoring re-encodes the prompts' common head in every row
+    "mpo-k5-per-row": ("mpo", {"mpo_k": 5, "warmup_steps": 0}),
     "ppo-again": ("ppo", {}),  # the baseline once more, last: how far the machine drifted
 }
+PER_ROW = {"ppo-per-row", "mpo-k5-per-row"}  # LMPolicy(share_prompt_head=False)
 
 
 def _worker(name: str, args: dict, queue: mp.Queue) -> None:
@@ -56,6 +61,7 @@ def _worker(name: str, args: dict, queue: mp.Queue) -> None:
         agent=agent_name, agent_kwargs=kwargs, model="default", dtype=args["dtype"], num_envs=args["envs"],
     )
     policy = make_policy(cfg)
+    policy.share_prompt_head = name not in PER_ROW
     agent = make_agent(agent_name, policy, **kwargs)
     envs = make_envs(cfg, args["envs"])
     from mpo_gym.agents.base import build_batch

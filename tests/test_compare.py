@@ -67,3 +67,24 @@ def test_interval_helpers():
     assert 0.21 < lo < 0.29 < hi < 0.39
     gain, half = paired_gain([0, 0, 1, 1], [1, 1, 1, 1])
     assert gain == 0.5 and 0 < half < 1
+
+
+def test_runs_see_the_callers_environment_and_folder_not_the_fork_servers(tmp_path, monkeypatch):
+    """The fork server outlives one comparison; each run's process must still get the caller's
+    environment and working directory of the moment it starts."""
+    from mpo_gym import compare as compare_module
+
+    compare_module._child_context()  # the fork server runs with the environment of now
+    (tmp_path / "probe_env.py").write_text(
+        "import os, pathlib\n"
+        "with open('probe.txt', 'a') as f:\n"
+        "    f.write(os.environ.get('MPO_GYM_PROBE', 'unset') + ' ' + str(pathlib.Path.cwd()) + '\\n')\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MPO_GYM_PROBE", "after-start")
+    cfg = CompareConfig(**{**PRESETS["tiny"], "agents": ("ppo",), "agent_kwargs": {}, "updates": 1, "eval_tasks": 0,
+                           "out_dir": str(tmp_path / "cmp"), "imports": ("probe_env",)})
+    compare_module.compare(cfg)
+    lines = (tmp_path / "probe.txt").read_text().splitlines()
+    assert len(lines) >= 2  # imported by the caller (checks) and by the run's process
+    assert set(lines) == {f"after-start {tmp_path}"}
