@@ -38,7 +38,6 @@ CONFIGS = {
     "mpo-k5-per-row": ("mpo", {"mpo_k": 5, "warmup_steps": 0}),
     "ppo-again": ("ppo", {}),  # the baseline once more, last: how far the machine drifted
 }
-PER_ROW = {"ppo-per-row", "mpo-k5-per-row"}  # LMPolicy(share_prompt_head=False)
 
 
 def _worker(name: str, args: dict, queue: mp.Queue) -> None:
@@ -61,7 +60,7 @@ def _worker(name: str, args: dict, queue: mp.Queue) -> None:
         agent=agent_name, agent_kwargs=kwargs, model="default", dtype=args["dtype"], num_envs=args["envs"],
     )
     policy = make_policy(cfg)
-    policy.share_prompt_head = name not in PER_ROW
+    policy.share_prompt_head = not name.endswith("-per-row")
     agent = make_agent(agent_name, policy, **kwargs)
     envs = make_envs(cfg, args["envs"])
     from mpo_gym.agents.base import build_batch

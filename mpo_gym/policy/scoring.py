@@ -37,8 +37,7 @@ def shared_head_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, pr
     its own (so the position that predicts the first response token is a row's own). A batch
     of one row shares nothing.
     """
-    B = input_ids.shape[0]
-    if B < 2 or prompt_len < 2:
+    if input_ids.shape[0] < 2:
         return 0
     lengths = attention_mask[:, :prompt_len].long().sum(-1)  # [B] prompt tokens per row
     width = int(lengths.min()) - 1
