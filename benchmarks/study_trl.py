@@ -37,6 +37,10 @@ per seed): per run, mean gain with 95% intervals over seeds (t) and over tasks (
 s/update, peak memory, and the best of ours against the best TRL run.
 
     python benchmarks/study_trl.py                                    # the full study, ~4 h
+    # the same in ~2 h on 2 cores: two streams, one per core, one torch thread each, never two
+    # MPO runs side by side (about 7-11 GB each); both append to the same --results file
+    taskset -c 0 python benchmarks/study_trl.py --threads 1 --agents mpo,mpo-offpolicy,ppo-lr-beta1,trl-ourlr &
+    taskset -c 1 python benchmarks/study_trl.py --threads 1 --agents ppo,grpo,gspo,trl
     python benchmarks/study_trl.py --budget-s 20 --seeds 1 --agents ppo --eval-tasks 20 \\
         --results /tmp/smoke.jsonl                                    # a smoke test
     python benchmarks/study_trl.py --summary-only                     # rewrite the summary
@@ -49,6 +53,7 @@ counted in a budget.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -59,6 +64,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +78,7 @@ BETA1 = 0.82288  # mpo_betas(5, 0.06, 0.8)[0]; checked against the function at r
 TRL_DEFAULT_LR = 1e-6  # GRPOConfig.learning_rate in TRL_PINS; checked in the worker
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
          10: 2.228, 14: 2.145, 19: 2.093, 29: 2.045}
+Z_80 = 0.8416  # standard normal 0.80 quantile: the margin for 80% power
 
 
 # ---------------------------------------------------------------------------------- protocol
@@ -162,6 +169,22 @@ def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def work_lock(work: Path) -> Iterator[None]:
+    """One process at a time prepares what the streams share in ``work`` (the untrained model's
+    evaluation, the TRL virtualenv, the TRL data): two streams started together would otherwise
+    both build them, and one would delete the virtualenv the other is installing into."""
+    import fcntl
+
+    work.mkdir(parents=True, exist_ok=True)
+    with (work / ".prepare.lock").open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def held_out_before(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Greedy held-out accuracy of the untrained model (every run starts from it), cached."""
     path = work / f"before-{protocol_id(protocol(args))}.json"
@@ -244,8 +267,9 @@ def run_trl(name: str, seed: int, args: argparse.Namespace, run_dir: Path, befor
     from mpo_gym.policy import compute_dtype, default_model_dir
 
     quick = PRESETS["quickstart"]
-    python = trl_python(args)
-    data = export_trl_data(args, Path(args.work_dir))
+    with work_lock(Path(args.work_dir)):
+        python = trl_python(args)
+        data = export_trl_data(args, Path(args.work_dir))
     model_dir = str(default_model_dir()) if args.model == "default" else args.model
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
@@ -448,7 +472,8 @@ def run_study(args: argparse.Namespace) -> None:
           f"(order: seed-major, {', '.join(args.agent_list)})", flush=True)
     if not todo:
         return
-    before = held_out_before(args, work)
+    with work_lock(work):
+        before = held_out_before(args, work)
     print(f"untrained model: held-out greedy accuracy {before['accuracy']:.3f} on {int(before['n'])} sums", flush=True)
     for seed, name in todo:
         run_dir = work / pid / f"{name}-s{seed}"
@@ -513,7 +538,7 @@ def summarize(results: list[dict[str, Any]], order: tuple[str, ...] = RUNS) -> d
         task_half = 1.96 * per_task.std(ddof=1) / math.sqrt(per_task.size) if per_task.size > 1 else float("nan")
         out[name] = {
             "seeds": [r["seed"] for r in rows], "gains": gains.tolist(), "mean_gain": float(gains.mean()),
-            "seed_half": float(seed_half), "task_half": float(task_half),
+            "seed_se": float(gains.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan"), "seed_half": float(seed_half), "task_half": float(task_half),
             "before": float(np.mean([r["before"] for r in rows])), "after": float(np.mean([r["after"] for r in rows])),
             "updates": float(np.mean([r["updates"] for r in rows])),
             "s_per_update": float(np.mean([r["train_seconds"] / max(r["updates"], 1) for r in rows])),
@@ -523,14 +548,26 @@ def summarize(results: list[dict[str, Any]], order: tuple[str, ...] = RUNS) -> d
     return out
 
 
+def compare_two(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float, float]:
+    """(difference of mean gains a - b, combined 95% seed interval, smallest detectable difference).
+
+    The rule: a difference counts when it is larger than the combined interval (the two runs' 95%
+    half-widths over seeds, added in quadrature). The smallest detectable difference is the true
+    difference that this rule finds 4 times in 5 (80% power): the combined interval plus 0.84
+    standard errors of the difference (normal approximation, the seed spread taken as measured).
+    """
+    diff = a["mean_gain"] - b["mean_gain"]
+    combined = math.hypot(a["seed_half"], b["seed_half"])
+    return diff, combined, combined + Z_80 * math.hypot(a["seed_se"], b["seed_se"])
+
+
 def verdict(summary: dict[str, dict[str, Any]]) -> str:
     ours = {k: v for k, v in summary.items() if k not in TRL_RUNS}
     theirs = {k: v for k, v in summary.items() if k in TRL_RUNS}
     if not ours or not theirs:
         return "No comparison with TRL yet (needs at least one of our runs and one TRL run)."
     best, ref = max(ours, key=lambda k: ours[k]["mean_gain"]), max(theirs, key=lambda k: theirs[k]["mean_gain"])
-    diff = ours[best]["mean_gain"] - theirs[ref]["mean_gain"]
-    combined = math.hypot(ours[best]["seed_half"], theirs[ref]["seed_half"])
+    diff, combined, detectable = compare_two(ours[best], theirs[ref])
     if math.isnan(combined):
         word = "not resolved (one seed: no interval over seeds)"
     elif diff > combined:
@@ -538,9 +575,27 @@ def verdict(summary: dict[str, dict[str, Any]]) -> str:
     elif diff < -combined:
         word = "below TRL's by more than the combined interval"
     else:
-        word = f"not resolved: differences below ±{combined:.3f} cannot be told apart with these seeds"
+        word = (f"not resolved: differences below ±{combined:.3f} cannot be told apart with these seeds; "
+                f"a true difference of {detectable:.3f} would be found with 80% power")
     return (f"Best of ours: {best} ({ours[best]['mean_gain']:+.3f}); best TRL run: {ref} ({theirs[ref]['mean_gain']:+.3f}); "
             f"difference {diff:+.3f}, combined 95% seed interval ±{combined:.3f}: {word}.")
+
+
+def agents_verdict(summary: dict[str, dict[str, Any]]) -> str:
+    """Every pair of runs, by the same rule as ``verdict``: which differ, or that none do, with its power."""
+    names = [n for n in summary if len(summary[n]["seeds"]) > 1]
+    pairs = [(a, b, *compare_two(summary[a], summary[b])) for i, a in enumerate(names) for b in names[i + 1:]]
+    if not pairs:
+        return "Between runs: no two runs with two or more seeds yet."
+    apart = [f"{a} {'>' if d > 0 else '<'} {b} ({d:+.3f}, ±{c:.3f})" for a, b, d, c, _ in pairs if abs(d) > c]
+    widest = max(pairs, key=lambda p: abs(p[2]))
+    detect = [p[4] for p in pairs]
+    power = (f"with these seeds a pair's true difference would be found with 80% power from "
+             f"{min(detect):.3f} to {max(detect):.3f}, by pair")
+    if not apart:
+        return (f"Between runs: no two runs differ by more than their combined 95% seed interval (largest difference "
+                f"{widest[0]} - {widest[1]} {widest[2]:+.3f}, ±{widest[3]:.3f}); {power}.")
+    return f"Between runs, differences larger than their combined 95% seed interval: {'; '.join(apart)}; the rest do not; {power}."
 
 
 def write_summary(results_path: Path, pid: str | None = None) -> None:
@@ -566,7 +621,7 @@ def write_summary(results_path: Path, pid: str | None = None) -> None:
         lines.append(
             f"| {name} | {len(s['seeds'])} | {s['before']:.3f} | {s['after']:.3f} | {s['mean_gain']:+.3f} | ±{s['seed_half']:.3f} | "
             f"±{s['task_half']:.3f} | {s['updates']:.1f} | {s['s_per_update']:.1f} | {s['warmup_s']:.0f} | {s['peak_rss_mb']:.0f} |")
-    lines += ["", verdict(summary), "", "Per seed (gain): " + "; ".join(
+    lines += ["", verdict(summary), "", agents_verdict(summary), "", "Per seed (gain): " + "; ".join(
         f"{name} " + ", ".join(f"s{seed} {g:+.3f}" for seed, g in zip(s["seeds"], s["gains"])) for name, s in summary.items()),
         "", "Load average (1 min) before/after each run: " + ", ".join(
         f"{r['run']} s{r['seed']} {r['machine']['loadavg_before'][0]:.1f}/{r['machine']['loadavg_after'][0]:.1f}" for r in results),

@@ -51,8 +51,24 @@ def test_verdict_compares_best_of_ours_with_best_trl(study):
     assert "Best of ours: ppo (+0.700)" in text and "best TRL run: trl (+0.200)" in text
     assert "above TRL's by more than the combined interval" in text
     close = [result("ppo", s, before, [1] * (1 + s) + [0] * (9 - s)) for s in range(3)] + rows[3:]
-    assert "not resolved" in study.verdict(study.summarize(close))
+    # equal gains .1 .2 .3: sd 0.1, se 0.1/sqrt(3); combined = sqrt(2) * 4.303 * se = 0.3513; 80% power at
+    # combined + 0.8416 * sqrt(2) * se = 0.4201
+    text = study.verdict(study.summarize(close))
+    assert "difference +0.000, combined 95% seed interval ±0.351: not resolved" in text
+    assert "a true difference of 0.420 would be found with 80% power" in text
     assert "No comparison" in study.verdict(study.summarize(rows[:3]))
+
+
+def test_agents_verdict_names_the_pairs_apart_and_the_power(study):
+    before = [0] * 10
+    rows = [result("ppo", s, before, [1] * (6 + s) + [0] * (4 - s)) for s in range(3)]  # gains .6 .7 .8
+    rows += [result(run, s, before, [1] * (1 + s) + [0] * (9 - s)) for run in ("grpo", "trl") for s in range(3)]
+    text = study.agents_verdict(study.summarize(rows))
+    assert "ppo > grpo (+0.500, ±0.351); ppo > trl (+0.500, ±0.351); the rest do not" in text
+    assert "80% power from 0.420 to 0.420" in text
+    same = study.agents_verdict(study.summarize(rows[3:]))
+    assert "no two runs differ" in same and "largest difference grpo - trl +0.000, ±0.351" in same
+    assert "no two runs" in study.agents_verdict(study.summarize(rows[:1]))
 
 
 def test_command_line(study):
@@ -148,3 +164,20 @@ def test_study_reruns_invalid_runs_and_refuses_another_machine_kind(study, tmp_p
     monkeypatch.setattr(study, "machine", lambda: {**here, "cpu_flags": ["avx2"], "resolved_dtype": "float32"})
     with pytest.raises(SystemExit, match="continue on a machine of the study's kind"):
         study.run_study(args)
+
+
+def test_work_lock_lets_one_stream_prepare_at_a_time(study, tmp_path):
+    import threading
+
+    entered = threading.Event()
+
+    def second_stream():
+        with study.work_lock(tmp_path / "w"):
+            entered.set()
+
+    with study.work_lock(tmp_path / "w"):
+        other = threading.Thread(target=second_stream)
+        other.start()
+        assert not entered.wait(0.3)  # held: the second stream waits
+    other.join(5)
+    assert entered.is_set()
