@@ -181,3 +181,24 @@ def test_work_lock_lets_one_stream_prepare_at_a_time(study, tmp_path):
         assert not entered.wait(0.3)  # held: the second stream waits
     other.join(5)
     assert entered.is_set()
+
+
+def test_readme_study_table_is_the_results_file(study):
+    """Every number of the README's study table is recomputed from the results it names."""
+    repo = SCRIPT.parents[1]
+    path = repo / "benchmarks" / "results" / "study_trl_avx512bf16.jsonl"
+    valid, invalid = study.split_valid(study.read_results(path))
+    assert len(valid) == 24 and not invalid
+    readme = (repo / "README.md").read_text()
+    section = readme[readme.index("## The study"):readme.index("## Benchmarks")]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "seed 0" not in line]
+    summary = study.summarize(valid)
+    assert len(rows) == len(summary) == 8
+    for row, (name, s) in zip(rows, summary.items()):
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        by_seed = {r["seed"]: r for r in valid if r["run"] == name}
+        assert cells[1:4] == [f"{by_seed[k]['after'] - by_seed[k]['before']:+.3f}" for k in range(3)], name
+        assert cells[4:7] == [f"{s['mean_gain']:+.3f}", f"±{s['seed_half']:.3f}", f"±{s['task_half']:.3f}"], name
+        assert cells[7] == "/".join(str(by_seed[k]["updates"]) for k in range(3)), name
+        assert cells[8:11] == [f"{s['s_per_update']:.1f}", f"{s['warmup_s']:.0f}", f"{s['peak_rss_mb'] / 1024:.1f}"], name
+    assert "0.310 before every run" in section
