@@ -38,7 +38,7 @@ s/update, peak memory, and the best of ours against the best TRL run.
 
     python benchmarks/study_trl.py                                    # the full study, ~4 h
     # the same in ~2 h on 2 cores: two streams, one per core, one torch thread each, never two
-    # MPO runs side by side (about 7-11 GB each); both append to the same --results file
+    # MPO runs side by side (7-12 GB each); both append to the same --results file
     taskset -c 0 python benchmarks/study_trl.py --threads 1 --agents mpo,mpo-offpolicy,ppo-lr-beta1,trl-ourlr &
     taskset -c 1 python benchmarks/study_trl.py --threads 1 --agents ppo,grpo,gspo,trl
     python benchmarks/study_trl.py --budget-s 20 --seeds 1 --agents ppo --eval-tasks 20 \\
@@ -177,12 +177,9 @@ def work_lock(work: Path) -> Iterator[None]:
     import fcntl
 
     work.mkdir(parents=True, exist_ok=True)
-    with (work / ".prepare.lock").open("w") as f:
+    with (work / ".prepare.lock").open("w") as f:  # closing the file releases the lock
         fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+        yield
 
 
 def held_out_before(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -532,13 +529,13 @@ def summarize(results: list[dict[str, Any]], order: tuple[str, ...] = RUNS) -> d
             continue
         gains = np.array([r["after"] - r["before"] for r in rows])
         n = len(gains)
-        seed_half = t_quantile(n - 1) * gains.std(ddof=1) / math.sqrt(n) if n > 1 else float("nan")
+        seed_se = gains.std(ddof=1) / math.sqrt(n) if n > 1 else float("nan")
         diffs = np.array([np.asarray(r["outcomes_after"], float) - np.asarray(r["outcomes_before"], float) for r in rows])
         per_task = diffs.mean(0)  # [tasks] gain of each task, averaged over seeds
         task_half = 1.96 * per_task.std(ddof=1) / math.sqrt(per_task.size) if per_task.size > 1 else float("nan")
         out[name] = {
             "seeds": [r["seed"] for r in rows], "gains": gains.tolist(), "mean_gain": float(gains.mean()),
-            "seed_se": float(gains.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan"), "seed_half": float(seed_half), "task_half": float(task_half),
+            "seed_se": float(seed_se), "seed_half": float(t_quantile(n - 1) * seed_se), "task_half": float(task_half),
             "before": float(np.mean([r["before"] for r in rows])), "after": float(np.mean([r["after"] for r in rows])),
             "updates": float(np.mean([r["updates"] for r in rows])),
             "s_per_update": float(np.mean([r["train_seconds"] / max(r["updates"], 1) for r in rows])),
