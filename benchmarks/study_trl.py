@@ -601,8 +601,7 @@ def write_summary(results_path: Path, pid: str | None = None) -> None:
         pid = results[-1]["protocol_id"]
     results = [r for r in results if r["protocol_id"] == pid]
     if not results:
-        print(f"no results in {results_path}")
-        return
+        raise SystemExit(f"no results in {results_path}: run the study first, or name its results file with --results")
     m, proto = results[0]["machine"], results[0]["protocol"]
     results, invalid = split_valid(results)
     summary = summarize(results)
@@ -705,7 +704,12 @@ def main(argv: list[str]) -> int:
         return 0
     args = parse_args(argv)
     if not args.summary_only:
-        run_study(args)
+        try:
+            run_study(args)
+        except KeyboardInterrupt:  # the run in progress is dropped; the finished ones are in --results
+            print(f"\nstopped: the runs that finished are in {args.results}; the run in progress is dropped. "
+                  "Run the same command again to continue.", file=sys.stderr)
+            return 130
     write_summary(Path(args.results), protocol_id(protocol(args)) if not args.summary_only else None)
     return 0
 

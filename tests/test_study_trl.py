@@ -202,3 +202,16 @@ def test_readme_study_table_is_the_results_file(study):
         assert cells[7] == "/".join(str(by_seed[k]["updates"]) for k in range(3)), name
         assert cells[8:11] == [f"{s['s_per_update']:.1f}", f"{s['warmup_s']:.0f}", f"{s['peak_rss_mb'] / 1024:.1f}"], name
     assert "0.310 before every run" in section
+
+
+def test_user_errors_exit_with_one_line(study, tmp_path, monkeypatch, capsys):
+    with pytest.raises(SystemExit, match="no results in .*: run the study first"):
+        study.main(["--summary-only", "--results", str(tmp_path / "typo.jsonl")])
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study, "run_study", interrupted)
+    assert study.main(["--results", str(tmp_path / "r.jsonl"), "--work-dir", str(tmp_path / "w")]) == 130
+    err = capsys.readouterr().err
+    assert "stopped: the runs that finished are in" in err and "Run the same command again" in err
