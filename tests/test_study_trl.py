@@ -215,3 +215,13 @@ def test_user_errors_exit_with_one_line(study, tmp_path, monkeypatch, capsys):
     assert study.main(["--results", str(tmp_path / "r.jsonl"), "--work-dir", str(tmp_path / "w")]) == 130
     err = capsys.readouterr().err
     assert "stopped: the runs that finished are in" in err and "Run the same command again" in err
+
+
+def test_summary_of_only_invalid_runs_says_so_without_a_plot(study, tmp_path):
+    import json
+
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(finished("ppo", 0, seconds=1000.0)) + "\n")
+    study.write_summary(path, "p")
+    assert "ppo s0: over budget: 1000 s" in path.with_suffix(".md").read_text()
+    assert not path.with_suffix(".png").exists()
