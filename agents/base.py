@@ -417,17 +417,32 @@ class BaseAgent:
         if error is not None:
             self.optimizer.zero_grad(set_to_none=True)
             raise FloatingPointError(error)
-        self.bytes_reduced += self.dist.all_reduce_grads(params)
+        norm = self.optimizer_step(self.optimizer, params, self.config.max_grad_norm)
         if self.config.max_grad_norm > 0:
-            norm = full_tensor(torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm))
-            logs["losses/grad_norm"] = float(norm)
+            logs["losses/grad_norm"] = norm
+        return logs
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter],
+                       max_grad_norm: float) -> float:
+        """The one optimizer step of every agent (the RL update's and any warm-up's).
+
+        Sums the gradients over the ranks, clips them to ``max_grad_norm`` (0: no clip), steps,
+        and then drops every cache made from the old weights (:meth:`LMPolicy.weights_changed`:
+        autocast's low-precision copies, the sampler's KV cache), so the next forward sees the
+        new weights. Returns the gradient norm before clipping; a non-finite norm skips the step
+        and raises ``FloatingPointError``.
+        """
+        self.bytes_reduced += self.dist.all_reduce_grads(params)
+        if max_grad_norm > 0:
+            norm = full_tensor(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
         else:
             norm = full_tensor(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
         if not torch.isfinite(norm):  # a finite loss can still have inf/nan gradients
-            self.optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)
             raise FloatingPointError(f"non-finite gradient norm {float(norm)} ({self.name}); optimizer step skipped")
-        self.optimizer.step()
-        return logs
+        optimizer.step()
+        self.policy.weights_changed()
+        return float(norm)
 
     def train_state_bytes(self) -> int:
         """Bytes this rank holds of the trained parameters, their gradients and the optimizer
@@ -467,9 +482,11 @@ class BaseAgent:
         for status in ("correct", "incorrect", "no_answer", "timeout", "error"):
             out[f"verdicts/{status}"] = sum(s == status for s in batch.statuses) / max(batch.size, 1)
         if batch.old_logprobs is not None and bool(batch.mask.any()):
-            # the sampler's log-probs against the teacher-forced ones of the same weights: ~1e-6
-            # in fp32; larger means generation and scoring disagree (dtype, padding, a bug)
+            # the sampler's log-probs against the teacher-forced ones of the same weights (nats per
+            # token): ~1e-6 in fp32, ~1e-3 mean under bf16; larger means generation and scoring
+            # disagree (dtype, padding, stale weights, a bug)
             gap = (batch.sample_logprobs - batch.old_logprobs).abs()[batch.mask]
+            out["checks/sample_logprob_gap_mean"] = float(gap.mean())
             out["checks/sample_logprob_gap_max"] = float(gap.max())
         return out
 

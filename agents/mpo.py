@@ -183,14 +183,11 @@ class MPOAgent(PPOAgent):
             loss, metrics = F.mtp_warmup_loss(mtp_lp, mtp_mask, alphas.to(mtp_lp.device), valid_counts=counts)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            params = list(policy.mtp_parameters())
-            self.dist.all_reduce_grads(params)
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
+            norm = self.optimizer_step(optimizer, list(policy.mtp_parameters()), 1.0)
             row = {"warmup/loss": float(loss.detach()), **{k: float(v) for k, v in metrics.items()}}
             if self.dist.active:  # the shards' terms add up to the whole batch's
                 row = dict(zip(row, self.dist.all_reduce(list(row.values()))))
-            history.append(row)
+            history.append({**row, "warmup/grad_norm": norm})  # the norm of the summed gradients
         return history
 
     def _solution_batch(self, env: Any, policy: LMPolicy) -> tuple[torch.Tensor, torch.Tensor, int]:

@@ -46,7 +46,7 @@ def _worker(name: str, args: dict, queue: mp.Queue) -> None:
 
     from mpo_gym.agents import make_agent
     from mpo_gym.rollout import rollout
-    from mpo_gym.trainer import TrainConfig, autocast, make_envs, make_policy
+    from mpo_gym.trainer import TrainConfig, make_envs, make_policy
 
     if args["threads"]:
         torch.set_num_threads(args["threads"])
@@ -68,7 +68,7 @@ def _worker(name: str, args: dict, queue: mp.Queue) -> None:
 
     rollout_s = []
     for _ in range(args["repeats"]):
-        with autocast(cfg, policy), torch.no_grad():
+        with torch.no_grad():  # the policy runs in the run's dtype (make_policy)
             t0 = time.perf_counter()
             episodes = rollout(envs, policy, task_indices=list(range(args["envs"])), seed=0, temperature=0.7)
             rollout_s.append(time.perf_counter() - t0)
@@ -76,22 +76,20 @@ def _worker(name: str, args: dict, queue: mp.Queue) -> None:
     score_s, update_s = [], []
     for _ in range(args["repeats"]):
         batch = build_batch(episodes, pad_id=int(policy.tokenizer.pad_token_id))
-        with autocast(cfg, policy):
-            t0 = time.perf_counter()
-            agent.score_old(batch)
-            agent.compute_advantages(batch)
-            t1 = time.perf_counter()
-            agent.update(batch)
-            t2 = time.perf_counter()
+        t0 = time.perf_counter()
+        agent.score_old(batch)
+        agent.compute_advantages(batch)
+        t1 = time.perf_counter()
+        agent.update(batch)
+        t2 = time.perf_counter()
         score_s.append(t1 - t0)
         update_s.append(t2 - t1)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     batch = build_batch(episodes, pad_id=int(policy.tokenizer.pad_token_id))
-    with autocast(cfg, policy):
-        agent.score_old(batch)
-        agent.compute_advantages(batch)
-        with FlopCounterMode(display=False) as counter:
-            agent.update(batch)
+    agent.score_old(batch)
+    agent.compute_advantages(batch)
+    with FlopCounterMode(display=False) as counter:
+        agent.update(batch)
     queue.put({
         "name": name, "dtype": compute_dtype(cfg.dtype, cfg.resolved_device), "reuse_memory": reused,
         "rollout_s": min(rollout_s),

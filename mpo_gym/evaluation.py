@@ -477,6 +477,8 @@ def write_results(results: Results, out_dir: str | Path) -> dict[str, Path]:
 # ---------------------------------------------------------------------------- command line
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Options of ``mpo-gym eval`` (the same names as ``train`` and ``compare`` where shared)."""
+    from .options import CHOICES
+
     add = parser.add_argument
     add(
         "--suite",
@@ -510,7 +512,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add("--max-new-tokens", type=int, default=None, help="override the env's response budget")
     add("--block-size", type=int, default=None, help="override the env's K")
     add("--seed", type=int, default=0)
-    add("--dtype", default="float32", choices=("auto", "bfloat16", "float32"))
+    add("--dtype", default=None, choices=CHOICES["dtype"],
+        help="what the products run in, as in train (bfloat16: autocast over fp32 weights); default: a "
+             "run's own numerics, else auto")
     add(
         "--threads",
         type=int,
@@ -591,7 +595,7 @@ def run(args: argparse.Namespace) -> int:
     rows: dict[str, dict[str, SuiteResult]] = {}
     dist = distributed.SINGLE
     for spec, name in zip(models, _model_names(models)):
-        policy = _tiny_policy(args.seed) if spec == "tiny" else load_policy(spec, dtype=args.dtype)
+        policy = _tiny_policy(args.seed, args.dtype) if spec == "tiny" else load_policy(spec, dtype=args.dtype)
         device = getattr(policy, "device", None)
         dist = distributed.init(getattr(device, "type", "cpu"))  # under torchrun: tasks sharded over ranks
         out = Path(dist.broadcast_object(str(out)))  # rank 0's folder name (it has the time in it)
@@ -613,12 +617,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tiny_policy(seed: int) -> Any:
+def _tiny_policy(seed: int, dtype: str | None = None) -> Any:
     """``--model tiny``: the small random test model with the char tokenizer (as in ``train``)."""
-    from .policy import LMPolicy, tiny_model
+    from .policy import LMPolicy, compute_dtype, tiny_model
 
     model, tokenizer = tiny_model(seed=seed)
-    return LMPolicy(model, tokenizer)
+    return LMPolicy(model, tokenizer, compute_dtype=compute_dtype(dtype or "auto"))
 
 
 def _split(text: str) -> list[str]:
@@ -646,37 +650,35 @@ def main_eval(argv: Sequence[str] | None = None) -> int:
     return main(["eval", *(sys.argv[1:] if argv is None else list(argv))])
 
 
-def load_policy(spec: str, dtype: str = "float32") -> Any:
-    """An :class:`~mpo_gym.policy.LMPolicy` from a model spec.
+def load_policy(spec: str, dtype: str | None = None) -> Any:
+    """An :class:`~mpo_gym.policy.LMPolicy` from a model spec, with fp32 master weights.
 
     ``spec`` is ``"default"`` (the embedded model), a hub id or model folder, a folder written
-    by ``LMPolicy.save_pretrained`` (has ``policy.json``), or a training run / its
-    ``checkpoint/`` folder (``policy.pt`` next to, or one level below, the run's
-    ``config.json``), rebuilt with the run's config and then loaded.
+    by ``LMPolicy.save_pretrained`` (has ``policy.json``), or a training run (its
+    ``config.json`` and checkpoints: :func:`mpo_gym.trainer.load_run`, with the fallback to
+    ``checkpoint.prev/``) or one checkpoint folder of a run.
+
+    ``dtype`` is what the products run in, with the meaning it has in ``train``: ``"auto"``
+    (bf16 autocast where the device has native bf16, else fp32), ``"bfloat16"`` or
+    ``"float32"``. ``None``: a run's own numerics (its ``resolved_dtype``), the dtype a saved
+    policy was saved with, else ``"auto"``.
     """
-    from .policy import LMPolicy
+    from .policy import LMPolicy, compute_dtype
+    from .trainer import load_run
 
     path = Path(spec)
     if (path / "policy.json").is_file():
-        return LMPolicy.load_checkpoint(path, dtype=dtype)
-    for ckpt, run_dir in ((path / "checkpoint", path), (path, path.parent)):
-        if (ckpt / "policy.pt").is_file() and (run_dir / "config.json").is_file():
-            return _load_training_checkpoint(ckpt, run_dir)
-    return LMPolicy.from_pretrained(spec, dtype=dtype)
-
-
-def _load_training_checkpoint(ckpt: Path, run_dir: Path) -> Any:
-    import dataclasses
-
-    import torch
-
-    from .trainer import TrainConfig, _build_policy
-
-    saved = json.loads((run_dir / "config.json").read_text())
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in saved.items() if k in names})
-    policy = _build_policy(cfg)  # the run's policy as trained: heads, MTP modules, LoRA adapters
-    policy.load_state_dict(torch.load(ckpt / "policy.pt", map_location="cpu"))
+        policy = LMPolicy.load_checkpoint(path, dtype="float32")
+    elif (path / "config.json").is_file() and any((path / sub).is_dir() for sub in ("checkpoint", "checkpoint.prev")):
+        policy = load_run(path).policy
+    elif (path / "policy.pt").is_file() and (path.parent / "config.json").is_file():
+        policy = load_run(path.parent, checkpoint=path).policy
+    else:
+        policy = LMPolicy.from_pretrained(spec, dtype="float32")
+        if dtype is None:
+            dtype = "auto"
+    if dtype is not None:
+        policy.set_compute_dtype(compute_dtype(dtype, policy.device))
     return policy
 
 

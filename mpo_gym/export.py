@@ -13,7 +13,6 @@ What this does not do: no conversion to GGUF or other formats, no upload.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -23,26 +22,6 @@ from .errors import ConfigError, MpoGymError
 __all__ = ["add_arguments", "export", "run"]
 
 
-def _load_run(run_dir: Path) -> tuple[Any, Any, Path]:
-    from . import runs
-    from .trainer import TrainConfig, _build_policy
-
-    config_path = run_dir / "config.json"
-    if not config_path.is_file():
-        raise ConfigError(f"{run_dir}: not a training run folder (no config.json)")
-    saved = json.loads(config_path.read_text())
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in saved.items() if k in names})
-    cfg = dataclasses.replace(cfg, device="cpu")
-    loaded = runs.load_checkpoint(run_dir, ("policy.pt", "state.pt"))
-    if loaded is None:
-        raise ConfigError(f"{run_dir}: no checkpoint yet (train first, or resume it)")
-    files, folder = loaded
-    policy = _build_policy(cfg)
-    policy.load_state_dict(files["policy.pt"])
-    return cfg, policy, folder
-
-
 def export(run_dir: str | Path, out_dir: str | Path) -> Path:
     """Write the run's policy into ``out_dir`` (see the module docstring); returns ``out_dir``."""
     from safetensors.torch import save_file
@@ -50,7 +29,10 @@ def export(run_dir: str | Path, out_dir: str | Path) -> Path:
     run_dir, out = Path(run_dir), Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} exists and is not empty; give a new folder")
-    cfg, policy, folder = _load_run(run_dir)
+    from .trainer import load_run
+
+    run = load_run(run_dir, device="cpu")
+    cfg, policy, folder = run.config, run.policy, run.checkpoint
     model = policy.model
     if hasattr(model, "merge_and_unload"):  # LoRA: fold the adapters into the weights
         model = model.merge_and_unload()
@@ -65,18 +47,12 @@ def export(run_dir: str | Path, out_dir: str | Path) -> Path:
     if heads:
         # shared tensors (a shared LM head) are stored once per name, as contiguous copies
         save_file({k: v.detach().contiguous().clone() for k, v in heads.items()}, str(out / "mpo_heads.safetensors"))
-    step = int(files_step(folder))
-    meta = {"policy_options": policy._options, "agent": cfg.agent, "env": cfg.env, "model": cfg.model,
+    step = run.step
+    meta = {"policy_options": {**policy._options, "compute_dtype": policy.compute_dtype}, "agent": cfg.agent, "env": cfg.env, "model": cfg.model,
             "run_dir": str(run_dir), "checkpoint": folder.name, "update": step, "lora_merged": bool(cfg.lora),
             "tokenizer": "char" if cfg.model == "tiny" else "saved beside the model"}
     (out / "mpo_policy.json").write_text(json.dumps(meta, indent=2))
     return out
-
-
-def files_step(folder: Path) -> int:
-    import torch
-
-    return int(torch.load(folder / "state.pt", map_location="cpu", weights_only=False)["step"])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

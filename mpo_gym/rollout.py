@@ -26,6 +26,7 @@ envs are stepped in this process unless the vector env itself runs them elsewher
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -151,7 +152,6 @@ def reasoning_env(envs: Any) -> ReasoningEnv:
 
 def _play(vec: VectorEnv, policy: LMPolicy, tasks: Sequence[int] | None, seed: int, first_index: int,
           sampling: dict[str, Any]) -> list[Episode]:
-    from .policy import BlockSampler
     from .policy.sampling import obs_rows
 
     n = vec.num_envs
@@ -166,6 +166,18 @@ def _play(vec: VectorEnv, policy: LMPolicy, tasks: Sequence[int] | None, seed: i
     block_size = int(vec.single_action_space.block_size)  # type: ignore[attr-defined]
     same_step = vec.metadata.get("autoreset_mode") == AutoresetMode.SAME_STEP
     filler = np.asarray([policy.eos_token_id], dtype=np.int64)
+    # one region for the whole batch: the weights do not change while it is generated, so each
+    # low-precision copy is made once (the sampler's forwards nest in it)
+    with getattr(policy, "autocast", contextlib.nullcontext)():
+        return _play_loop(vec, policy, episodes, obs, block_size, same_step, filler, seed, first_index, sampling)
+
+
+def _play_loop(vec: VectorEnv, policy: LMPolicy, episodes: list[Episode], obs: Any, block_size: int,
+               same_step: bool, filler: np.ndarray, seed: int, first_index: int,
+               sampling: dict[str, Any]) -> list[Episode]:
+    from .policy import BlockSampler
+
+    n = vec.num_envs
     sampler = BlockSampler.from_obs(policy, obs, seed=seed, first_index=first_index, **sampling)
     done = np.zeros(n, dtype=bool)
     while not done.all():

@@ -26,7 +26,6 @@ the run folder (which every rank must see to resume: a shared filesystem across 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import sys
@@ -43,7 +42,8 @@ from . import distributed, runs
 from .agents import AGENTS, make_agent
 from .errors import ConfigError, MpoGymError, RunInterrupted, check_model_spec, did_you_mean
 
-__all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "evaluate_held_out", "make_policy", "train"]
+__all__ = ["LoadedRun", "TrainConfig", "TrainResult", "TrainingDiverged", "evaluate_held_out", "load_run",
+           "make_policy", "train"]
 
 
 @dataclass(frozen=True)
@@ -194,8 +194,10 @@ class TrainResult:
 
 def make_policy(cfg: TrainConfig, spec: Any = None) -> Any:
     """Build the ``LMPolicy`` the agent declares (``agent_config().policy_spec()``: value head,
-    MTP modules) on the right device; ``spec`` overrides it (``PolicySpec()``: a bare LM)."""
-    from .policy import LMPolicy, tiny_model
+    MTP modules) on the right device, computing in the run's dtype (``cfg.dtype`` resolved:
+    bf16 autocast over fp32 master weights, or fp32); ``spec`` overrides the declared policy
+    (``PolicySpec()``: a bare LM)."""
+    from .policy import LMPolicy, compute_dtype, tiny_model
 
     spec = cfg.agent_config().policy_spec() if spec is None else spec
     kwargs: dict[str, Any] = spec.policy_kwargs(cfg.value_head)
@@ -205,17 +207,7 @@ def make_policy(cfg: TrainConfig, spec: Any = None) -> Any:
         policy = LMPolicy(model, tokenizer, **kwargs)
     else:
         policy = LMPolicy.from_pretrained(cfg.model, dtype="float32", **kwargs)
-    return policy.to(cfg.resolved_device)
-
-
-def autocast(cfg: TrainConfig, policy: Any) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast over fp32 master weights, or plain fp32 (``cfg.dtype``, "auto" resolved)."""
-    from .policy import compute_dtype
-
-    device = next(policy.parameters()).device.type
-    if compute_dtype(cfg.dtype, device) != "bfloat16":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device, dtype=torch.bfloat16)
+    return policy.to(cfg.resolved_device).set_compute_dtype(compute_dtype(cfg.dtype, cfg.resolved_device))
 
 
 def make_envs(cfg: TrainConfig, n: int, split: str | None = None) -> list[Any]:
@@ -241,7 +233,7 @@ def evaluate_held_out(cfg: TrainConfig, policy: Any, envs: list[Any] | None = No
     envs = envs or make_envs(cfg, min(cfg.eval_batch, cfg.eval_tasks), split="test")
     n_tasks = min(cfg.eval_tasks, task_count(envs)[1])
     policy.eval()
-    with autocast(cfg, policy), torch.no_grad(), dist.gathered(policy):
+    with torch.no_grad(), dist.gathered(policy):
         samples = evaluate_envs(envs, policy, range(n_tasks), temperature=0.0, suite=cfg.env,
                                 model_name=cfg.agent, dist=dist)
     if dist.is_main:
@@ -328,11 +320,64 @@ def _make_envs_checked(cfg: TrainConfig, n: int, split: str | None) -> list[Any]
 
 
 def _build_policy(cfg: TrainConfig) -> Any:
+    """The run's policy as trained: heads, MTP modules, LoRA adapters, numerics."""
     policy = make_policy(cfg)
     if cfg.lora:
         policy.apply_lora(r=cfg.lora, lora_alpha=2 * cfg.lora, target_modules="all-linear")
         policy.to(cfg.resolved_device)
     return policy
+
+
+@dataclass
+class LoadedRun:
+    """A training run read back from its folder (:func:`load_run`)."""
+
+    config: TrainConfig
+    policy: Any  # the LMPolicy as trained, in the numerics the run used
+    step: int  # the update its checkpoint holds
+    checkpoint: Path  # the checkpoint folder it came from (``checkpoint`` or ``checkpoint.prev``)
+    record: dict[str, Any]  # config.json as stored (``resolved_dtype``, splits, ...)
+
+
+def load_run(run_dir: str | Path, *, device: str | None = None, checkpoint: str | Path | None = None) -> LoadedRun:
+    """The one way to read a run back (``eval``, ``export``): its config, its policy and step.
+
+    The policy is rebuilt from the stored config (heads, MTP modules, LoRA adapters), computes
+    in the run's ``resolved_dtype`` (the numerics it was trained and evaluated with, whatever
+    this machine would pick for ``auto``) and holds the newest checkpoint that loads:
+    ``checkpoint/``, else ``checkpoint.prev/`` with a warning. ``checkpoint``: read that folder
+    of the run instead (no fallback). ``device`` overrides the stored device.
+    """
+    from .policy import compute_dtype
+
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise ConfigError(f"{run_dir}: not a training run folder (no config.json)")
+    try:
+        record = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{config_path} is not valid JSON ({exc}); the run's checkpoint holds no config to rebuild it from") from exc
+    if record.get("imports"):
+        from .plugins import import_modules
+
+        import_modules(record["imports"])
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in record.items() if k in names})
+    if device is not None:
+        cfg = dataclasses.replace(cfg, device=device)
+    if checkpoint is not None:
+        folder = Path(checkpoint)
+        files = {n: torch.load(folder / n, map_location="cpu", weights_only=False) for n in ("policy.pt", "state.pt")}
+    else:
+        loaded = runs.load_checkpoint(run_dir, ("policy.pt", "state.pt"))
+        if loaded is None:
+            raise ConfigError(f"{run_dir}: no checkpoint yet (train first, or resume it)")
+        files, folder = loaded
+    policy = _build_policy(cfg)
+    policy.set_compute_dtype(record.get("resolved_dtype") or compute_dtype(cfg.dtype, cfg.resolved_device))
+    policy.load_state_dict(files["policy.pt"])
+    return LoadedRun(cfg, policy, int(files["state.pt"]["step"]), folder, record)
 
 
 def _differences(cfg: TrainConfig, record: dict[str, Any]) -> Any:
@@ -471,19 +516,23 @@ def _train(cfg: TrainConfig, out: Path, envs: list[Any], eval_envs: list[Any] | 
     warmup_seconds = float(evals.get("warmup_seconds", 0.0))
     if step == 0:
         t0 = time.perf_counter()
-        with autocast(cfg, policy):
+        try:
             warm = agent.warmup(envs, policy)
+        except FloatingPointError as exc:
+            raise TrainingDiverged(f"the warm-up stopped: {exc}; lower the warm-up learning rate or use float32") from exc
         warmup_seconds = time.perf_counter() - t0
         if warm and main:
-            _append(metrics_path, {"step": 0, "time": 0.0, "warmup/seconds": warmup_seconds, "warmup/steps": len(warm), **warm[-1]})
+            _append(metrics_path, {"step": 0, "time": 0.0, "warmup/seconds": warmup_seconds, "warmup/steps": len(warm),
+                                   "warmup/loss_first": warm[0]["warmup/loss"], **warm[-1]})
     last_good, last_save = step, time.monotonic()
     stop.deferred = True
     while step < _max_updates(cfg) and not (cfg.time_budget_s and train_seconds >= cfg.time_budget_s):
         t0 = time.perf_counter()
         try:
-            with autocast(cfg, policy):
-                batch = agent.collect(envs, policy)
-                metrics = agent.update(batch)
+            # no region spans the update: the policy opens one per forward, and each optimizer
+            # step drops the copies made from the old weights (LMPolicy.autocast, weights_changed)
+            batch = agent.collect(envs, policy)
+            metrics = agent.update(batch)
             _check_finite(metrics)
         except FloatingPointError as exc:
             bar.close()

@@ -8,6 +8,7 @@ attention mask, so the amount of left padding does not change any result. Genera
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import pathlib
@@ -29,7 +30,9 @@ from .scoring import (
     position_ids_from_mask,
 )
 
-__all__ = ["LMPolicy", "ScoreOutput"]
+__all__ = ["COMPUTE_DTYPES", "LMPolicy", "ScoreOutput"]
+
+COMPUTE_DTYPES = ("float32", "bfloat16")  # what an LMPolicy's products may run in
 
 
 @dataclass
@@ -81,6 +84,10 @@ class LMPolicy(nn.Module):
         share_prompt_head: in :meth:`score`, encode the prompts' common head (system prompt,
             example turns) once per batch instead of once per row; the results equal the
             per-row forward's up to floating-point reduction order (``False``: per row).
+        compute_dtype: what the matrix products run in: ``"float32"``, or ``"bfloat16"``
+            (autocast over the fp32 master weights). Every forward (:meth:`score`,
+            :meth:`score_mtp`, sampling) opens its own autocast region (:meth:`autocast`), so
+            no bf16 copy of a weight outlives an optimizer step (see :meth:`weights_changed`).
 
     What it does not do: no tensor/pipeline parallelism; MTP modules need a Llama-like decoder.
     """
@@ -88,8 +95,10 @@ class LMPolicy(nn.Module):
     def __init__(self, model: Any, tokenizer: Any, *, value_head: bool | str = False,
                  num_mtp_modules: int = 0, share_lm_head: bool = False,
                  mtp_detach_backbone: bool = True, critic_layers: int = 2,
-                 critic_model: Any | None = None, chunk_size: int = 512, share_prompt_head: bool = True):
+                 critic_model: Any | None = None, chunk_size: int = 512, share_prompt_head: bool = True,
+                 compute_dtype: str = "float32"):
         super().__init__()
+        self.compute_dtype = _check_compute_dtype(compute_dtype)
         if value_head not in (False, True, "head", "separate"):
             raise ValueError(f"value_head must be False, True, 'head' or 'separate'; got {value_head!r}")
         if num_mtp_modules < 0:
@@ -148,7 +157,34 @@ class LMPolicy(nn.Module):
         model = copy.deepcopy(self.model).eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        return LMPolicy(model, self.tokenizer, chunk_size=self.chunk_size, share_prompt_head=self.share_prompt_head)
+        return LMPolicy(model, self.tokenizer, chunk_size=self.chunk_size, share_prompt_head=self.share_prompt_head,
+                        compute_dtype=self.compute_dtype)
+
+    # ------------------------------------------------------------------ numerics
+    def set_compute_dtype(self, dtype: str) -> LMPolicy:
+        """Run the products in ``dtype`` (``"float32"`` or ``"bfloat16"``); returns self."""
+        self.compute_dtype = _check_compute_dtype(dtype)
+        self.weights_changed()
+        return self
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """A new region running this policy's products in its :attr:`compute_dtype`.
+
+        Autocast keeps the low-precision copy of each weight for the whole outermost region,
+        so a region must never span an optimizer step: the policy opens one per forward
+        (:meth:`score`, :meth:`score_mtp`) and one per rollout (no weight changes while a
+        batch is generated). :meth:`weights_changed` also clears the copies, for a caller that
+        wraps an update in a region of its own.
+        """
+        if self.compute_dtype == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    def weights_changed(self) -> None:
+        """Drop every cache made from the current weights: the autocast copies of the weights
+        and the sampler's KV cache. Agents call it after each optimizer step."""
+        self._sampler = None
+        torch.clear_autocast_cache()
 
     # ------------------------------------------------------------------ properties
     @property
@@ -196,8 +232,15 @@ class LMPolicy(nn.Module):
             entropy: compute the backbone's per-position entropy.
             temperature: divides the backbone logits (MTP logits are not tempered).
 
-        Gradients flow when called with grad enabled. Logits are computed chunk by chunk.
+        Gradients flow when called with grad enabled. Logits are computed chunk by chunk, in
+        a region of their own in :attr:`compute_dtype` (the backward runs in the same dtypes).
         """
+        with self.autocast():
+            return self._score(input_ids, attention_mask, prompt_len, values=values, mtp=mtp, entropy=entropy,
+                               temperature=temperature)
+
+    def _score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int, *,
+               values: bool, mtp: bool, entropy: bool, temperature: float) -> ScoreOutput:
         if not 1 <= prompt_len <= input_ids.shape[1]:
             raise ValueError(f"prompt_len must be in 1..{input_ids.shape[1]}; got {prompt_len}")
         if values and self.value_head is None:
@@ -274,10 +317,11 @@ class LMPolicy(nn.Module):
         modules cost a backward (MPO's warm-up)."""
         if len(self.mtp) == 0:
             raise ValueError("score_mtp needs a policy built with num_mtp_modules > 0")
-        with torch.no_grad():
-            position_ids = position_ids_from_mask(attention_mask)
-            hidden = self._decoder_forward(input_ids, attention_mask, position_ids, prompt_len)
-        return self._mtp_logprobs(hidden, input_ids, attention_mask, position_ids, prompt_len, detach=True)
+        with self.autocast():
+            with torch.no_grad():
+                position_ids = position_ids_from_mask(attention_mask)
+                hidden = self._decoder_forward(input_ids, attention_mask, position_ids, prompt_len)
+            return self._mtp_logprobs(hidden, input_ids, attention_mask, position_ids, prompt_len, detach=True)
 
     def mtp_warmup_loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                         prompt_len: int, alphas: list[float] | None = None) -> torch.Tensor:
@@ -330,7 +374,7 @@ class LMPolicy(nn.Module):
         heads = {"value_head": self.value_head.state_dict() if self.value_head is not None else None,
                  "mtp": self.mtp.state_dict()}
         torch.save(heads, path / "heads.pt")
-        (path / "policy.json").write_text(json.dumps(self._options, indent=2))
+        (path / "policy.json").write_text(json.dumps({**self._options, "compute_dtype": self.compute_dtype}, indent=2))
 
     @classmethod
     def load_checkpoint(cls, path: str | pathlib.Path, *, dtype: str | torch.dtype = "float32",
@@ -348,6 +392,12 @@ class LMPolicy(nn.Module):
             policy.value_head.load_state_dict(heads["value_head"])
         policy.mtp.load_state_dict(heads["mtp"])
         return policy
+
+
+def _check_compute_dtype(dtype: str) -> str:
+    if dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}; got {dtype!r}")
+    return dtype
 
 
 def _shift_left(x: torch.Tensor, j: int, fill: Any) -> torch.Tensor:

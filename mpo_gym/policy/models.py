@@ -24,7 +24,9 @@ __all__ = [
     "is_glibc", "resolve_dtype", "reuse_freed_memory", "tiny_model",
 ]
 
-RUN_DTYPES = ("auto", "bfloat16", "float32")  # what a run's ``dtype`` setting may be
+from ..options import CHOICES
+
+RUN_DTYPES = CHOICES["dtype"]  # what a run's ``dtype`` setting may be
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 

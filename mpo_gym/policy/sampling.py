@@ -27,6 +27,7 @@ those and the caller marks the row finished).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 from collections.abc import Sequence
@@ -73,6 +74,7 @@ class BlockSampler:
         if not 0 < top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1]; got {top_p}")
         self.lm = policy.causal_lm
+        self._autocast = getattr(policy, "autocast", contextlib.nullcontext)  # the policy's numerics
         self.device = policy.device
         self.pad_id = policy.pad_token_id
         self.eos_id = policy.eos_token_id
@@ -137,7 +139,8 @@ class BlockSampler:
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: Any) -> Any:
         kwargs = {self._cache_kw: cache, self._keep_kw: 1}
-        out = self.lm(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **kwargs)
+        with self._autocast():  # nested in a rollout's region: the weights' copies are made once per rollout
+            out = self.lm(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **kwargs)
         self._cache = getattr(out, self._cache_kw, None)
         if self._cache is None:
             self._cache = out.past_key_values
