@@ -117,6 +117,7 @@ def test_mpo_with_k1_updates_like_ppo_over_several_optimizer_steps(dtype):
     mpo.torch_rng.manual_seed(5)
     metrics_p, metrics_m = ppo.update(batch), mpo.update(copy.deepcopy(batch))
     assert metrics_p["losses/clipfrac"] > 0.1  # the later steps were off-policy
+    assert metrics_m["losses/clipfrac"] == pytest.approx(metrics_p["losses/clipfrac"], abs=1e-6)
     for (name, a), b in zip(policy.named_parameters(), twin.parameters()):
         torch.testing.assert_close(a, b, msg=name)
 
