@@ -96,6 +96,7 @@ upstream's), and has no train split for MATH-500 or HumanEval.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import json
@@ -652,7 +653,7 @@ class SuiteEnv(ReasoningEnv):
                 f"{type(self).__name__} supports style {list(self.styles)}; got {style!r}"
             )
         source = resolve_source(self.suite, split, data_path, variant, hub_id)
-        tasks = load_tasks(self.suite, split, data_path, variant, style, hub_id)
+        tasks = self.adapt_tasks(load_tasks(self.suite, split, data_path, variant, style, hub_id))
         task_source = ListTaskSource(tasks, examples=self.examples if style == "chat" else ())
         kwargs.setdefault("verifier", self.default_verifier)
         kwargs.setdefault("max_prompt_tokens", 2048)
@@ -665,6 +666,10 @@ class SuiteEnv(ReasoningEnv):
         self.data_source = source
         if style == "completion":
             self.verifier = StopTruncatingVerifier(self.verifier, COMPLETION_STOP)
+
+    def adapt_tasks(self, tasks: Sequence[Task]) -> Sequence[Task]:
+        """The loaded tasks as this env poses them (a suite may rewrite prompts or references)."""
+        return tasks
 
     def prompt_ids(self, index: int) -> np.ndarray:
         """Chat-rendered prompt ids, or in completion style the raw prompt's ids (cached)."""
@@ -705,7 +710,48 @@ class HumanEvalEnv(SuiteEnv):
     suite, default_verifier, styles = "humaneval", "code", ("chat", "completion")
 
 
+MBPP_PROMPT_TESTS = ("first", "all")
+_ADAPTED: dict[tuple[int, str], tuple[Sequence[Task], list[Task]]] = {}
+
+
 class MBPPEnv(SuiteEnv):
-    """MBPP (``train``/``test``/``validation``/``prompt``; ``variant`` full or sanitized)."""
+    """MBPP (``train``/``test``/``validation``/``prompt``; ``variant`` full or sanitized).
+
+    Args:
+        prompt_tests: which asserts the prompt shows. ``"first"`` (default): only the first,
+            which gives the function's name and signature, and the reward runs every assert of
+            ``test_list`` plus the task's ``challenge_test_list``, so a response that replays
+            the prompt's asserts as a lookup table passes only where the graded asserts repeat
+            the shown one (the prompt-lookup attack: 1 of the 874 train and test tasks, whose
+            three asserts are the same call, against every task with ``"all"``). This is EvalPlus's MBPP prompt
+            shape (one example assert). ``"all"``: the original paper's prompt (Austin et al.,
+            2021), all three asserts shown and graded on those three: comparable with figures
+            published that way, but every graded assert is in the prompt, so never train on it.
+    """
 
     suite, default_verifier = "mbpp", "code"
+
+    def __init__(self, *args: Any, prompt_tests: str = "first", **kwargs: Any):
+        if prompt_tests not in MBPP_PROMPT_TESTS:
+            raise ValueError(f"prompt_tests must be one of {MBPP_PROMPT_TESTS}; got {prompt_tests!r}")
+        self.prompt_tests = prompt_tests
+        super().__init__(*args, **kwargs)
+
+    def adapt_tasks(self, tasks: Sequence[Task]) -> Sequence[Task]:
+        if self.prompt_tests == "all":
+            return tasks
+        key = (id(tasks), self.prompt_tests)  # the loaded list is cached: so is its adaptation
+        if key not in _ADAPTED or _ADAPTED[key][0] is not tasks:
+            _ADAPTED[key] = (tasks, self._first_assert_only(tasks))
+        return _ADAPTED[key][1]
+
+    @staticmethod
+    def _first_assert_only(tasks: Sequence[Task]) -> list[Task]:
+        out = []
+        for task in tasks:
+            tests = list(task.reference["test_list"])
+            graded = tests + [t for t in task.metadata.get("challenge_test_list", []) if t not in tests]
+            prompt = MBPP_TEMPLATE.format(text=task.metadata["text"], tests="\n".join(tests[:1]))
+            out.append(dataclasses.replace(task, prompt=prompt, reference={**task.reference, "test_list": graded},
+                                           metadata={**task.metadata, "prompt_tests": "first"}))
+        return out

@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -248,6 +249,61 @@ def test_mbpp_prompt_shows_the_tests(mini_root):
         "test_setup_code": "",
     }
     assert task.solution == "```python\ndef square(x):\n    return x * x\n```"
+
+
+def test_mbpp_env_shows_the_first_assert_and_grades_them_all(mini_root):
+    import gymnasium as gym
+
+    env = gym.make("mpo_gym/MBPP-v0", data_path=str(mini_root), tokenizer="char").unwrapped
+    task = env.tasks[0]
+    assert "assert square(2) == 4\n\nReply" in task.prompt and "square(3)" not in task.prompt
+    assert task.reference["test_list"] == ["assert square(2) == 4", "assert square(3) == 9", "assert square(0) == 0"]
+    assert task.metadata["prompt_tests"] == "first"
+    published = gym.make("mpo_gym/MBPP-v0", data_path=str(mini_root), tokenizer="char", prompt_tests="all").unwrapped
+    assert published.tasks[0].prompt == load_tasks("mbpp", "test", mini_root)[0].prompt  # the paper's prompt
+    with pytest.raises(ValueError, match="prompt_tests"):
+        gym.make("mpo_gym/MBPP-v0", data_path=str(mini_root), tokenizer="char", prompt_tests="some")
+
+
+_ASSERT = re.compile(r"^assert\s+(.+?)\s*==\s*(.+)$")
+
+
+def _lookup_attack(prompt: str) -> tuple[str, set[str]]:
+    """A response built from the prompt alone: a table of the shown asserts' calls and results."""
+    shown = [line.strip() for line in prompt.splitlines() if line.strip().startswith("assert")]
+    body, entry = ["_T = {}"], "f"
+    for line in shown:
+        m = _ASSERT.match(line)
+        if m and "(" in m.group(1):
+            call, want = m.groups()
+            entry = call.split("(")[0].strip()
+            body.append(f"_T[repr(({call[call.index('(') + 1 : call.rindex(')')]},))] = {want}")
+    code = "\n".join(body) + f"\ndef {entry}(*a):\n    return _T[repr(a)]\n"
+    return f"```python\n{code}```", set(shown)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_replaying_the_prompt_is_not_rewarded_on_mbpp(split):
+    """The prompt-lookup attack on every task of the split (statically: it passes exactly when
+    every graded assert is one the prompt shows) and, for a sample, through the sandbox. With
+    every assert shown (the paper's prompt) it passes on every task; measured 0 of 374 train
+    and 1 of 500 test tasks (three identical asserts) with the default prompt."""
+    import gymnasium as gym
+
+    from mpo_gym.verifiers.code import CodeVerifier
+
+    shown_all = gym.make("mpo_gym/MBPP-v0", split=split, tokenizer="char", prompt_tests="all").unwrapped.tasks
+    default = gym.make("mpo_gym/MBPP-v0", split=split, tokenizer="char").unwrapped.tasks
+    def passes(tasks):
+        return [{x.strip() for x in t.reference["test_list"]} <= _lookup_attack(t.prompt)[1] for t in tasks]
+    assert all(passes(shown_all))  # the leak, as the published prompt has it
+    assert sum(passes(default)) <= 0.005 * len(default), sum(passes(default))
+    sample = default[::50]
+    verdicts = CodeVerifier().verify_batch([_lookup_attack(t.prompt)[0] for t in sample], [t.reference for t in sample])
+    assert sum(v.status == "correct" for v in verdicts) == sum(passes(sample))
+    leaked = CodeVerifier().verify_batch([_lookup_attack(t.prompt)[0] for t in shown_all[::50]],
+                                         [t.reference for t in shown_all[::50]])
+    assert sum(v.status == "correct" for v in leaked) >= 0.8 * len(leaked)  # the attack itself works
 
 
 # ---------------------------------------------------------------------------- stepping the env
