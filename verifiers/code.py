@@ -9,8 +9,11 @@ Reference shapes (``reference`` argument of :meth:`CodeVerifier.verify`):
 
 How the code to judge is obtained from the response (:func:`extract_code`, :func:`assemble`):
 
-1. The last fenced block tagged ``python``/``py``/``python3`` or untagged (an unclosed final
-   fence counts, for truncated generations); with no such block, the whole response.
+1. Among the fenced blocks tagged ``python``/``py``/``python3`` or untagged (an unclosed final
+   fence counts, for truncated generations), the last one that defines the function the tests
+   call (:func:`entry_point_of`), else the last one; with no such block, the whole response.
+   So a solution followed by an "example usage", "output" or "tests" block is judged by its
+   solution.
 2. HumanEval only: if the code defines the entry point (``def f(`` at column 0), it is the
    whole program; the prompt's top-level imports, and its helper functions or classes that
    the code does not define itself, are put in front of it.
@@ -52,8 +55,12 @@ _FENCE = re.compile(r"^[ \t]*```+[ \t]*([^\s`]*)")
 _PYTHON_TAGS = {"", "python", "py", "python3", "py3"}
 
 
-def extract_code(response: str) -> str:
-    """The last fenced Python block of ``response``, else the whole response."""
+def extract_code(response: str, entry_point: str | None = None) -> str:
+    """The fenced Python block of ``response`` to judge, else the whole response.
+
+    That is the last block that defines ``entry_point`` (a solution followed by an "example
+    usage", "output" or "tests" block is judged by its solution), else the last Python block.
+    """
     blocks: list[tuple[str, list[str]]] = []
     current: list[str] | None = None
     for line in response.splitlines():
@@ -65,8 +72,24 @@ def extract_code(response: str) -> str:
             current = None
         elif current is not None:
             current.append(line)
-    python = [body for tag, body in blocks if tag in _PYTHON_TAGS]
-    return "\n".join(python[-1]) + "\n" if python else response
+    python = ["\n".join(body) + "\n" for tag, body in blocks if tag in _PYTHON_TAGS]
+    if entry_point:
+        defining = [code for code in python if _defines(code, entry_point)]
+        python = defining or python
+    return python[-1] if python else response
+
+
+_CALLED = re.compile(r"^\s*assert\s+(?:not\s+)?\(?\s*(?:set\()?\s*(?:math\.isclose\()?([A-Za-z_]\w*)\s*\(")
+
+
+def entry_point_of(reference: dict) -> str | None:
+    """The function the tests call: HumanEval's ``entry_point``, else the name the first MBPP
+    assert calls (``assert remove_Occ("hello","l") == "heo"`` -> ``remove_Occ``)."""
+    if reference.get("entry_point"):
+        return str(reference["entry_point"])
+    tests = reference.get("test_list") or []
+    match = _CALLED.match(str(tests[0])[:500]) if tests else None
+    return match.group(1) if match else None
 
 
 def assemble(code: str, reference: dict) -> str:
@@ -236,7 +259,7 @@ class CodeVerifier:
                 return Verdict(
                     0.0, "no_answer", None, f"response is {type(response).__name__}, not str"
                 )
-            code = assemble(extract_code(response), reference)
+            code = assemble(extract_code(response, entry_point_of(reference)), reference)
             if not code.strip():
                 return Verdict(0.0, "no_answer", None, "no code in the response")
             with self._slots:

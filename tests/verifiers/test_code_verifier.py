@@ -379,3 +379,25 @@ def test_verify_is_total_on_arbitrary_text(verifier, text):
     verdict = verifier.verify(text, ADD)
     assert isinstance(verdict, Verdict) and verdict.status in STATUSES
     assert verdict.reward in (0.0, 1.0)
+
+
+TRAILERS = {
+    "example usage": "Example usage:\n```python\nprint({call})\n```\n",
+    "output": "Output:\n```\n{out}\n```\n",
+    "tests": "Tests:\n```python\nassert {call} == {out}\n```\n",
+    "all three": "```python\nprint({call})\n```\n```\n{out}\n```\n```python\nassert {call} == {out}\n```\n",
+}
+
+
+@pytest.mark.parametrize("trailer", sorted(TRAILERS))
+def test_a_solution_followed_by_usage_output_or_tests_blocks_is_judged_by_the_solution(verifier, trailer):
+    row = next(r for r in _mbpp() if r["task_id"] == 2)
+    solution = f"Here is the code:\n```python\n{row['code']}\n```\n"
+    tail = TRAILERS[trailer].format(call="similar_elements((3, 4), (4, 5))", out="(4,)")
+    assert verifier.verify(solution + tail, _mbpp_ref(row)).status == "correct"
+    full = f"```python\n{ADD['prompt']}    return a + b\n```\n"
+    tail = TRAILERS[trailer].format(call="add(2, 3)", out="5")
+    assert verifier.verify(full + tail, ADD).status == "correct"
+    # a wrong solution stays wrong whatever follows it
+    wrong = "```python\ndef similar_elements(a, b):\n    return ()\n```\n"
+    assert verifier.verify(wrong + tail, _mbpp_ref(row)).status == "incorrect"
