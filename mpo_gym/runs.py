@@ -11,7 +11,7 @@
   trainer saves and stops; a second signal (or one outside the update loop) abandons at once
   and keeps the last checkpoint.
 
-What this does not do: no locking against two processes training into one folder at once.
+- :class:`RunLock`: one training per folder; a second is refused with the holder's pid.
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ __all__ = [
     "StopSignals",
     "check_run_folder",
     "config_differences",
+    "RunLock",
     "load_checkpoint",
+    "read_json",
     "save_checkpoint",
     "truncate_jsonl",
 ]
@@ -172,12 +174,68 @@ def truncate_jsonl(path: Path, keep: Callable[[dict[str, Any]], bool]) -> None:
     if not path.exists():
         return
     rows = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [r for r in rows if keep(json.loads(r))]
+    kept, torn = [], 0
+    for row in rows:
+        try:
+            parsed = json.loads(row)
+        except json.JSONDecodeError:  # a line cut short (a crash or a full disk mid-write)
+            torn += 1
+            continue
+        if keep(parsed):
+            kept.append(row)
+    if torn:
+        print(f"repaired {path}: dropped {torn} torn line(s) (a write was cut short)", file=sys.stderr)
     if len(kept) == len(rows):
         return
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(r + "\n" for r in kept))
     tmp.replace(path)
+
+
+def read_json(path: Path, what: str) -> dict[str, Any] | None:
+    """A JSON file of a run folder, or None (announced) when it is missing, empty or torn."""
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        print(f"repaired {path}: it was empty or torn; {what}", file=sys.stderr)
+        return None
+    return data if isinstance(data, dict) else None
+
+
+class RunLock:
+    """One training per run folder: an exclusive ``flock`` on ``<out>/.lock`` (released when the
+    process ends, however it ends), which records the holder's pid for the refusal message."""
+
+    def __init__(self, out: Path):
+        self.path = out / ".lock"
+        self.file: Any = None
+
+    def __enter__(self) -> RunLock:
+        import fcntl
+
+        if self.file is not None:  # already held by this object
+            return self
+        self.file = self.path.open("a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "unknown"
+            self.file.close()
+            raise MpoGymError(f"{self.path.parent} is in use by another training (pid {holder}): wait for it "
+                              "to finish, or use another --out-dir") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(str(os.getpid()))
+        self.file.flush()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.file is not None:
+            self.file.close()  # closing releases the lock
+            self.file = None
 
 
 # ---------------------------------------------------------------------- signals

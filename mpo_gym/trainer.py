@@ -26,6 +26,7 @@ the run folder (which every rank must see to resume: a shared filesystem across 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
@@ -427,15 +428,17 @@ def train(cfg: TrainConfig, *, progress: bool = True, resume: bool = True, label
         from .policy import reuse_freed_memory
 
         reuse_freed_memory()
+    lock: Any = runs.RunLock(out) if dist.is_main else contextlib.nullcontext()
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        lock.__enter__()  # one training per folder (released when train returns or the process ends)
         (out / "config.json").write_text(json.dumps({**record, "resolved_world_size": dist.world_size}, indent=2))
         if warning:
             print(warning, file=sys.stderr)
         if train_split is None:
             print(f"note: mpo-gym cannot tell the splits of {cfg.env}; training uses its default tasks and "
                   f"held-out evaluation passes split={eval_split!r}", file=sys.stderr)
-    with runs.StopSignals() as stop:
+    with lock, runs.StopSignals() as stop:  # rank 0 holds the lock (entered above); the others none
         try:
             return _train(cfg, out, envs, eval_envs, stop, warning, progress, label, resumed=stored is not None,
                           dist=dist)
@@ -477,7 +480,7 @@ def _train(cfg: TrainConfig, out: Path, envs: list[Any], eval_envs: list[Any] | 
     policy = _build_policy(cfg)
     metrics_path, eval_path = out / "metrics.jsonl", out / "eval.json"
     step, train_seconds = 0, 0.0
-    evals: dict[str, Any] = json.loads(eval_path.read_text()) if eval_path.exists() else {}
+    evals: dict[str, Any] = runs.read_json(eval_path, "the held-out evaluations are run again") or {}
     loaded = runs.load_checkpoint(out, ("policy.pt", "state.pt"))
     seen = dist.all_gather_objects(int(loaded[0]["state.pt"]["step"]) if loaded is not None else 0)
     if len(set(seen)) > 1:
@@ -503,7 +506,10 @@ def _train(cfg: TrainConfig, out: Path, envs: list[Any], eval_envs: list[Any] | 
         _keep_rows_up_to(out, step)
         if step == 0 and warning:
             _append(metrics_path, {"step": 0, "warning": warning})
-        if resumed or step:
+        if step and step >= _max_updates(cfg) and "after" in evals and evals.get("updates") == step:
+            print(f"the run in {out} is already finished ({step} updates of {_budget_text(cfg)}); "
+                  "raise --updates to train it further", flush=True)
+        elif resumed or step:
             print(f"resuming from update {step} of {_budget_text(cfg)} in {out}", flush=True)
     if cfg.eval_tasks and "before" not in evals:
         evals["before"] = evaluate_held_out(cfg, policy, eval_envs, when="before", dist=dist)

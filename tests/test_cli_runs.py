@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -307,3 +308,51 @@ def test_compare_on_a_test_only_suite_says_so_in_the_first_line_of_the_report(tm
     first = (out / "report.md").read_text().splitlines()[0]
     assert "trained on the 'test' split of mpo_gym/MATH500-v0" in first
     assert json.loads((out / "grpo-s0" / "config.json").read_text())["train_split"] == "test"
+
+
+def test_torn_trailing_lines_and_a_torn_eval_json_are_repaired_on_resume(tmp_path, capsys):
+    cfg = tiny_train_config(tmp_path / "run", updates=2, eval_tasks=2, eval_batch=2, completions_every=1)
+    train(cfg, progress=False)
+    out = tmp_path / "run"
+    for name in ("metrics.jsonl", "completions.jsonl"):
+        with (out / name).open("a") as f:
+            f.write('{"step": 3, "charts/rew')  # a write cut short by a full disk
+    (out / "eval.json").write_text('{"before": {"accuracy"')
+    train(dataclasses.replace(cfg, updates=3), progress=False)
+    err = capsys.readouterr().err
+    assert err.count("torn line") == 2 and "eval.json: it was empty or torn" in err
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    evals = json.loads((out / "eval.json").read_text())
+    assert {"before", "after"} <= set(evals) and evals["updates"] == 3
+
+
+def test_a_second_training_on_one_folder_is_refused_naming_the_holder(tmp_path):
+    from mpo_gym import runs
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
+                               "from mpo_gym.runs import RunLock\nwith RunLock(Path(sys.argv[1])):\n"
+                               "    print('held', flush=True); time.sleep(60)\n", str(out)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(MpoGymError, match=rf"in use by another training \(pid {holder.pid}\)"):
+            train(tiny_train_config(out, updates=1), progress=False)
+        assert not (out / "config.json").exists()  # refused before anything was written
+    finally:
+        holder.kill()
+        holder.wait()
+    lock = runs.RunLock(out)
+    with lock, lock:  # its holder may enter it again; it is released after
+        pass
+    train(tiny_train_config(out, updates=1), progress=False)  # the holder is gone: it trains
+
+
+def test_rerunning_a_finished_run_says_it_is_finished(tmp_path, capsys):
+    cfg = tiny_train_config(tmp_path / "run", updates=1, eval_tasks=2, eval_batch=2)
+    train(cfg, progress=False)
+    capsys.readouterr()
+    train(cfg, progress=False)
+    assert "is already finished (1 updates of 1)" in capsys.readouterr().out
