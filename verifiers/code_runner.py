@@ -424,14 +424,38 @@ def run_stdio(payload: dict, channel: Channel, input_path: str) -> int:
     except BaseException as exc:
         line = getattr(exc, "lineno", None) if isinstance(exc, SyntaxError) else None
         status = {"status": "exception", "error": _describe_exception(exc) + [line], "code": 1}
-    for stream in (stdout, stderr):
+    _interpreter_shutdown()
+    streams = [sys.stdout, sys.stderr] + [s for s in (stdout, stderr) if s is not sys.stdout and s is not sys.stderr]
+    for stream in streams:  # the current streams (a program may have replaced them), then ours
         try:
-            stream.flush()
+            if stream is not None and not getattr(stream, "closed", False):  # a closed one flushed as it closed
+                stream.flush()
         except BaseException:
             error = ["OSError", "could not flush output", None]
             status = {"status": "exception", "error": error, "code": 120}
     channel.send(status)
     return status["code"]
+
+
+def _interpreter_shutdown() -> None:
+    """What CPython does when a script ends, before it flushes the standard streams: join the
+    non-daemon threads, then run the ``atexit`` handlers (the runner leaves by ``os._exit``,
+    which does neither). A thread that never ends runs into the sandbox's deadline, as the
+    script would; exceptions here are reported on stderr and do not change the exit status."""
+    import atexit
+    import threading
+    import traceback
+
+    for step in (getattr(threading, "_shutdown", None), getattr(atexit, "_run_exitfuncs", None)):
+        if step is None:
+            continue
+        try:
+            step()
+        except BaseException:
+            try:
+                traceback.print_exc()
+            except BaseException:
+                pass
 
 
 def _exit_status(code: object) -> int:

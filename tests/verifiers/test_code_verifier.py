@@ -195,6 +195,24 @@ def test_stdio_correct_programs_pass(verifier, program):
     assert verifier.verify(program, SUM).correct
 
 
+# Programs that end the way CPython ends a script: non-daemon threads joined, atexit handlers
+# run, the current sys.stdout flushed (each lost its output before).
+ENDINGS = {
+    "thread": "import threading\ndef main():\n    a, b = map(int, input().split())\n    print(a + b)\n"
+              "threading.stack_size(1 << 26)\nthreading.Thread(target=main).start()\n",
+    "atexit": "import atexit\na, b = map(int, input().split())\natexit.register(print, a + b)\n",
+    "replaced_stdout": "import io, sys\nsys.stdout = io.TextIOWrapper(open(1, 'wb', closefd=False), write_through=False)\n"
+                       "a, b = map(int, input().split())\nprint(a + b)\n",
+    "closed_stdout": "import sys\na, b = map(int, input().split())\nprint(a + b)\nsys.stdout.close()\n",
+}
+
+
+@pytest.mark.parametrize("ending", sorted(ENDINGS))
+def test_stdio_programs_end_like_cpython(verifier, ending):
+    verdict = verifier.verify(ENDINGS[ending], SUM)
+    assert verdict.correct, verdict
+
+
 @pytest.mark.parametrize(
     "program, status",
     [
