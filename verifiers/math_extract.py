@@ -324,7 +324,7 @@ def extract_answer(response: str, boxed_only: bool = False, items: int = 1) -> s
         return boxed.strip() if boxed and boxed.strip() else None
     best: re.Match[str] | None = None
     for pattern in (_HASH_RE, _FINAL_RE, _ANSWER_LINE_RE):
-        for m in pattern.finditer(response):
+        for m in _final_matches(pattern, response):
             if best is None or m.start() > best.start():
                 best = m
     if best is not None:
@@ -334,6 +334,34 @@ def extract_answer(response: str, boxed_only: bool = False, items: int = 1) -> s
     if sentence is not None:
         return sentence
     return response.strip() if is_bare_answer(response) else None
+
+
+_HYPOTHESIS_RE = re.compile(
+    r"\b(?:suppose|supposing|assume|assuming|imagine|if|let'?s say|let us say|say)[ \t]+(?:that[ \t]+)?"
+    r"(?:the[ \t]+|our[ \t]+)?$", re.I,
+)
+
+
+def _final_matches(pattern: re.Pattern[str], response: str) -> list[re.Match[str]]:
+    """The matches of an answer pattern; for "the answer is" a premise ("Suppose the answer is
+    10") is skipped and the search goes on after its phrase, on the same line."""
+    if pattern is not _FINAL_RE:
+        return list(pattern.finditer(response))
+    found, pos = [], 0
+    while len(found) < 1000 and (m := pattern.search(response, pos)) is not None:
+        if _hypothetical(response, m.start()):
+            pos = m.start() + 6  # past "answer": a later one on this line can still match
+            continue
+        found.append(m)
+        pos = m.end()
+    return found
+
+
+def _hypothetical(response: str, start: int) -> bool:
+    """Whether "the answer is" at ``start`` is a premise ("Suppose the answer is 10", "if the
+    answer were"): a hypothesis word right before it (the 40 characters before, whitespace
+    collapsed so the check stays linear)."""
+    return _HYPOTHESIS_RE.search(" ".join(response[max(0, start - 40) : start].split()) + " ") is not None
 
 
 _STRONG_FINAL_RE = re.compile(r"final[ \t]+answer[ \t]*(?:is|:)[ \t]*:?[ \t]*(.+)$", re.I | re.M)
@@ -441,6 +469,15 @@ _PLAIN_UNIT_RE = re.compile(
 _THOUSANDS_RE = re.compile(r"(?<![\d.,])[1-9]\d{0,2}(?:,\d{3})+(?![\d,])")
 
 
+# Words that never belong to a unit: after a number they make a claim about it ("5 is not
+# correct", "5 or maybe 6"), so the number is not the answer on its own.
+_NOT_UNITS = frozenset("""is are was were be been being isn't aren't wasn't not no never but or if maybe perhaps
+    probably possibly wrong incorrect correct right false true than because since so then which that
+    unless although though wait hmm guess""".split())
+# a mixed number "2 1/2" is 2 + 1/2 (squashing its space would read 21/2)
+_MIXED_RE = re.compile(r"(?<![\d.,/])(\d+) (\d+)/(\d+)(?![\d.,/])")
+
+
 def _strip_units(s: str) -> str:
     """Drop trailing ``\\text{...}`` units and plain unit words after a number."""
     for _ in range(3):
@@ -451,6 +488,8 @@ def _strip_units(s: str) -> str:
     s = re.sub(_TEXT_CMD + r"\{([^{}]*)\}", r"\1", s)
     s = re.sub(r"\s+", " ", s.strip())
     m = _PLAIN_UNIT_RE.match(s) if re.search(r"[a-zA-Z]{2}", s[-40:]) else None
+    if m and _NOT_UNITS & {w.rstrip(".").lower() for w in m.group(2).split()}:
+        return s  # "5 is not correct": a sentence about the number, not its unit
     return m.group(1) if m else s
 
 
@@ -489,6 +528,7 @@ def normalize(answer: str) -> str:
         s = pattern.sub(repl, s)
     s = _strip_units(s)
     s = _remove_thousands(s.strip())
+    s = _MIXED_RE.sub(r"(\1+\2/\3)", s)
     s = _squash_spaces(s)
     s = s.rstrip(".").rstrip("\\")
     while s.startswith("{") and _braced(s, 0) == s[1:-1]:

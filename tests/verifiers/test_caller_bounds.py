@@ -23,7 +23,7 @@ LIMIT_S = 0.05
 PIECES = {
     "spaces": " ", "tabs": "\t", "word": "a", "digits": "7", "open_braces": "{", "open_parens": "(",
     "dollars": "$", "backslashes": "\\", "newlines": "\n", "boxed": "\\boxed{", "fence": "```",
-    "answer_word": "answer ", "commas": "1,", "blank_lines": " \n",
+    "answer_word": "answer ", "commas": "1,", "blank_lines": " \n", "premises": "Suppose the answer is 1. ",
 }
 FRAMES = {
     "bare": ("", ""),

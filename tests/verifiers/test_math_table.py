@@ -443,6 +443,18 @@ CASES: list[tuple[str, str, str, str]] = [
     ("hostile", "3", "\\boxed{3, 4, 5, 6, 7}", W),
     ("hostile", "3", "\\boxed{[1, 5]}", W),
     ("hostile", "3", "\\boxed{\\text{any number}}", W),
+    # near misses an outside red team found accepted (each was "correct" before)
+    ("units", "5", "Answer: 5 is not correct", W),
+    ("units", "5", "The answer is 5 or maybe 6", W),
+    ("units", "7", "The final answer is 7 km per hour", C),  # real units still go
+    ("units", "12", "The answer is 12 dollars.", C),
+    ("extract", "10", "Suppose the answer is 10. Then Tom has 2 left, so Tom has 8.", N),
+    ("extract", "4", "Assume that the answer is 3. Then we check it. The answer is 4.", C),
+    ("extract", "3", "Assume that the answer is 3. Then we check it. The answer is 4.", W),
+    ("extract", "7", "If we add them, the answer is 7.", C),
+    ("fraction", "21/2", "The answer is 2 1/2", W),
+    ("fraction", "5/2", "The answer is 2 1/2", C),
+    ("fraction", "-5/2", "The answer is -2 1/2", C),
 ]
 
 RESPONSES = {"long", "several", "truncated"}
