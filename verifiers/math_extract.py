@@ -347,7 +347,8 @@ def _final_matches(pattern: re.Pattern[str], response: str) -> list[re.Match[str
     10") is skipped and the search goes on after its phrase, on the same line."""
     if pattern is not _FINAL_RE:
         return list(pattern.finditer(response))
-    found, pos = [], 0
+    found: list[re.Match[str]] = []
+    pos = 0
     while len(found) < 1000 and (m := pattern.search(response, pos)) is not None:
         if _hypothetical(response, m.start()):
             pos = m.start() + 6  # past "answer": a later one on this line can still match
