@@ -89,3 +89,16 @@ def test_report_numbers_come_from_the_rows(tmp_path):
     assert any(line.startswith("How to recompute:") for line in report)
     combined = read_task_rows(tmp_path / "eval_tasks.jsonl")
     assert len(combined) == 12 + 8 and {(r["agent"], r["seed"]) for r in combined} == {("ppo", 0), ("ppo", 1)}
+
+
+def test_gap_table_shows_each_runs_mean_and_largest_sampler_gap():
+    from mpo_gym.report import _gap_table
+
+    runs = {("ppo", 0): [{"step": 0, "warmup/loss": 1.0},
+                         {"step": 1, "checks/sample_logprob_gap_mean": 1e-3, "checks/sample_logprob_gap_max": 0.01},
+                         {"step": 2, "checks/sample_logprob_gap_mean": 3e-3, "checks/sample_logprob_gap_max": 0.2}],
+            ("grpo", 1): [{"step": 1}]}
+    rows = _gap_table(runs)
+    assert rows[2] == "| ppo | 0 | 2 | 2.00e-03 | 0.2 |"  # mean of the means, max of the maxima
+    assert len([r for r in rows if r.startswith("| grpo")]) == 0
+    assert _gap_table({("ppo", 0): [{"step": 1}]}) == ["No run logged the sampler's log-prob gap."]
