@@ -104,10 +104,14 @@ def rollout(envs: Any, policy: LMPolicy, *, task_indices: Sequence[int] | None =
     if seed is None:
         seed = int(np.random.SeedSequence().generate_state(1)[0] >> 1)  # fresh entropy, global RNG untouched
     sampling = {"temperature": temperature, "top_p": top_p, "greedy": greedy}
+    # one region in the policy's compute dtype for the whole call: the weights do not change
+    # while it generates, so each low-precision copy is made once (the sampler's forwards nest)
+    region = getattr(policy, "autocast", contextlib.nullcontext)
     if isinstance(envs, VectorEnv):
         if task_indices is not None and len(task_indices) != envs.num_envs:
             raise ValueError(f"task_indices has {len(task_indices)} entries for {envs.num_envs} envs")
-        return _play(envs, policy, task_indices, seed, first_index, sampling)
+        with region():
+            return _play(envs, policy, task_indices, seed, first_index, sampling)
     env_list = [envs] if isinstance(envs, gym.Env) else list(envs)
     if not env_list:
         raise ValueError("rollout needs at least one env")
@@ -120,11 +124,12 @@ def rollout(envs: Any, policy: LMPolicy, *, task_indices: Sequence[int] | None =
 
         starts = tqdm(starts, desc="rollout", unit="chunk")
     episodes: list[Episode] = []
-    for start in starts:
-        chunk = env_list[start : start + size]
-        tasks = None if task_indices is None else [int(t) for t in task_indices[start : start + size]]
-        view = ReasoningVectorEnv(envs=chunk, copy=False)  # observations are read at once, never kept
-        episodes += _play(view, policy, tasks, seed, first_index + start, sampling)
+    with region():
+        for start in starts:
+            chunk = env_list[start : start + size]
+            tasks = None if task_indices is None else [int(t) for t in task_indices[start : start + size]]
+            view = ReasoningVectorEnv(envs=chunk, copy=False)  # observations are read at once, never kept
+            episodes += _play(view, policy, tasks, seed, first_index + start, sampling)
     return episodes
 
 
@@ -152,6 +157,7 @@ def reasoning_env(envs: Any) -> ReasoningEnv:
 
 def _play(vec: VectorEnv, policy: LMPolicy, tasks: Sequence[int] | None, seed: int, first_index: int,
           sampling: dict[str, Any]) -> list[Episode]:
+    from .policy import BlockSampler
     from .policy.sampling import obs_rows
 
     n = vec.num_envs
@@ -166,18 +172,6 @@ def _play(vec: VectorEnv, policy: LMPolicy, tasks: Sequence[int] | None, seed: i
     block_size = int(vec.single_action_space.block_size)  # type: ignore[attr-defined]
     same_step = vec.metadata.get("autoreset_mode") == AutoresetMode.SAME_STEP
     filler = np.asarray([policy.eos_token_id], dtype=np.int64)
-    # one region for the whole batch: the weights do not change while it is generated, so each
-    # low-precision copy is made once (the sampler's forwards nest in it)
-    with getattr(policy, "autocast", contextlib.nullcontext)():
-        return _play_loop(vec, policy, episodes, obs, block_size, same_step, filler, seed, first_index, sampling)
-
-
-def _play_loop(vec: VectorEnv, policy: LMPolicy, episodes: list[Episode], obs: Any, block_size: int,
-               same_step: bool, filler: np.ndarray, seed: int, first_index: int,
-               sampling: dict[str, Any]) -> list[Episode]:
-    from .policy import BlockSampler
-
-    n = vec.num_envs
     sampler = BlockSampler.from_obs(policy, obs, seed=seed, first_index=first_index, **sampling)
     done = np.zeros(n, dtype=bool)
     while not done.all():

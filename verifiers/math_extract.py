@@ -343,19 +343,32 @@ _HYPOTHESIS_RE = re.compile(
 
 
 def _final_matches(pattern: re.Pattern[str], response: str) -> list[re.Match[str]]:
-    """The matches of an answer pattern; for "the answer is" a premise ("Suppose the answer is
-    10") is skipped and the search goes on after its phrase, on the same line."""
+    """The matches of an answer pattern; for "the answer is", a premise ("Suppose the answer is
+    10") is skipped and the search goes on after its phrase on the same line, for at most
+    ``_PREMISES_PER_LINE`` premises a line (each retry reads the rest of the line: linear)."""
     if pattern is not _FINAL_RE:
         return list(pattern.finditer(response))
     found: list[re.Match[str]] = []
-    pos = 0
-    while len(found) < 1000 and (m := pattern.search(response, pos)) is not None:
-        if _hypothetical(response, m.start()):
-            pos = m.start() + 6  # past "answer": a later one on this line can still match
-            continue
-        found.append(m)
-        pos = m.end()
+    pos, line_start, premises = 0, -1, 0
+    while (m := pattern.search(response, pos)) is not None:
+        start = response.rfind("\n", 0, m.start()) + 1
+        if start != line_start:
+            line_start, premises = start, 0
+        if not _hypothetical(response, m.start()):
+            found.append(m)
+            pos = m.end()
+        elif premises < _PREMISES_PER_LINE:
+            premises += 1
+            pos = m.start() + 6  # past "answer": a later phrase on this line can still match
+        else:
+            end = response.find("\n", m.start())
+            if end < 0:
+                break
+            pos = end + 1
     return found
+
+
+_PREMISES_PER_LINE = 4
 
 
 def _hypothetical(response: str, start: int) -> bool:

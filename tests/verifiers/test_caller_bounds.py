@@ -77,10 +77,8 @@ def test_each_caller_side_step_is_fast_on_20kb_adversarial_input(step):
 
 def test_the_verifiers_caller_side_prescreen_is_fast():
     verifier = MathVerifier()
-    for name, text in CASES.items():
-        start = time.perf_counter()
-        verifier._prescreen(text, "5")
-        assert time.perf_counter() - start < LIMIT_S, name
+    slow = {name: t for name, text in CASES.items() if (t := slowest(lambda x: verifier._prescreen(x, "5"), text)) > LIMIT_S}
+    assert not slow, {k: round(v, 3) for k, v in slow.items()}
 
 
 def test_the_reported_freeze_is_gone():
