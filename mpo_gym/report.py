@@ -297,7 +297,7 @@ def _gap_table(runs: dict[tuple[str, int], list[dict[str, Any]]]) -> list[str]:
     if len(rows) == 2:
         return ["No run logged the sampler's log-prob gap."]
     return rows + ["", "Mean: over the updates' per-token means; largest: over every token of every update. "
-                   "Near 0 in float32; bf16 products put single tokens about 1e-3 nats off "
+                   "About 1e-6 in float32; bf16 products put single tokens about 1e-3 nats off "
                    "(more on larger models). A growing gap means sampling and scoring drift apart."]
 
 

@@ -208,3 +208,15 @@ def test_eval_dtype_has_trains_meaning_for_every_model_source(monkeypatch, dtype
     assert policy.compute_dtype == (expected or compute_dtype("auto"))
     assert next(policy.parameters()).dtype == torch.float32  # fp32 master weights in every case
     assert evaluation.load_policy("some/hub-model").compute_dtype == compute_dtype("auto")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sampler_gap_metrics_are_the_mean_and_max_over_response_tokens(dtype):
+    policy = make_policy(dtype, value_head=True)
+    agent = PPOAgent(PPOConfig(**OFF_POLICY), policy)
+    batch = agent.collect(make_envs(), policy)
+    gap = (batch.sample_logprobs - batch.old_logprobs).abs()[batch.mask]
+    metrics = agent.batch_metrics(batch)
+    assert metrics["checks/sample_logprob_gap_mean"] == pytest.approx(float(gap.mean()))
+    assert metrics["checks/sample_logprob_gap_max"] == pytest.approx(float(gap.max()))
+    assert (float(gap.max()) > 1e-5) == (dtype == "bfloat16")  # ~1e-6 in fp32 (reduction order); bf16 more
