@@ -9,7 +9,11 @@ matrix-product GFLOPs of one update (``torch.utils.flop_counter``: what no imple
 avoid, so its ratio is the floor for the time ratio), and peak RSS. Paper (Table 2): MPO is
 1.18-1.48x PPO's time per iteration. Target: <= 1.25x at K=5, memory <= 1.3x. The ``-per-row``
 configurations score without encoding the prompts' common head once per batch
-(``LMPolicy.share_prompt_head=False``): what that saves.
+(``LMPolicy.share_prompt_head=False``): what that saves. The ``-stale`` configurations time the
+mechanism the fixed precision handling replaced (one bf16 autocast region around ``score_old``
+and ``update``, its cached weight casts kept across optimizer steps, so every step after the
+first ran on stale weights): with ``--dtype bfloat16``, ``ppo`` / ``ppo-stale`` is what a fresh
+region per forward costs. Under fp32 the two are the same code.
 
 Like the trainer, every process keeps freed memory for reuse
 (:func:`mpo_gym.policy.reuse_freed_memory`); ``--system-malloc`` measures glibc's default,
@@ -22,6 +26,7 @@ which unmaps every freed block above 32 MB.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import resource
@@ -36,6 +41,8 @@ CONFIGS = {
     "mpo-k5-backbone": ("mpo", {"mpo_k": 5, "ratio_source": "backbone", "warmup_steps": 0}),
     "ppo-per-row": ("ppo", {}),  # scoring re-encodes the prompts' common head in every row
     "mpo-k5-per-row": ("mpo", {"mpo_k": 5, "warmup_steps": 0}),
+    "ppo-stale": ("ppo", {}),  # one spanning region, casts cached across steps (the old defect)
+    "mpo-k5-stale": ("mpo", {"mpo_k": 5, "warmup_steps": 0}),
     "ppo-again": ("ppo", {}),  # the baseline once more, last: how far the machine drifted
 }
 
@@ -66,6 +73,15 @@ def _worker(name: str, args: dict, queue: mp.Queue) -> None:
     from mpo_gym.agents.base import build_batch
     from mpo_gym.policy import compute_dtype
 
+    stale = name.endswith("-stale")
+    if stale:  # keep the casts for the whole update, as one spanning region did
+        policy.weights_changed = lambda: setattr(policy, "_sampler", None)  # type: ignore[method-assign]
+
+    def spanning():
+        if stale and policy.compute_dtype == "bfloat16":
+            return torch.autocast(device_type=policy.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     rollout_s = []
     for _ in range(args["repeats"]):
         with torch.no_grad():  # the policy runs in the run's dtype (make_policy)
@@ -76,19 +92,20 @@ def _worker(name: str, args: dict, queue: mp.Queue) -> None:
     score_s, update_s = [], []
     for _ in range(args["repeats"]):
         batch = build_batch(episodes, pad_id=int(policy.tokenizer.pad_token_id))
-        t0 = time.perf_counter()
-        agent.score_old(batch)
-        agent.compute_advantages(batch)
-        t1 = time.perf_counter()
-        agent.update(batch)
-        t2 = time.perf_counter()
+        with spanning():
+            t0 = time.perf_counter()
+            agent.score_old(batch)
+            agent.compute_advantages(batch)
+            t1 = time.perf_counter()
+            agent.update(batch)
+            t2 = time.perf_counter()
         score_s.append(t1 - t0)
         update_s.append(t2 - t1)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     batch = build_batch(episodes, pad_id=int(policy.tokenizer.pad_token_id))
     agent.score_old(batch)
     agent.compute_advantages(batch)
-    with FlopCounterMode(display=False) as counter:
+    with spanning(), FlopCounterMode(display=False) as counter:
         agent.update(batch)
     queue.put({
         "name": name, "dtype": compute_dtype(cfg.dtype, cfg.resolved_device), "reuse_memory": reused,

@@ -39,10 +39,18 @@ Conventions (what a careful grader does; the gold side decides where they are as
 - ``1,000`` and ``1{,}000`` are one thousand outside brackets; inside brackets a comma
   separates items (``[1,100]`` is an interval).
 - Units in ``\text{}``/``\mbox{}`` and unit words after a number are dropped; ``\$`` too.
-- Percent: ``50\%`` equals ``50`` and ``0.5``; ``0.5`` without a percent sign on either
-  side is not ``50``.
-- Degrees: ``30^\circ`` equals ``30`` and, when the other side contains ``\pi``,
-  ``\frac{\pi}{6}``.
+- Scientific notation is the number it writes, to the digits it shows: ``2e6`` and
+  ``2 \times 10^6`` are exactly 2000000 (not 2000001), ``2.5e6`` shows two digits. There is
+  no absolute floor: ``1e-30`` is not ``0``.
+- Percent and degree signs are lenient on purpose, and the same on both sides: ``50\%``
+  (also "50 percent" ending an answer) equals ``50`` and ``0.5``; ``30^\circ`` (also "30
+  degrees") equals ``30`` and, when the other side contains ``\pi``, ``\frac{\pi}{6}``.
+  Without a sign on either side ``0.5`` is not ``50`` and ``30`` is not ``\frac{\pi}{6}``.
+  Decided on the data: GSM8K's golds never carry the sign (its 14 "what percent" test
+  questions have golds like ``60``, which a response answers "60%"), and MATH-500's golds
+  carry ``^\circ`` 14 times, which responses often leave out; the strict reading rejects all
+  28 of these correct answers and changes no verdict of the two sets' reference solutions
+  (500/500 and 1319/1319 correct either way).
 - ``\pm``: ``1 \pm \sqrt{2}`` is the list ``1+\sqrt{2}, 1-\sqrt{2}``.
 - Several boxes: when the reference lists ``n`` answers and the response's last ``n`` boxes
   form the whole trailing run of boxes with short glue on one line (``x = \boxed{2}`` or
@@ -62,7 +70,7 @@ Conventions (what a careful grader does; the gold side decides where they are as
   ``\frac{NO}{BO}``), a tuple or ratio of names (``(p, q) = (3, 2)``, ``V_1 : V_2 = 11 : 21``).
   ``a + 3z = 0`` and ``xy = 6`` are never ``0`` / ``6``. ``AB = 4, CD = 5`` wants ``4, 5`` in
   that order; ``x_1 = 2, x_2 = 3`` accepts either order. A chain of equal numbers
-  (``35 + 70 = 105``) is its value; a false one (``1/2 = 10/9``) is nothing.
+  (``35 + 70 = 105``) is its value; a false one (``1/2 = 10/9``, ``x = 2+2 = 5``) is nothing.
 - Relations: ``a < b`` equals ``b > a``; equations equal when both sides match (either
   order) or ``lhs - rhs`` agree up to a constant non-zero factor (``2x + 4y - 3 = 0`` is
   ``y = -x/2 + 3/4``; for an inequality the factor must be positive). A gold inequality in
@@ -70,7 +78,8 @@ Conventions (what a careful grader does; the gold side decides where they are as
   also written ``x \in [...]`` (``-2 \le x \le 7`` accepts ``[-2, 7]``); a gold interval does
   not accept an inequality.
 - Matrices: ``pmatrix``/``bmatrix``/``array`` (also in ``\left[...\right]``) compare cell by
-  cell; sums, differences and products of matrix literals are evaluated first.
+  cell and must have the same shape (a 2x2 matrix is not the tuple of its four cells); sums,
+  differences and products of matrix literals are evaluated first.
 - Separators: ``11,\!111`` and ``14{,}916`` are thousands; ``;`` separates items like ``,``;
   a tuple listed twice in an "all solutions" answer counts once. ``X \approx Y`` is read as
   ``X`` (``x \approx 11`` as ``x = 11``). ``\textnormal{}`` units are dropped like ``\text{}``.

@@ -141,10 +141,7 @@ def _matrix_equiv(gold: Any, pred: Any, rel_tol: float) -> bool:
     if g is None or p is None:
         return False
     if len(g) != len(p) or any(len(a) != len(b) for a, b in zip(g, p)):
-        if isinstance(gold, Matrix) and isinstance(pred, Matrix):
-            return False
-        g, p = [c for row in g for c in row], [c for row in p for c in row]
-        return len(g) == len(p) and all(equivalent(a, b, rel_tol) for a, b in zip(g, p))
+        return False  # a 2x2 matrix is not the tuple of its four cells
     return all(equivalent(a, b, rel_tol) for ra, rb in zip(g, p) for a, b in zip(ra, rb))
 
 
@@ -197,8 +194,16 @@ def _assigned_value(rel: Rel) -> Any:
     if set(rel.ops) != {"="}:
         return None
     if _is_label(rel.parts[0]) and not _is_label(rel.parts[-1]):
-        return rel.parts[-1]
+        last = rel.parts[-1]
+        for middle in rel.parts[1:-1]:  # x = 2+2 = 5 is a false chain: it gives nothing
+            if _is_number(middle) and _is_number(last) and not equivalent(middle, last):
+                return None
+        return last
     return _numeric_chain_value(rel)
+
+
+def _is_number(node: Any) -> bool:
+    return isinstance(node, Expr) and not node.value.free_symbols and not isinstance(node.value, sympy.MatrixBase)
 
 
 def _numeric_chain_value(rel: Rel) -> Any:
@@ -397,7 +402,7 @@ def _close(a: Any, b: Any, rel_tol: float) -> bool:
     scale = max(sympy.N(sympy.Abs(va), 15), sympy.N(sympy.Abs(vb), 15))
     if not (diff.is_Number and scale.is_Number):
         return False
-    return bool(diff <= rel_tol * scale) or bool(diff <= 1e-12 * rel_tol)
+    return bool(diff <= rel_tol * scale)  # no absolute floor: 1e-30 is not 0
 
 
 def _exact(e: Any) -> Any:

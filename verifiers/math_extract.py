@@ -458,6 +458,10 @@ _REPLACEMENTS = [
     (r"\\in(?![a-zA-Z])|∈", "="),
     (r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ(?![a-zA-Z])|\\circ(?![a-zA-Z])|\\degree(?![a-zA-Z])", DEGREE),
     (r"\\?%", PERCENT),
+    # the words at the end of an answer read as the signs do ("50 percent" is 50%, so it
+    # equals 0.5 too); "5 degrees Celsius" stays a number with a unit
+    (r"(?<=\d) ?(?:percent|per cent)\.?$", PERCENT),
+    (r"(?<=\d) ?degrees?\.?$", DEGREE),
     (r"\\\$|\$", ""),
     (r"\s*\{\s*,\s*\}\s*", ","),
     (r"\\langle(?![a-zA-Z])|⟨", "("),

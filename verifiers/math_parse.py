@@ -272,7 +272,21 @@ def parse_scalar(s: str) -> Expr | Text:
         return Text(f"{based.group(1).upper()}_{based.group(2)}")
     decimal = re.fullmatch(r"[-+]?\d*\.(\d+)", s)
     ulp = 0.5 * 10.0 ** -len(decimal.group(1)) if decimal else 0.0
+    scientific = _SCIENTIFIC_RE.fullmatch(s)
+    if scientific:  # 2e6 is exactly 2000000; 2.5e6 shows two digits (half of 1e5 either way)
+        mantissa, digits, exponent = scientific.group(1), scientific.group(2), int(scientific.group(3))
+        if abs(exponent) > 300:
+            raise ParseFailure("exponent too large")
+        if digits is None:
+            return Expr(sympy.Integer(mantissa) * sympy.Rational(10) ** exponent, percent, degree)
+        return Expr(_to_sympy(s), percent, degree, 0.5 * 10.0 ** (exponent - len(digits)))
     return Expr(_to_sympy(s), percent, degree, ulp)
+
+
+# 2e6, 2.5E-3, 2.5 \times 10^{6}, 2.5\cdot10^6: the mantissa, its decimals, the exponent
+_SCIENTIFIC_RE = re.compile(
+    r"([-+]?\d+)(?:\.(\d+))?(?:[eE]|\s*(?:\\times|\\cdot|\*)\s*10\s*\^)\s*(?:\{\s*)?([-+]?\d{1,3})\s*\}?"
+)
 
 
 @lru_cache(maxsize=8192)

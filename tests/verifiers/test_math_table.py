@@ -455,6 +455,37 @@ CASES: list[tuple[str, str, str, str]] = [
     ("fraction", "21/2", "The answer is 2 1/2", W),
     ("fraction", "5/2", "The answer is 2 1/2", C),
     ("fraction", "-5/2", "The answer is -2 1/2", C),
+    # scientific notation is the number it writes, to the digits it shows; no absolute floor
+    ("number", "2000001", "The answer is $\\boxed{2e6}$", W),
+    ("number", "2000000", "The answer is $\\boxed{2e6}$", C),
+    ("number", "2000001", "The answer is $2.000000 \\times 10^6$", W),
+    ("number", "2000001", "The answer is $2.000001 \\times 10^6$", C),
+    ("number", "2500000", "The answer is $2.5 \\times 10^{6}$", C),
+    ("number", "0", "The answer is $\\boxed{1e-30}$", W),
+    ("number", "0", "The answer is $\\boxed{1.0 \\times 10^{-30}}$", W),
+    ("number", "1e-30", "$\\boxed{0}$", W),
+    ("number", "0", "$\\boxed{0.000001}$", W),
+    ("number", "0.00003", "The answer is 3e-5", C),
+    ("number", "3 \\times 10^{-5}", "The answer is 0.00003", C),
+    ("number", "6.02 \\times 10^{23}", "$\\boxed{6.02e23}$", C),
+    # a matrix is not the flat tuple of its cells; a column or row vector is its tuple
+    ("matrix", "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", "The answer is $(1,2,3,4)$", W),
+    ("matrix", "(1,2,3,4)", "$\\boxed{\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}}$", W),
+    ("matrix", "\\begin{pmatrix}1\\\\2\\end{pmatrix}", "The answer is $(1,2)$", C),
+    # a false chain gives nothing
+    ("relation", "5", "The answer is $x = 2+2 = 5$", W),
+    ("relation", "4", "The answer is $x = 2+2 = 5$", W),
+    ("relation", "4", "The answer is $x = 2+2 = 4$", C),
+    ("relation", "1.5", "So the answer is $x = 3/2 = 1.5$", C),
+    # the words read as the signs do, both ways
+    ("percent", "0.5", "The answer is 50 percent.", C),
+    ("percent", "50", "The answer is 50 percent.", C),
+    ("percent", "0.5", "The answer is 50%.", C),
+    ("percent", "50", "The answer is 0.5.", W),
+    ("degrees", "\\frac{\\pi}{2}", "The answer is 90 degrees.", C),
+    ("degrees", "\\frac{\\pi}{2}", "The answer is $\\boxed{90}$.", W),
+    ("degrees", "90^\\circ", "The answer is $\\boxed{90}$.", C),
+    ("degrees", "90", "The answer is $\\boxed{90^\\circ}$.", C),
 ]
 
 RESPONSES = {"long", "several", "truncated"}
@@ -553,3 +584,24 @@ def test_math500_references_parse_and_equal_themselves(verifier):
     failures = [(r["answer"], res) for r, res in zip(rows, results)
                 if res.status != "ok" or res.value[0] != "correct"]
     assert failures == []
+
+
+GSM8K = MATH500.parents[1] / "gsm8k" / "test.jsonl"
+
+
+@pytest.mark.skipif(not (MATH500.exists() and GSM8K.exists()), reason="data copies not available")
+def test_percent_and_degree_leniency_as_decided_on_the_data(verifier):
+    """The documented decision: GSM8K's 'what percent' golds stated with a % sign, and
+    MATH-500's degree golds stated without one, are correct (a strict reading rejects all 28)."""
+    gsm = [json.loads(line) for line in GSM8K.read_text().splitlines()]
+    golds = [r["answer"].split("####")[-1].strip() for r in gsm if "what percent" in r["question"].lower()]
+    math = [json.loads(line)["answer"] for line in MATH500.read_text().splitlines()]
+    degrees = [a for a in math if "^\\circ" in a]
+    assert (len(golds), len(degrees)) == (14, 14)
+    responses = [f"So the answer is {g}%." for g in golds]
+    responses += ["The angle is $\\boxed{" + a.replace("^\\circ", "") + "}$." for a in degrees]
+    verdicts = verifier.verify_batch(responses, golds + degrees)
+    assert [v.status for v in verdicts] == ["correct"] * 28
+    # the signs still mean something: 60% is not 6, and 90 without a sign is not pi/2
+    assert not verifier.verify("So the answer is 60%.", "6").correct
+    assert not verifier.verify("The angle is $\\boxed{90}$.", "\\frac{\\pi}{2}").correct
