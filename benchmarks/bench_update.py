@@ -105,14 +105,17 @@ def _worker(name: str, args: dict, queue: mp.Queue) -> None:
     batch = build_batch(episodes, pad_id=int(policy.tokenizer.pad_token_id))
     agent.score_old(batch)
     agent.compute_advantages(batch)
-    with spanning(), FlopCounterMode(display=False) as counter:
-        agent.update(batch)
+    flops = float("nan")
+    if not args["no_flops"]:
+        with spanning(), FlopCounterMode(display=False) as counter:
+            agent.update(batch)
+        flops = counter.get_total_flops() / 1e9
     queue.put({
         "name": name, "dtype": compute_dtype(cfg.dtype, cfg.resolved_device), "reuse_memory": reused,
         "rollout_s": min(rollout_s),
         "score_s": min(score_s), "update_s": min(update_s),
         "iteration_s": min(rollout_s) + min(score_s) + min(update_s),
-        "update_gflop": counter.get_total_flops() / 1e9,
+        "update_gflop": flops,
         "peak_rss_mb": peak / 1024, "rss_growth_mb": (peak - base_rss) / 1024,
         "tokens": int(sum(len(e.response_ids) for e in episodes)),
     })
@@ -128,6 +131,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32"))
     parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--no-flops", action="store_true", help="skip the FLOP-counted extra update")
     parser.add_argument("--system-malloc", action="store_true", help="keep glibc's default allocator settings")
     args = vars(parser.parse_args())
     ctx = mp.get_context("spawn")

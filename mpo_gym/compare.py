@@ -223,14 +223,14 @@ def _shared_before(cfg: CompareConfig, out: Path) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     train_cfg = cfg.run_config(cfg.agents[0], cfg.seeds[0])
     policy = make_policy(train_cfg, spec=PolicySpec())  # the untrained LM: no heads needed
-    from . import distributed
+    from . import distributed, runs
 
     dist = distributed.current()
     before = evaluate_held_out(train_cfg, policy, when="before", rows_path=out / BEFORE_TASKS, dist=dist)
     del policy
     gc.collect()
     if dist.is_main:
-        path.write_text(json.dumps(before, indent=2))
+        runs.write_json(path, before)
     dist.barrier()
     return before
 
@@ -273,7 +273,7 @@ def compare(cfg: CompareConfig, command: str = "") -> Path:
     if main:
         out.mkdir(parents=True, exist_ok=True)
         settings = {"config": dataclasses.asdict(cfg), "command": command}
-        (out / "compare.json").write_text(json.dumps(settings, indent=2))
+        runs.write_json(out / "compare.json", settings)
     dist.barrier()
     ctx = _child_context() if not dist.active else None
     before = _shared_before(cfg, out) if cfg.eval_tasks else None
@@ -375,7 +375,7 @@ def _run(cfg: CompareConfig, agent: str, seed: int, before: dict[str, Any] | Non
         run_dir.mkdir(parents=True, exist_ok=True)
         eval_path = run_dir / "eval.json"
         if before is not None and not eval_path.exists():
-            eval_path.write_text(json.dumps({"before": before}, indent=2))
+            runs.write_json(eval_path, {"before": before})
             shutil.copyfile(Path(cfg.out_dir) / BEFORE_TASKS, run_dir / "eval_tasks.jsonl")  # shared rows
     dist.barrier()
     if dist.active:  # under torchrun every rank is already a process of its own: train here, together

@@ -7,6 +7,12 @@
   fsynced), then the old ``checkpoint/`` becomes ``checkpoint.prev/`` and the new one is
   renamed into place; the last two are kept. :func:`load_checkpoint` falls back to
   ``checkpoint.prev/`` with a warning when the latest fails to load.
+- Each checkpoint folder holds ``manifest.json``: the SHA-256 of every file (checked on load, so
+  a flipped byte falls back to ``checkpoint.prev/``, announced), the run's ``config.json`` and
+  its held-out evaluations at that update, from which a torn or empty ``config.json`` or
+  ``eval.json`` is rebuilt. JSON files are replaced atomically (:func:`write_json`).
+- A full disk or a folder that cannot be written ends the run with one line
+  (:class:`RunFolderError`); the last good checkpoint stays.
 - :class:`StopSignals`: SIGINT/SIGTERM during training finish the current update, then the
   trainer saves and stops; a second signal (or one outside the update loop) abandons at once
   and keeps the last checkpoint.
@@ -16,6 +22,8 @@
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import shlex
@@ -36,11 +44,15 @@ __all__ = [
     "StopSignals",
     "check_run_folder",
     "config_differences",
+    "RunFolderError",
     "RunLock",
+    "checkpoint_manifest",
     "load_checkpoint",
+    "read_checkpoint",
     "read_json",
     "save_checkpoint",
     "truncate_jsonl",
+    "write_json",
 ]
 
 # Fields that may differ when a run is resumed: the budget, and how it is logged/checkpointed.
@@ -50,6 +62,26 @@ RESUMABLE_FIELDS = frozenset({
 })
 
 LATEST, PREVIOUS, TEMP = "checkpoint", "checkpoint.prev", "checkpoint.tmp"
+MANIFEST = "manifest.json"
+# what a full disk, a quota or a folder without write permission raise
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
+
+
+class RunFolderError(MpoGymError):
+    """The run folder cannot be written (full disk, read-only, no permission): exit code 1."""
+
+    exit_code = 1
+
+
+def folder_error(exc: OSError, out: Path) -> RunFolderError | None:
+    """The one-line refusal for an ``OSError`` of writing into the run folder ``out``, or None
+    when it is not one of those (a bug, raised as it is)."""
+    if exc.errno not in _WRITE_ERRNOS:
+        return None
+    where = exc.filename or out
+    kept = f"; the last good checkpoint in {out / LATEST} is kept" if (out / LATEST).exists() else ""
+    return RunFolderError(f"cannot write {where}: {exc.strerror}{kept}. Free space or make the folder "
+                          "writable, then run the same command again to resume")
 
 
 def _plain(value: Any) -> Any:
@@ -86,8 +118,14 @@ def check_run_folder(out: Path, differences: Callable[[dict[str, Any]], list[str
         return None
     try:
         stored = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise MpoGymError(f"{path} is not readable ({exc}); use another --out-dir") from exc
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        saved = checkpoint_manifest(out) if config_name == "config.json" else None
+        if saved is None or not isinstance(saved[0].get("config"), dict):
+            raise MpoGymError(f"{path} is not readable ({exc}) and no checkpoint holds the config; "
+                              "use another --out-dir") from exc
+        stored = saved[0]["config"]
+        write_json(path, stored)
+        print(f"repaired {path}: it was empty or torn; rebuilt from {saved[1]}", file=sys.stderr)
     if not resume:
         raise MpoGymError(f"{out} already holds a {what}; use another --out-dir (or resume it)")
     diff = differences(stored)
@@ -122,15 +160,70 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(out: Path, files: Mapping[str, Any]) -> Path:
-    """Write ``files`` (name -> object for ``torch.save``) as the latest checkpoint, atomically."""
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _probe_write(out: Path) -> OSError | None:
+    """The error that writing 1 MiB into ``out`` raises now (a full disk), or None."""
+    probe = out / ".write-probe"
+    try:
+        with probe.open("wb") as f:
+            f.write(b"\0" * (1 << 20))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        return exc
+    finally:
+        probe.unlink(missing_ok=True)
+    return None
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Replace ``path`` with ``data`` as JSON atomically (a crash or a full disk leaves the old one)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with tmp.open("w") as f:
+            f.write(json.dumps(data, indent=2))
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(out: Path, files: Mapping[str, Any], meta: Mapping[str, Any] | None = None) -> Path:
+    """Write ``files`` (name -> object for ``torch.save``) as the latest checkpoint, atomically,
+    with ``manifest.json``: each file's SHA-256 and ``meta`` (JSON: the config, the evaluations).
+
+    A write that fails (a full disk) removes the partial folder and leaves the last good
+    checkpoint in place; the error is a :class:`RunFolderError` when the folder is at fault.
+    """
     tmp, latest, prev = out / TEMP, out / LATEST, out / PREVIOUS
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    for name, obj in files.items():
-        _save_file(obj, tmp / name)
-    _fsync_dir(tmp)
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        for name, obj in files.items():
+            _save_file(obj, tmp / name)
+        manifest = {"sha256": {name: _sha256(tmp / name) for name in files}, **(meta or {})}
+        with (tmp / MANIFEST).open("w") as f:
+            f.write(json.dumps(manifest, indent=2, default=str))
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(tmp)
+    except (OSError, RuntimeError) as exc:  # torch's writer reports a full disk as a RuntimeError
+        cause = exc if isinstance(exc, OSError) else _probe_write(out)
+        shutil.rmtree(tmp, ignore_errors=True)  # frees what the partial checkpoint took
+        error = folder_error(cause, out) if cause is not None else None
+        if error is None:
+            raise
+        raise error from exc
     if latest.exists():
         if prev.exists():
             shutil.rmtree(prev)
@@ -147,8 +240,6 @@ def load_checkpoint(out: Path, names: Iterable[str]) -> tuple[dict[str, Any], Pa
     the two renames); each failure is announced on stderr. When checkpoints exist but none
     loads this is an error (never a silent restart).
     """
-    import torch
-
     names = list(names)
     tried = []
     for sub in (LATEST, PREVIOUS):
@@ -156,16 +247,49 @@ def load_checkpoint(out: Path, names: Iterable[str]) -> tuple[dict[str, Any], Pa
         if not folder.exists():
             continue
         try:
-            loaded = {n: torch.load(folder / n, map_location="cpu", weights_only=False) for n in names}
+            loaded = read_checkpoint(folder, names)
         except Exception as exc:  # a truncated or corrupted file: fall back to the previous one
             reason = " ".join(str(exc).split())[:200]
             tried.append(f"{folder} ({reason})")
             print(f"warning: checkpoint {folder} failed to load ({reason}); trying the previous one",
                   file=sys.stderr)
             continue
+        if tried:
+            print(f"loaded the previous checkpoint {folder} instead", file=sys.stderr)
         return loaded, folder
     if tried:
         raise MpoGymError(f"no checkpoint of {out} could be loaded: {'; '.join(tried)}")
+    return None
+
+
+def read_checkpoint(folder: Path, names: Iterable[str]) -> dict[str, Any]:
+    """The files of one checkpoint folder, each checked against its manifest's SHA-256 first;
+    the parsed manifest is under ``"manifest.json"`` (``{}`` for a folder written without one).
+    Raises ``ValueError`` for a file that changed after it was written."""
+    import torch
+
+    manifest: dict[str, Any] = {}
+    if (folder / MANIFEST).exists():
+        manifest = json.loads((folder / MANIFEST).read_text())
+        for name in names:
+            expected = manifest.get("sha256", {}).get(name)
+            if expected is not None and _sha256(folder / name) != expected:
+                raise ValueError(f"{name}: checksum mismatch (the file changed after it was written)")
+    loaded = {n: torch.load(folder / n, map_location="cpu", weights_only=False) for n in names}
+    loaded[MANIFEST] = manifest
+    return loaded
+
+
+def checkpoint_manifest(out: Path) -> tuple[dict[str, Any], Path] | None:
+    """The newest checkpoint manifest of ``out`` that parses, and its path (no tensors read)."""
+    for sub in (LATEST, PREVIOUS):
+        path = out / sub / MANIFEST
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if isinstance(data, dict):
+            return data, path
     return None
 
 

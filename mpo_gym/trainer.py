@@ -358,7 +358,12 @@ def load_run(run_dir: str | Path, *, device: str | None = None, checkpoint: str 
     try:
         record = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{config_path} is not valid JSON ({exc}); the run's checkpoint holds no config to rebuild it from") from exc
+        saved = runs.checkpoint_manifest(run_dir)
+        if saved is None or not isinstance(saved[0].get("config"), dict):
+            raise ConfigError(f"{config_path} is not valid JSON ({exc}) and no checkpoint of the run holds its "
+                              "config") from exc
+        record = saved[0]["config"]
+        print(f"note: {config_path} is empty or torn; read the config from {saved[1]}", file=sys.stderr)
     if record.get("imports"):
         from .plugins import import_modules
 
@@ -369,7 +374,10 @@ def load_run(run_dir: str | Path, *, device: str | None = None, checkpoint: str 
         cfg = dataclasses.replace(cfg, device=device)
     if checkpoint is not None:
         folder = Path(checkpoint)
-        files = {n: torch.load(folder / n, map_location="cpu", weights_only=False) for n in ("policy.pt", "state.pt")}
+        try:
+            files = runs.read_checkpoint(folder, ("policy.pt", "state.pt"))
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ConfigError(f"{folder}: cannot load this checkpoint ({' '.join(str(exc).split())[:200]})") from exc
     else:
         loaded = runs.load_checkpoint(run_dir, ("policy.pt", "state.pt"))
         if loaded is None:
@@ -429,10 +437,14 @@ def train(cfg: TrainConfig, *, progress: bool = True, resume: bool = True, label
 
         reuse_freed_memory()
     lock: Any = runs.RunLock(out) if dist.is_main else contextlib.nullcontext()
+    record = {**record, "resolved_world_size": dist.world_size}
     if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        lock.__enter__()  # one training per folder (released when train returns or the process ends)
-        (out / "config.json").write_text(json.dumps({**record, "resolved_world_size": dist.world_size}, indent=2))
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            lock.__enter__()  # one training per folder (released when train returns or the process ends)
+            runs.write_json(out / "config.json", record)
+        except OSError as exc:
+            raise runs.folder_error(exc, out) or exc from exc
         if warning:
             print(warning, file=sys.stderr)
         if train_split is None:
@@ -441,7 +453,12 @@ def train(cfg: TrainConfig, *, progress: bool = True, resume: bool = True, label
     with lock, runs.StopSignals() as stop:  # rank 0 holds the lock (entered above); the others none
         try:
             return _train(cfg, out, envs, eval_envs, stop, warning, progress, label, resumed=stored is not None,
-                          dist=dist)
+                          dist=dist, record=record)
+        except OSError as exc:  # a full disk or a folder that turned read-only: one line, work kept
+            error = runs.folder_error(exc, out)
+            if error is None:
+                raise
+            raise error from exc
         except runs.Abandon as exc:
             raise RunInterrupted(
                 f"{runs.signal_name(exc.signum)}: stopped at once; the last checkpoint in {out} is kept. "
@@ -473,15 +490,15 @@ def check_shards(cfg: TrainConfig, dist: distributed.Dist) -> None:
 
 def _train(cfg: TrainConfig, out: Path, envs: list[Any], eval_envs: list[Any] | None, stop: runs.StopSignals,
            warning: str | None, progress: bool, label: str | None, resumed: bool,
-           dist: distributed.Dist = distributed.SINGLE) -> TrainResult:
+           dist: distributed.Dist = distributed.SINGLE, record: dict[str, Any] | None = None) -> TrainResult:
     from .tracking import Progress, Tracker, make_tracker, write_completions
 
     main = dist.is_main
     policy = _build_policy(cfg)
     metrics_path, eval_path = out / "metrics.jsonl", out / "eval.json"
     step, train_seconds = 0, 0.0
-    evals: dict[str, Any] = runs.read_json(eval_path, "the held-out evaluations are run again") or {}
     loaded = runs.load_checkpoint(out, ("policy.pt", "state.pt"))
+    evals = _read_evals(eval_path, loaded) if main else {}
     seen = dist.all_gather_objects(int(loaded[0]["state.pt"]["step"]) if loaded is not None else 0)
     if len(set(seen)) > 1:
         raise ConfigError(f"the ranks found checkpoints of different updates in {out} ({seen}): every rank must "
@@ -511,10 +528,15 @@ def _train(cfg: TrainConfig, out: Path, envs: list[Any], eval_envs: list[Any] | 
                   "raise --updates to train it further", flush=True)
         elif resumed or step:
             print(f"resuming from update {step} of {_budget_text(cfg)} in {out}", flush=True)
-    if cfg.eval_tasks and "before" not in evals:
+    # the "before" evaluation is of the initial weights: it can only be measured at update 0
+    evals = dist.broadcast_object(evals)
+    if cfg.eval_tasks and "before" not in evals and step == 0:
         evals["before"] = evaluate_held_out(cfg, policy, eval_envs, when="before", dist=dist)
         if main:
-            eval_path.write_text(json.dumps(evals, indent=2))
+            runs.write_json(eval_path, evals)
+    elif cfg.eval_tasks and "before" not in evals and main:
+        print(f"warning: {eval_path} holds no 'before' evaluation and the run is at update {step}: the initial "
+              "weights are gone, so only 'after' is measured", file=sys.stderr)
 
     history: list[dict[str, Any]] = []
     bar = Progress(cfg, step, label, progress and main)
@@ -572,7 +594,7 @@ def _train(cfg: TrainConfig, out: Path, envs: list[Any], eval_envs: list[Any] | 
             bar.update(step, train_seconds, row)
         due = (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or bool(late)
         if due or received is not None:
-            _checkpoint(out, policy, agent, step, train_seconds, dist)
+            _checkpoint(out, policy, agent, step, train_seconds, dist, {"config": record, "evals": evals})
             last_good, last_save = step, time.monotonic()
         if received is not None:
             bar.close()
@@ -587,12 +609,12 @@ def _train(cfg: TrainConfig, out: Path, envs: list[Any], eval_envs: list[Any] | 
     bar.close()
     tracker.close()
     if last_good != step or not dist.broadcast_object((out / runs.LATEST).exists()):
-        _checkpoint(out, policy, agent, step, train_seconds, dist)
+        _checkpoint(out, policy, agent, step, train_seconds, dist, {"config": record, "evals": evals})
     if cfg.eval_tasks and not ("after" in evals and evals.get("updates") == step):
         evals["after"] = evaluate_held_out(cfg, policy, eval_envs, when="after", dist=dist)
         evals["train_seconds"], evals["updates"], evals["warmup_seconds"] = train_seconds, step, warmup_seconds
         if main:
-            eval_path.write_text(json.dumps(evals, indent=2))
+            runs.write_json(eval_path, evals)
     dist.barrier()  # rank 0's files are complete when train() returns on any rank
     return TrainResult(
         out, step, train_seconds, evals.get("before"), evals.get("after"), history, _peak_rss_mb(), warmup_seconds
@@ -600,12 +622,29 @@ def _train(cfg: TrainConfig, out: Path, envs: list[Any], eval_envs: list[Any] | 
 
 
 def _checkpoint(out: Path, policy: Any, agent: Any, step: int, train_seconds: float,
-                dist: distributed.Dist = distributed.SINGLE) -> None:
-    """Every rank calls it (sharded state is gathered); rank 0 writes."""
+                dist: distributed.Dist = distributed.SINGLE, meta: dict[str, Any] | None = None) -> None:
+    """Every rank calls it (sharded state is gathered); rank 0 writes. ``meta`` (the config and
+    the evaluations so far) goes into the manifest, to rebuild a torn config.json or eval.json."""
     weights, state = dist.model_state(policy), {"agent": agent.state_dict(), "step": step,
                                                 "train_seconds": train_seconds, "torch_rng": torch.get_rng_state()}
     if dist.is_main:
-        runs.save_checkpoint(out, {"policy.pt": weights, "state.pt": state})
+        runs.save_checkpoint(out, {"policy.pt": weights, "state.pt": state}, {"step": step, **(meta or {})})
+
+
+def _read_evals(path: Path, loaded: tuple[dict[str, Any], Path] | None) -> dict[str, Any]:
+    """eval.json, or when it is missing, empty or torn the evaluations the checkpoint saved."""
+    saved = loaded[0][runs.MANIFEST].get("evals") or None if loaded is not None else None
+    if path.exists():
+        evals = runs.read_json(path, "rebuilt from the checkpoint" if saved is not None else
+                               "no checkpoint holds the evaluations")
+        if evals is not None:
+            return evals
+    if saved is None:
+        return {}
+    if not path.exists():
+        print(f"note: {path} is missing; rebuilt from {loaded[1] / runs.MANIFEST}", file=sys.stderr)  # type: ignore[index]
+    runs.write_json(path, saved)
+    return dict(saved)
 
 
 def _restore(files: dict[str, Any], agent: Any) -> tuple[int, float]:

@@ -317,14 +317,90 @@ def test_torn_trailing_lines_and_a_torn_eval_json_are_repaired_on_resume(tmp_pat
     for name in ("metrics.jsonl", "completions.jsonl"):
         with (out / name).open("a") as f:
             f.write('{"step": 3, "charts/rew')  # a write cut short by a full disk
+    before = json.loads((out / "eval.json").read_text())["before"]
     (out / "eval.json").write_text('{"before": {"accuracy"')
     train(dataclasses.replace(cfg, updates=3), progress=False)
     err = capsys.readouterr().err
-    assert err.count("torn line") == 2 and "eval.json: it was empty or torn" in err
+    assert err.count("torn line") == 2 and "eval.json: it was empty or torn; rebuilt from the checkpoint" in err
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     evals = json.loads((out / "eval.json").read_text())
     assert {"before", "after"} <= set(evals) and evals["updates"] == 3
+    assert evals["before"] == before  # the initial weights' evaluation, not one of trained weights
+
+
+def test_an_empty_config_json_is_rebuilt_from_the_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    train(tiny_cfg(out, updates=2), progress=False)
+    stored = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text("")
+    capsys.readouterr()
+    train(tiny_cfg(out, updates=3), progress=False)
+    captured = capsys.readouterr()
+    assert "config.json: it was empty or torn; rebuilt from" in captured.err
+    assert "resuming from update 2 of 3" in captured.out and steps(out) == [1, 2, 3]
+    assert json.loads((out / "config.json").read_text()) == {**stored, "updates": 3}
+
+
+def test_a_flipped_byte_in_a_checkpoint_is_caught_by_its_checksum(tmp_path, capsys):
+    from mpo_gym import runs
+
+    out = tmp_path / "run"
+    train(tiny_cfg(out, updates=3, checkpoint_every=1), progress=False)
+    manifest = json.loads((out / "checkpoint" / "manifest.json").read_text())
+    assert set(manifest["sha256"]) == {"policy.pt", "state.pt"} and manifest["step"] == 3
+    path = out / "checkpoint" / "policy.pt"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # inside a tensor: torch.load alone reads it without complaint
+    path.write_bytes(bytes(data))
+    torch.load(path, map_location="cpu")
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        runs.read_checkpoint(out / "checkpoint", ["policy.pt"])
+    capsys.readouterr()
+    train(tiny_cfg(out, updates=4, checkpoint_every=1), progress=False)
+    captured = capsys.readouterr()
+    assert "policy.pt: checksum mismatch" in captured.err and "loaded the previous checkpoint" in captured.err
+    assert "resuming from update 2 of 4" in captured.out and steps(out) == [1, 2, 3, 4]
+
+
+def test_a_full_disk_ends_in_one_line_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from mpo_gym import runs
+    from mpo_gym.cli import main
+
+    out = tmp_path / "run"
+    train(tiny_cfg(out, updates=1), progress=False)
+    good = snapshot(out / "checkpoint")
+    real = runs._save_file
+
+    def full(obj, path):
+        real(obj, path)
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(runs, "_save_file", full)
+    capsys.readouterr()
+    code = main(["train", "--resume", "--out-dir", str(out), "--updates", "2", "--checkpoint-every", "1"])
+    err = capsys.readouterr().err
+    assert code == 1 and "No space left on device" in err and "last good checkpoint" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert snapshot(out / "checkpoint") == good and not (out / "checkpoint.tmp").exists()
+
+
+def test_a_read_only_folder_ends_in_one_line(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from mpo_gym import runs
+    from mpo_gym.cli import main
+
+    def read_only(path, data):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(runs, "write_json", read_only)
+    code = main(["train", "--env", "mpo_gym/Toy-v0", "--model", "tiny", "--updates", "1", "--num-envs", "2",
+                 "--eval-tasks", "0", "--dtype", "float32", "--threads", "1", "--out-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 1 and "Read-only file system" in err and "Traceback" not in err
 
 
 def test_a_second_training_on_one_folder_is_refused_naming_the_holder(tmp_path):
