@@ -671,6 +671,18 @@ class SuiteEnv(ReasoningEnv):
         """The loaded tasks as this env poses them (a suite may rewrite prompts or references)."""
         return tasks
 
+    @property
+    def protocol(self) -> str:
+        """Which published protocol this env's scores follow, and where they differ from it
+        (recorded with every evaluation of the suite)."""
+        return ""
+
+    def _math_protocol(self, name: str) -> str:
+        shots = "one fixed example turn" if self.fewshot and self.examples else "zero-shot"
+        return (f"{name} {self.split}, chat prompt ({shots}, answer in \\boxed{{}}); the final answer is read and "
+                "compared for mathematical equivalence by MathVerifier (the math-verify/lighteval style of "
+                "grading, not lm-eval-harness's exact string match); pass@k by the unbiased estimator")
+
     def prompt_ids(self, index: int) -> np.ndarray:
         """Chat-rendered prompt ids, or in completion style the raw prompt's ids (cached)."""
         if self.style != "completion":
@@ -697,17 +709,32 @@ class GSM8KEnv(SuiteEnv):
 
     suite, default_verifier, examples = "gsm8k", "math", (GSM8K_EXAMPLE,)
 
+    @property
+    def protocol(self) -> str:
+        return self._math_protocol("GSM8K (Cobbe et al., 2021)") + "; the gold is the number after ####"
+
 
 class MATH500Env(SuiteEnv):
     """MATH-500 competition math (``test`` only), math verifier, one few-shot turn."""
 
     suite, default_verifier, examples = "math500", "math", (MATH_EXAMPLE,)
 
+    @property
+    def protocol(self) -> str:
+        return self._math_protocol("MATH-500 (Lightman et al., 2023)")
+
 
 class HumanEvalEnv(SuiteEnv):
     """HumanEval (``test`` only), sandboxed code verifier; ``style="chat"`` or ``"completion"``."""
 
     suite, default_verifier, styles = "humaneval", "code", ("chat", "completion")
+
+    @property
+    def protocol(self) -> str:
+        shape = ("completion: the raw prompt, the body joined to it (the original protocol)" if self.style == "completion"
+                 else "chat: the whole function in a code block, joined to the prompt's imports and helpers")
+        return ("HumanEval (Chen et al., 2021), pass@k by the unbiased estimator on each task's check(candidate) "
+                f"tests, sandboxed; {shape}; not HumanEval+ (EvalPlus's extra tests)")
 
 
 MBPP_PROMPT_TESTS = ("first", "all")
@@ -736,6 +763,16 @@ class MBPPEnv(SuiteEnv):
             raise ValueError(f"prompt_tests must be one of {MBPP_PROMPT_TESTS}; got {prompt_tests!r}")
         self.prompt_tests = prompt_tests
         super().__init__(*args, **kwargs)
+
+    @property
+    def protocol(self) -> str:
+        name = f"MBPP (Austin et al., 2021) {self.variant or 'full'} {self.split}"
+        if self.prompt_tests == "all":
+            return (f"{name}: the original protocol, all three test_list asserts shown in the prompt and graded "
+                    "(every graded assert is in the prompt: never train on it); pass@k, sandboxed")
+        return (f"{name}: the prompt shows the first assert only (EvalPlus's prompt shape), graded on every "
+                "test_list and challenge_test_list assert; pass@k, sandboxed; not MBPP+ (EvalPlus's extra tests), "
+                "so not comparable with MBPP+ figures, nor with three-assert prompts (prompt_tests='all')")
 
     def adapt_tasks(self, tasks: Sequence[Task]) -> Sequence[Task]:
         if self.prompt_tests == "all":

@@ -120,6 +120,7 @@ class SuiteResult:
     limit: int | None = None
     seed: int = 0
     samples: list[SampleRecord] = field(default_factory=list, repr=False)
+    protocol: str = ""  # the published protocol the suite env follows (``SuiteEnv.protocol``)
 
     def to_dict(self, samples: bool = False) -> dict[str, Any]:
         out = asdict(self)
@@ -191,9 +192,13 @@ def evaluate(
         seed=seed, progress=progress, suite=suite, model_name=model_name, dist=dist,
     )  # fmt: skip
     wall = time.perf_counter() - start
-    return _summarize(
+    from .rollout import reasoning_env
+
+    result = _summarize(
         suite, env_id, model_name, samples, ks, n_tasks, n_samples, temperature, wall, limit, seed
     )
+    result.protocol = str(getattr(reasoning_env(envs), "protocol", "") or "")
+    return result
 
 
 def evaluate_envs(
@@ -466,6 +471,9 @@ def write_results(results: Results, out_dir: str | Path) -> dict[str, Path]:
     for k in ks:
         md += [f"## pass@{k} (%)\n", comparison_table(nested, k=k)]
     md += ["## Details\n", results_table(nested)]
+    protocols = {r.suite: r.protocol for r in flat if r.protocol}
+    if protocols:
+        md += ["## Protocols\n", "".join(f"- **{suite}**: {text}\n" for suite, text in protocols.items())]
     paths["markdown"].write_text("\n".join(md))
     with paths["samples"].open("w") as f:
         for r in flat:

@@ -7,6 +7,7 @@ command line without torchrun.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -199,11 +200,36 @@ def test_resume_under_two_ranks_is_exact(tmp_path):
     assert_same_run(straight, resumed, loss_tol=0.0, param_tol=0.0)
 
 
-def test_batch_that_does_not_split_over_ranks_is_refused(tmp_path):
-    proc = torchrun(cwd=REPO, args=train_args("grpo", tmp_path / "r", 1, "--num-envs", "6"))
-    assert proc.returncode != 0
-    assert proc.stderr.count("does not split over 2 ranks") == 1, proc.stderr[-2000:]
-    assert "use a multiple of 4" in proc.stderr
+def test_batch_that_does_not_split_over_ranks_is_refused(tmp_path, monkeypatch):
+    """Checked in one process with the second rank's view (the refusal needs no job): a config
+    error every rank raises alike is printed by rank 0 alone."""
+    from mpo_gym import cli
+    from mpo_gym.distributed import Dist
+    from mpo_gym.errors import ConfigError
+    from mpo_gym.trainer import TrainConfig, check_shards
+
+    cfg = TrainConfig(env="mpo_gym/Toy-v0", model="tiny", agent="grpo", num_envs=6, out_dir=str(tmp_path / "r"),
+                      agent_kwargs={"group_size": 4})
+    for rank in (0, 1):
+        with pytest.raises(ConfigError, match="does not split over 2 ranks.*use a multiple of 8$"):
+            check_shards(cfg, Dist(rank=rank, world_size=2))
+    check_shards(dataclasses.replace(cfg, num_envs=8), Dist(rank=1, world_size=2))
+    monkeypatch.setenv("RANK", "1")
+    assert not cli._prints(ConfigError("x")) and cli._prints(RuntimeError("a bug")) is True
+    monkeypatch.setenv("RANK", "0")
+    assert cli._prints(ConfigError("x"))
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_batch_of_partial_groups_is_refused_in_one_process_before_a_model_loads(tmp_path, capsys, monkeypatch):
+    from mpo_gym import trainer
+    from mpo_gym.cli import main
+
+    monkeypatch.setattr(trainer, "_build_policy", lambda cfg: pytest.fail("a model was loaded"))
+    code = main(["train", "--env", "mpo_gym/Toy-v0", "--model", "tiny", "--agent", "grpo", "--num-envs", "6",
+                 "--group-size", "4", "--out-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--num-envs 6 is not a whole number of groups of 4" in err and "Traceback" not in err
     assert not (tmp_path / "r").exists()
 
 

@@ -193,6 +193,9 @@ def test_write_results_files(fake_model, tmp_path):
     markdown = paths["markdown"].read_text()
     assert "| gold | 100.0 | 100.0 |" in markdown and "| gold | math500 | 2 |" in markdown
     assert results_table([result]).count("\n") == 3
+    # every result says which published protocol it follows, in the JSON and the report
+    assert payload["results"][0]["protocol"].startswith("MATH-500 (Lightman et al., 2023) test")
+    assert "## Protocols" in markdown and "- **math500**: MATH-500" in markdown
 
 
 # ---------------------------------------------------------------------------- command line

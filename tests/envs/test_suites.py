@@ -752,3 +752,16 @@ def test_check_data_fails_like_gym_make_without_making_an_env(tmp_path, no_data_
     (tmp_path / "gsm8k" / "test.jsonl").write_text(GOOD + "{\n")
     with pytest.raises(DataFileError, match=r"test\.jsonl, line 2: invalid JSON"):
         check_data("mpo_gym/GSM8K-v0", data_path=str(tmp_path))
+
+
+def test_each_suite_names_the_protocol_it_follows():
+    tok = CharTokenizer()
+    protocol = {eid: gym.make(eid, tokenizer=tok, **kw).unwrapped.protocol for eid, kw in [
+        ("mpo_gym/GSM8K-v0", {}), ("mpo_gym/MATH500-v0", {"fewshot": False}), ("mpo_gym/HumanEval-v0", {}),
+        ("mpo_gym/MBPP-v0", {}),
+    ]}
+    assert "GSM8K (Cobbe et al., 2021) test" in protocol["mpo_gym/GSM8K-v0"] and "one fixed example" in protocol["mpo_gym/GSM8K-v0"]
+    assert "zero-shot" in protocol["mpo_gym/MATH500-v0"]
+    assert "not HumanEval+" in protocol["mpo_gym/HumanEval-v0"]
+    assert "first assert only" in protocol["mpo_gym/MBPP-v0"] and "not MBPP+" in protocol["mpo_gym/MBPP-v0"]
+    assert "original protocol" in gym.make("mpo_gym/MBPP-v0", tokenizer=tok, prompt_tests="all").unwrapped.protocol
