@@ -432,3 +432,18 @@ def test_rerunning_a_finished_run_says_it_is_finished(tmp_path, capsys):
     capsys.readouterr()
     train(cfg, progress=False)
     assert "is already finished (1 updates of 1)" in capsys.readouterr().out
+
+
+def test_a_lost_before_evaluation_is_never_measured_again_on_trained_weights(tmp_path, capsys):
+    cfg = tiny_train_config(tmp_path / "run", updates=1, eval_tasks=2, eval_batch=2)
+    train(cfg, progress=False)
+    out = tmp_path / "run"
+    (out / "eval.json").unlink()
+    manifest = json.loads((out / "checkpoint" / "manifest.json").read_text())
+    manifest.pop("evals")  # as a checkpoint written without the evaluations
+    (out / "checkpoint" / "manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    train(dataclasses.replace(cfg, updates=2), progress=False)
+    assert "holds no 'before' evaluation and the run is at update 1" in capsys.readouterr().err
+    evals = json.loads((out / "eval.json").read_text())
+    assert "before" not in evals and evals["updates"] == 2
