@@ -179,7 +179,7 @@ def evaluate(
         env_kwargs: extra kwargs for ``gymnasium.make`` (``split``, ``max_new_tokens``, ...).
         dist: shard the episodes over these ranks (see :func:`evaluate_envs`).
     """
-    from .rollout import task_count
+    from .rollout import reasoning_env, task_count
 
     ks = _check_sampling(n_samples, ks, temperature)
     suite, env_id = resolve_suite(suite_or_env_id)
@@ -192,8 +192,6 @@ def evaluate(
         seed=seed, progress=progress, suite=suite, model_name=model_name, dist=dist,
     )  # fmt: skip
     wall = time.perf_counter() - start
-    from .rollout import reasoning_env
-
     result = _summarize(
         suite, env_id, model_name, samples, ks, n_tasks, n_samples, temperature, wall, limit, seed
     )

@@ -44,6 +44,7 @@ __all__ = [
     "StopSignals",
     "check_run_folder",
     "config_differences",
+    "folder_error",
     "RunFolderError",
     "RunLock",
     "checkpoint_manifest",
@@ -211,11 +212,7 @@ def save_checkpoint(out: Path, files: Mapping[str, Any], meta: Mapping[str, Any]
         tmp.mkdir(parents=True)
         for name, obj in files.items():
             _save_file(obj, tmp / name)
-        manifest = {"sha256": {name: _sha256(tmp / name) for name in files}, **(meta or {})}
-        with (tmp / MANIFEST).open("w") as f:
-            f.write(json.dumps(manifest, indent=2, default=str))
-            f.flush()
-            os.fsync(f.fileno())
+        write_json(tmp / MANIFEST, {"sha256": {name: _sha256(tmp / name) for name in files}, **(meta or {})})
         _fsync_dir(tmp)
     except (OSError, RuntimeError) as exc:  # torch's writer reports a full disk as a RuntimeError
         cause = exc if isinstance(exc, OSError) else _probe_write(out)

@@ -636,16 +636,16 @@ def _checkpoint(out: Path, policy: Any, agent: Any, step: int, train_seconds: fl
 
 def _read_evals(path: Path, loaded: tuple[dict[str, Any], Path] | None) -> dict[str, Any]:
     """eval.json, or when it is missing, empty or torn the evaluations the checkpoint saved."""
-    saved = loaded[0][runs.MANIFEST].get("evals") or None if loaded is not None else None
-    if path.exists():
-        evals = runs.read_json(path, "rebuilt from the checkpoint" if saved is not None else
-                               "no checkpoint holds the evaluations")
+    saved = (loaded[0][runs.MANIFEST].get("evals") or None) if loaded is not None else None
+    found = path.exists()
+    if found:
+        evals = runs.read_json(path, "rebuilt from the checkpoint" if saved else "no checkpoint holds the evaluations")
         if evals is not None:
             return evals
-    if saved is None:
+    if loaded is None or not saved:
         return {}
-    if not path.exists():
-        print(f"note: {path} is missing; rebuilt from {loaded[1] / runs.MANIFEST}", file=sys.stderr)  # type: ignore[index]
+    if not found:
+        print(f"note: {path} is missing; rebuilt from {loaded[1] / runs.MANIFEST}", file=sys.stderr)
     runs.write_json(path, saved)
     return dict(saved)
 

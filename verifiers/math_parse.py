@@ -270,8 +270,6 @@ def parse_scalar(s: str) -> Expr | Text:
     based = re.fullmatch(r"(\d[0-9A-Fa-f]*)_\{?\(?(\d+)\)?\}?", s)
     if based:  # a numeral in another base (40_9): compared digit by digit, never as 40
         return Text(f"{based.group(1).upper()}_{based.group(2)}")
-    decimal = re.fullmatch(r"[-+]?\d*\.(\d+)", s)
-    ulp = 0.5 * 10.0 ** -len(decimal.group(1)) if decimal else 0.0
     scientific = _SCIENTIFIC_RE.fullmatch(s)
     if scientific:  # 2e6 is exactly 2000000; 2.5e6 shows two digits (half of 1e5 either way)
         mantissa, digits, exponent = scientific.group(1), scientific.group(2), int(scientific.group(3))
@@ -280,7 +278,8 @@ def parse_scalar(s: str) -> Expr | Text:
         if digits is None:
             return Expr(sympy.Integer(mantissa) * sympy.Rational(10) ** exponent, percent, degree)
         return Expr(_to_sympy(s), percent, degree, 0.5 * 10.0 ** (exponent - len(digits)))
-    return Expr(_to_sympy(s), percent, degree, ulp)
+    decimal = re.fullmatch(r"[-+]?\d*\.(\d+)", s)
+    return Expr(_to_sympy(s), percent, degree, 0.5 * 10.0 ** -len(decimal.group(1)) if decimal else 0.0)
 
 
 # 2e6, 2.5E-3, 2.5 \times 10^{6}, 2.5\cdot10^6: the mantissa, its decimals, the exponent
