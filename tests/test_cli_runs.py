@@ -447,3 +447,24 @@ def test_a_lost_before_evaluation_is_never_measured_again_on_trained_weights(tmp
     assert "holds no 'before' evaluation and the run is at update 1" in capsys.readouterr().err
     evals = json.loads((out / "eval.json").read_text())
     assert "before" not in evals and evals["updates"] == 2
+
+
+def test_torch_reporting_a_full_disk_as_a_runtime_error_is_told_apart_from_a_bug(tmp_path, monkeypatch):
+    """torch's writer turns ENOSPC into a RuntimeError ("unexpected pos"): a probe write decides."""
+    import errno
+
+    from mpo_gym import runs
+
+    def torn(obj, path):
+        path.write_bytes(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos 574784 vs 574672")
+
+    monkeypatch.setattr(runs, "_save_file", torn)
+    out = tmp_path / "run"
+    out.mkdir()
+    with pytest.raises(RuntimeError, match="unexpected pos"):  # the disk has room: a bug stays a bug
+        runs.save_checkpoint(out, {"policy.pt": {}})
+    monkeypatch.setattr(runs, "_probe_write", lambda out: OSError(errno.ENOSPC, "No space left on device"))
+    with pytest.raises(runs.RunFolderError, match="No space left on device"):
+        runs.save_checkpoint(out, {"policy.pt": {}})
+    assert not (out / runs.TEMP).exists() and not (out / runs.LATEST).exists()
