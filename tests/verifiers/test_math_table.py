@@ -465,6 +465,7 @@ CASES: list[tuple[str, str, str, str]] = [
     ("number", "0", "The answer is $\\boxed{1.0 \\times 10^{-30}}$", W),
     ("number", "1e-30", "$\\boxed{0}$", W),
     ("number", "0", "$\\boxed{0.000001}$", W),
+    ("number", "0", "$\\boxed{0.1^{30}}$", W),  # a float near 0 is not 0 (no absolute floor)
     ("number", "0.00003", "The answer is 3e-5", C),
     ("number", "3 \\times 10^{-5}", "The answer is 0.00003", C),
     ("number", "6.02 \\times 10^{23}", "$\\boxed{6.02e23}$", C),
