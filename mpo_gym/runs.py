@@ -64,8 +64,10 @@ RESUMABLE_FIELDS = frozenset({
 
 LATEST, PREVIOUS, TEMP = "checkpoint", "checkpoint.prev", "checkpoint.tmp"
 MANIFEST = "manifest.json"
-# what a full disk, a quota or a folder without write permission raise
-_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
+# what a full disk, a quota, a folder without write permission or an --out-dir that cannot be a
+# folder (under a file, on a filesystem that takes none) raise
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG,
+                           errno.ENOTDIR, errno.ENOENT})
 
 
 class RunFolderError(MpoGymError):
@@ -81,8 +83,8 @@ def folder_error(exc: OSError, out: Path) -> RunFolderError | None:
         return None
     where = exc.filename or out
     kept = f"; the last good checkpoint in {out / LATEST} is kept" if (out / LATEST).exists() else ""
-    return RunFolderError(f"cannot write {where}: {exc.strerror}{kept}. Free space or make the folder "
-                          "writable, then run the same command again to resume")
+    return RunFolderError(f"cannot write {where}: {exc.strerror}{kept}. Free space, or give an --out-dir "
+                          "that is a writable folder, then run the same command again")
 
 
 def _plain(value: Any) -> Any:

@@ -403,6 +403,16 @@ def test_a_read_only_folder_ends_in_one_line(tmp_path, monkeypatch, capsys):
     assert code == 1 and "Read-only file system" in err and "Traceback" not in err
 
 
+def test_an_out_dir_under_a_file_ends_in_one_line(tmp_path, capsys):
+    from mpo_gym.cli import main
+
+    (tmp_path / "afile").write_text("")
+    code = main(["train", "--env", "mpo_gym/Toy-v0", "--model", "tiny", "--updates", "1", "--num-envs", "2",
+                 "--eval-tasks", "0", "--out-dir", str(tmp_path / "afile" / "run")])
+    err = capsys.readouterr().err
+    assert code == 1 and "Not a directory" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
 def test_a_second_training_on_one_folder_is_refused_naming_the_holder(tmp_path):
     from mpo_gym import runs
 
