@@ -256,12 +256,14 @@ def compare(cfg: CompareConfig, command: str = "") -> Path:
     """
     from . import distributed, runs
     from .report import write_report
-    from .trainer import preflight
+    from .trainer import check_shards, preflight
 
     out = Path(cfg.out_dir)
     for agent in cfg.agents:  # env id, model, splits, trackers: checked before anything is written
         preflight(cfg.run_config(agent, cfg.seeds[0]))
     dist = distributed.init(cfg.run_config(cfg.agents[0], cfg.seeds[0]).resolved_device)
+    for agent in cfg.agents:  # and each run's batch against its groups and the ranks, before any model loads
+        check_shards(cfg.run_config(agent, cfg.seeds[0]), dist)
     main = dist.is_main
     stored = runs.check_run_folder(out, _differences(cfg), what="comparison", config_name="compare.json")
     dist.barrier()  # every rank has read the folder before rank 0 writes to it

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from mpo_gym.compare import PRESETS, CompareConfig
 from mpo_gym.evaluation import write_task_rows
 from mpo_gym.report import paired_gain, wilson_interval, write_report
@@ -88,3 +90,16 @@ def test_runs_see_the_callers_environment_and_folder_not_the_fork_servers(tmp_pa
     lines = (tmp_path / "probe.txt").read_text().splitlines()
     assert len(lines) >= 2  # imported by the caller (checks) and by the run's process
     assert set(lines) == {f"after-start {tmp_path}"}
+
+
+def test_a_batch_of_partial_groups_is_refused_for_every_arm_before_a_model_loads(tmp_path, capsys, monkeypatch):
+    from mpo_gym import compare, trainer
+    from mpo_gym.cli import main
+
+    monkeypatch.setattr(trainer, "_build_policy", lambda cfg: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(compare, "_shared_before", lambda cfg, out: pytest.fail("the shared evaluation ran"))
+    code = main(["compare", "--env", "mpo_gym/Toy-v0", "--model", "tiny", "--agents", "ppo,grpo", "--num-envs", "6",
+                 "--updates", "1", "--eval-tasks", "2", "--dtype", "float32", "--out-dir", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--num-envs 6 is not a whole number of groups of 8" in err and "Traceback" not in err
+    assert not (tmp_path / "c").exists()
