@@ -52,13 +52,3 @@ def test_registration_example_works_from_a_fresh_folder(tmp_path):
                "--eval-tasks", "1", "--out-dir", "run"], tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "1 updates" in out.stdout
-
-
-def test_python_api_example_runs_as_a_script(tmp_path):
-    (block,) = python_blocks("Python API")
-    (tmp_path / "api.py").write_text(block)
-    out = run([sys.executable, "api.py"], tmp_path)
-    assert out.returncode == 0, out.stderr[-2000:]
-    lines = out.stdout.splitlines()
-    assert lines[0].startswith("arithmetic/test/0 ")
-    assert "status='correct'" in lines[1] and "status='correct'" in lines[2]

@@ -184,13 +184,14 @@ def test_work_lock_lets_one_stream_prepare_at_a_time(study, tmp_path):
 
 
 def test_readme_study_table_is_the_results_file(study):
-    """Every number of the README's study table is recomputed from the results it names."""
+    """Every number of the study table in docs/history.md is recomputed from the results it names."""
     repo = SCRIPT.parents[1]
     path = repo / "benchmarks" / "results" / "study_trl_avx512bf16.jsonl"
     valid, invalid = study.split_valid(study.read_results(path))
     assert len(valid) == 24 and not invalid
-    readme = (repo / "README.md").read_text()
-    section = readme[readme.index("## The study"):readme.index("## Benchmarks")]
+    history = (repo / "docs" / "history.md").read_text()
+    start = history.index("## The study")
+    section = history[start:history.index("\n## ", start)]
     rows = [line for line in section.splitlines() if line.startswith("| ") and "seed 0" not in line]
     summary = study.summarize(valid)
     assert len(rows) == len(summary) == 8
