@@ -12,6 +12,12 @@ it, the benchmark says so and exits 2.
 
     python benchmarks/bench_code_verifier.py [--workers 2 --workers 4] [--repeat 2]
     python benchmarks/bench_code_verifier.py --soak [--n 1000] [--workers 3]
+    python benchmarks/bench_code_verifier.py --mbpp [--workers 2] [--repeat 1]
+
+``--mbpp``: the reward cost of MBPP+'s extra tests. The MBPP test tasks that MBPP+ covers,
+each checked with MBPP+'s reference solution, graded once as ``mpo_gym/MBPP-v0`` with
+``plus_tests=False`` (MBPP's asserts) and once with ``plus_tests=True`` (plus MBPP+'s base and
+plus inputs), alternating in the same run; prints seconds per response for each and the ratio.
 """
 
 from __future__ import annotations
@@ -325,6 +331,45 @@ def report(jobs, verdicts, elapsed, before, after, rss, gap, args) -> int:
     return 1 if problems else 0
 
 
+def mbpp_plus_cost(args: argparse.Namespace) -> None:
+    """Seconds per response with and without MBPP+'s tests, measured in one run."""
+    import gymnasium as gym
+
+    import mpo_gym  # noqa: F401  (registers the ids)
+
+    def tasks(plus: bool) -> list:
+        env = gym.make("mpo_gym/MBPP-v0", split="test", tokenizer="char", plus_tests=plus).unwrapped
+        return list(env.tasks)
+
+    with_plus, without = tasks(True), tasks(False)
+    plus_env = gym.make("mpo_gym/MBPPPlus-v0", tokenizer="char").unwrapped
+    solutions = {t.metadata["task_id"]: t.solution for t in plus_env.tasks}
+    picked = [i for i, t in enumerate(with_plus) if "plus" in t.reference]
+    responses = [solutions[with_plus[i].reference["plus"].task_id] for i in picked] * args.repeat
+    refs = {True: [with_plus[i].reference for i in picked] * args.repeat,
+            False: [without[i].reference for i in picked] * args.repeat}
+    n_plus = sum(with_plus[i].reference["plus"].n for i in picked)
+    workers = (args.workers or [2])[0]
+    print(f"layers: {', '.join(probe().layers())}")
+    print(f"cpus: {os.cpu_count()}, workers: {workers}, responses per pass: {len(responses)}, "
+          f"MBPP+ tests on those tasks: {n_plus} ({n_plus / len(picked):.0f} per task), "
+          f"load average: {os.getloadavg()[0]:.2f}")
+    seconds: dict[bool, list[float]] = {True: [], False: []}
+    passed: dict[bool, int] = {True: 0, False: 0}
+    with CodeVerifier(concurrency=workers) as verifier:
+        verifier.verify(responses[0], refs[True][0])  # warm-up
+        for plus in (False, True, False, True):  # alternate, so load drifts hit both
+            start = time.perf_counter()
+            verdicts = verifier.verify_batch(responses, refs[plus])
+            seconds[plus].append((time.perf_counter() - start) / len(responses))
+            passed[plus] = sum(v.correct for v in verdicts)
+    base, plus_cost = min(seconds[False]), min(seconds[True])
+    print(f"  MBPP asserts only      : {1000 * base:6.1f} ms per response  ({passed[False]}/{len(responses)} pass)")
+    print(f"  asserts + MBPP+ tests  : {1000 * plus_cost:6.1f} ms per response  ({passed[True]}/{len(responses)} pass)")
+    print(f"  ratio with / without MBPP+ tests: {plus_cost / base:.2f} (best of 2 passes each)")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -335,6 +380,7 @@ def main() -> None:
     )
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--soak", action="store_true")
+    parser.add_argument("--mbpp", action="store_true", help="reward cost of MBPP+'s tests")
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--adversarial", type=float, default=0.3)
     parser.add_argument("--timeout", type=float, default=5.0, help="soak: seconds per check")
@@ -342,6 +388,10 @@ def main() -> None:
     if args.soak:
         args.workers = (args.workers or [3])[0]
         sys.exit(soak(args))
+    if args.mbpp:
+        args.repeat = 1 if args.repeat == 2 and "--repeat" not in sys.argv else args.repeat
+        mbpp_plus_cost(args)
+        return
     throughput(args)
 
 

@@ -64,6 +64,11 @@ BUILTIN: dict[str, tuple[str, dict[str, Any], str]] = {
         {"tokenizer": "default", "block_size": 8, "max_new_tokens": 512},
         "MBPP basic Python problems (google-research-datasets/mbpp; train/test), code verifier",
     ),
+    "mpo_gym/MBPPPlus-v0": (
+        "mpo_gym.envs.suites:MBPPPlusEnv",
+        {"tokenizer": "default", "block_size": 8, "max_new_tokens": 512},
+        "MBPP+ (EvalPlus v0.2.0; 378 tasks, test): MBPP with EvalPlus's extra inputs, code verifier",
+    ),
 }
 
 # Optional: registered only when the reasoning-gym extra is installed.

@@ -5,7 +5,8 @@ by the same verifier used in training (``"math"`` or ``"code"``), so one env id 
 and evaluates (train/eval parity).
 
 Ids: ``mpo_gym/GSM8K-v0`` (:class:`GSM8KEnv`), ``mpo_gym/MATH500-v0`` (:class:`MATH500Env`),
-``mpo_gym/HumanEval-v0`` (:class:`HumanEvalEnv`), ``mpo_gym/MBPP-v0`` (:class:`MBPPEnv`).
+``mpo_gym/HumanEval-v0`` (:class:`HumanEvalEnv`), ``mpo_gym/MBPP-v0`` (:class:`MBPPEnv`),
+``mpo_gym/MBPPPlus-v0`` (:class:`MBPPPlusEnv`: EvalPlus's MBPP+, 378 tasks, ``test`` only).
 
 Splits (``split=`` env kwarg, default ``"test"``): GSM8K ``train`` (7,473) and ``test`` (1,319);
 MBPP ``train`` (374), ``validation`` (90), ``test`` (500), ``prompt`` (10); MATH-500 and HumanEval
@@ -122,6 +123,7 @@ __all__ = [
     "HumanEvalEnv",
     "MATH500Env",
     "MBPPEnv",
+    "MBPPPlusEnv",
     "SuiteEnv",
     "SuiteInfo",
     "check_data",
@@ -200,6 +202,10 @@ SUITES: dict[str, SuiteInfo] = {
         {("full", "*"): "mbpp.jsonl", ("sanitized", "*"): "sanitized-mbpp.json"},
         ("train", "validation", "test", "prompt"), ("full", "sanitized"),
     ),
+    "mbppplus": SuiteInfo(
+        "mbppplus", "mpo_gym/MBPPPlus-v0", "evalplus/mbppplus", "mbppplus",
+        {("default", "test"): "mbppplus_tests.jsonl"}, ("test",),
+    ),
 }  # fmt: skip
 
 
@@ -214,6 +220,7 @@ REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "math500": ("problem", "solution", "answer"),
     "humaneval": ("task_id", "prompt", "entry_point", "canonical_solution", "test"),
     "mbpp": ("task_id", "code", "test_list"),
+    "mbppplus": ("task_id", "entry_point", "prompt", "canonical_solution", "n_base", "tests"),
 }
 EMBEDDED_PACKAGE = "mpo_gym.envs"
 
@@ -538,11 +545,39 @@ def _mbpp_task(row: dict[str, Any], index: int, split: str, style: str) -> Task:
     )
 
 
+def mbppplus_prompt_parts(prompt: str) -> tuple[str, str]:
+    """EvalPlus's MBPP+ prompt (a docstring: the task text, then one example assert) as
+    ``(text, assert)``."""
+    lines = prompt.strip().removeprefix('"""').removesuffix('"""').strip("\n").split("\n")
+    shown = [i for i, line in enumerate(lines) if line.startswith("assert")]
+    if not shown:
+        return " ".join(lines).strip(), ""
+    return " ".join(lines[: shown[-1]]).strip(), lines[shown[-1]].strip()
+
+
+def _mbppplus_task(row: dict[str, Any], index: int, split: str, style: str) -> Task:
+    from mpo_gym.verifiers.code_plus import PlusTests
+
+    text, shown = mbppplus_prompt_parts(row["prompt"])
+    number = str(row["task_id"]).rpartition("/")[2]
+    record = json.dumps(row, separators=(",", ":"), ensure_ascii=False)
+    plus = PlusTests(str(row["task_id"]), str(row["entry_point"]), int(row["n_base"]), len(row["tests"]), record)
+    return Task(
+        prompt=MBPP_TEMPLATE.format(text=text, tests=shown),
+        reference={"test_list": [], "test_setup_code": "", "plus": plus},
+        id=f"mbppplus/{number}",
+        solution=f"```python\n{row['canonical_solution'].strip()}\n```",
+        metadata={"text": text, "shown_assert": shown, "task_id": row["task_id"],
+                  "entry_point": row["entry_point"], "mbpp_asserts": bool(row.get("mbpp_asserts", False))},
+    )
+
+
 _MAKERS = {
     "gsm8k": _gsm8k_task,
     "math500": _math500_task,
     "humaneval": _humaneval_task,
     "mbpp": _mbpp_task,
+    "mbppplus": _mbppplus_task,
 }
 
 
@@ -738,7 +773,16 @@ class HumanEvalEnv(SuiteEnv):
 
 
 MBPP_PROMPT_TESTS = ("first", "all")
-_ADAPTED: dict[tuple[int, str], tuple[Sequence[Task], list[Task]]] = {}
+_ADAPTED: dict[tuple[int, str, bool], tuple[Sequence[Task], list[Task]]] = {}
+
+
+def mbppplus_index() -> dict[int, Any]:
+    """MBPP task number -> :class:`~mpo_gym.verifiers.code_plus.PlusTests`, for the MBPP+ tasks
+    whose reference solution passes the MBPP task's own asserts (322 of 378; on the others MBPP+
+    changed the signature, the name or the expected values, so the two test sets contradict
+    each other). From ``MPO_GYM_DATA_DIR/mbppplus/`` when there, else the data shipped."""
+    return {int(str(t.metadata["task_id"]).rpartition("/")[2]): t.reference["plus"]
+            for t in load_tasks("mbppplus", "test") if t.metadata["mbpp_asserts"]}
 
 
 class MBPPEnv(SuiteEnv):
@@ -754,15 +798,43 @@ class MBPPEnv(SuiteEnv):
             shape (one example assert). ``"all"``: the original paper's prompt (Austin et al.,
             2021), all three asserts shown and graded on those three: comparable with figures
             published that way, but every graded assert is in the prompt, so never train on it.
+        plus_tests: also grade with MBPP+'s tests (EvalPlus v0.2.0: the reference solution's
+            outputs on its base and plus inputs, compared by EvalPlus's rule; see
+            :mod:`mpo_gym.verifiers.code_plus`) on the tasks MBPP+ covers consistently (of the
+            224 test, 108 train, 39 validation and 7 prompt tasks MBPP+ has, those where its
+            reference solution passes the task's own asserts and its function is the one the
+            first assert calls; ``env.plus_covered`` counts them). Default
+            (``None``): on with ``prompt_tests="first"``, off with ``"all"``. On is the
+            default for training because it is the stronger reward: MBPP's three asserts leave
+            edge cases open (empty lists, negative numbers, ties) and a policy is otherwise paid
+            for code that only handles the shown kind of input; the extra inputs run in the same
+            sandboxed process as the asserts, under the same time limit, at most 148 per task
+            (the per-response cost is measured in ``benchmarks/bench_code_verifier.py --mbpp``).
+            It mixes two test sets, so it is a training reward, not a published protocol. For
+            held-out numbers use a published one: ``prompt_tests="all", plus_tests=False`` is
+            the original MBPP protocol (500 test tasks, their three asserts), and
+            ``mpo_gym/MBPPPlus-v0`` is MBPP+'s (its 378 tasks, base and plus inputs);
+            :attr:`protocol` says which one an env grades with. ``plus_tests=True`` with
+            ``prompt_tests="all"`` is an error (no protocol has it).
     """
 
     suite, default_verifier = "mbpp", "code"
 
-    def __init__(self, *args: Any, prompt_tests: str = "first", **kwargs: Any):
+    def __init__(self, *args: Any, prompt_tests: str = "first", plus_tests: bool | None = None, **kwargs: Any):
+        self.plus_tests: bool
         if prompt_tests not in MBPP_PROMPT_TESTS:
             raise ValueError(f"prompt_tests must be one of {MBPP_PROMPT_TESTS}; got {prompt_tests!r}")
-        self.prompt_tests = prompt_tests
+        if plus_tests is None:
+            plus_tests = prompt_tests == "first"
+        if not isinstance(plus_tests, bool):
+            raise ValueError(f"plus_tests must be True, False or None; got {plus_tests!r}")
+        if plus_tests and prompt_tests == "all":
+            raise ValueError("plus_tests=True needs prompt_tests='first': prompt_tests='all' is the original "
+                             "protocol, which grades the three shown asserts only (MBPP+ is mpo_gym/MBPPPlus-v0)")
+        self.prompt_tests, self.plus_tests = prompt_tests, plus_tests
         super().__init__(*args, **kwargs)
+        #: how many of the env's tasks carry MBPP+ tests
+        self.plus_covered = sum(1 for i in range(len(self.tasks)) if "plus" in self.tasks[i].reference)
 
     @property
     def protocol(self) -> str:
@@ -770,25 +842,67 @@ class MBPPEnv(SuiteEnv):
         if self.prompt_tests == "all":
             return (f"{name}: the original protocol, all three test_list asserts shown in the prompt and graded "
                     "(every graded assert is in the prompt: never train on it); pass@k, sandboxed")
-        return (f"{name}: the prompt shows the first assert only (EvalPlus's prompt shape), graded on every "
-                "test_list and challenge_test_list assert; pass@k, sandboxed; not MBPP+ (EvalPlus's extra tests), "
-                "so not comparable with MBPP+ figures, nor with three-assert prompts (prompt_tests='all')")
+        shown = f"{name}: the prompt shows the first assert only (EvalPlus's prompt shape), graded on every test_list and challenge_test_list assert"
+        if not self.plus_tests:
+            return (f"{shown}; pass@k, sandboxed; not MBPP+ (EvalPlus's extra tests), so not comparable with MBPP+ "
+                    "figures, nor with three-assert prompts (prompt_tests='all')")
+        return (f"{shown} and, on the {self.plus_covered} of {len(self.tasks)} tasks MBPP+ covers, on MBPP+'s base "
+                "and plus inputs too (EvalPlus v0.2.0 reference outputs and comparison rule); pass@k, sandboxed; a "
+                "training reward that follows no published protocol: not comparable with MBPP figures "
+                "(prompt_tests='all', plus_tests=False) nor MBPP+ figures (mpo_gym/MBPPPlus-v0)")
 
     def adapt_tasks(self, tasks: Sequence[Task]) -> Sequence[Task]:
         if self.prompt_tests == "all":
             return tasks
-        key = (id(tasks), self.prompt_tests)  # the loaded list is cached: so is its adaptation
+        key = (id(tasks), self.prompt_tests, self.plus_tests)  # the loaded list is cached: so is its adaptation
         if key not in _ADAPTED or _ADAPTED[key][0] is not tasks:
-            _ADAPTED[key] = (tasks, self._first_assert_only(tasks))
+            _ADAPTED[key] = (tasks, self._first_assert_only(tasks, mbppplus_index() if self.plus_tests else {}))
         return _ADAPTED[key][1]
 
     @staticmethod
-    def _first_assert_only(tasks: Sequence[Task]) -> list[Task]:
+    def _first_assert_only(tasks: Sequence[Task], plus: dict[int, Any]) -> list[Task]:
+        from mpo_gym.verifiers.code import entry_point_of
+
         out = []
         for task in tasks:
             tests = list(task.reference["test_list"])
             graded = tests + [t for t in task.metadata.get("challenge_test_list", []) if t not in tests]
             prompt = MBPP_TEMPLATE.format(text=task.metadata["text"], tests="\n".join(tests[:1]))
-            out.append(dataclasses.replace(task, prompt=prompt, reference={**task.reference, "test_list": graded},
+            reference = {**task.reference, "test_list": graded}
+            extra = plus.get(int(task.id.rpartition("/")[2]))
+            if extra is not None and extra.entry_point == entry_point_of(task.reference):
+                reference["plus"] = extra
+            out.append(dataclasses.replace(task, prompt=prompt, reference=reference,
                                            metadata={**task.metadata, "prompt_tests": "first"}))
         return out
+
+
+class MBPPPlusEnv(SuiteEnv):
+    """MBPP+ (EvalPlus v0.2.0, Liu et al., 2023): its 378 tasks (``test`` only), graded as EvalPlus
+    grades them.
+
+    The prompt is the pinned MBPP template with MBPP+'s task text and its one example assert
+    (EvalPlus's prompt; its own chat instruction differs). The reward is MBPP+'s tests only:
+    the reference solution's outputs on the base inputs (MBPP's own, as EvalPlus rebuilt them)
+    and on the plus inputs, compared by EvalPlus's rule (``==``, its special oracles for eleven
+    tasks, floats within the task's ``atol`` or ``1e-6``); MBPP's asserts are not graded (where
+    MBPP+ corrected them, its outputs win). The shipped outputs (``mpo_gym/envs/data/mbppplus/``,
+    Apache-2.0, see its ``PROVENANCE.md``) keep the inputs the reference solution answers with
+    plain values within a per-task time and size cap: 1,173 of the 1,174 base inputs and
+    39,277 of the 39,841 plus inputs. MBPP+'s tasks come from all of MBPP's splits (train ones included), as
+    the benchmark does: evaluate on it, do not train on it.
+    """
+
+    suite, default_verifier = "mbppplus", "code"
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.plus_tests_total = sum(self.tasks[i].reference["plus"].n for i in range(len(self.tasks)))
+
+    @property
+    def protocol(self) -> str:
+        return (f"MBPP+ (EvalPlus v0.2.0, Liu et al., 2023) {self.split}, {len(self.tasks)} tasks: the prompt shows the "
+                "task text and one example assert (EvalPlus's prompt) in the pinned MBPP template, graded on MBPP+'s "
+                "base and plus inputs against the reference solution's outputs by EvalPlus's rule (==, its special "
+                f"oracles, floats within atol); {self.plus_tests_total} of the 41,015 inputs (those kept within the "
+                "shipped data's time and size caps); not MBPP's asserts; pass@k, sandboxed")

@@ -4,7 +4,9 @@ Reference shapes (``reference`` argument of :meth:`CodeVerifier.verify`):
 
 - HumanEval: ``{"entry_point": "f", "test": "def check(candidate): ...", "prompt": "..."}``
   (``prompt`` optional),
-- MBPP: ``{"test_list": ["assert f(1) == 2", ...], "test_setup_code": ""}``,
+- MBPP: ``{"test_list": ["assert f(1) == 2", ...], "test_setup_code": ""}``, optionally with
+  ``"plus"``: a :class:`~.code_plus.PlusTests` (MBPP+'s extra inputs, judged by EvalPlus's
+  rule, in the same sandboxed run as the asserts; ``test_list`` may then be empty),
 - stdio: ``{"stdio": [{"input": "1 2\\n", "output": "3\\n"}, ...]}``.
 
 How the code to judge is obtained from the response (:func:`extract_code`, :func:`assemble`):
@@ -47,6 +49,7 @@ from typing import Any
 
 from .base import Verdict, _check_lengths
 from .code_judge import Judge, sanitize
+from .code_plus import PlusTests
 from .code_tests import CallPlan, humaneval_plan, mbpp_plan
 from .pool import local_cpus
 from .sandbox import Limits, Sandbox
@@ -143,6 +146,11 @@ def validate_reference(reference: Any) -> str:
         if isinstance(reference.get("test_list"), (list, tuple)) and all(
             isinstance(t, str) for t in reference["test_list"]
         ):
+            plus = reference.get("plus")
+            if plus is not None and not isinstance(plus, PlusTests):
+                raise ValueError(
+                    f"reference['plus'] must be a PlusTests (MBPP+ tests); got {type(plus).__name__}"
+                )
             return "mbpp"
         cases = reference.get("stdio")
         if isinstance(cases, (list, tuple)) and all(
@@ -278,7 +286,24 @@ class CodeVerifier:
                 reference["test"], reference["entry_point"], reference.get("prompt") or ""
             )
         else:
-            plan = mbpp_plan(tuple(reference["test_list"]), reference.get("test_setup_code") or "")
+            return self._mbpp(code, reference, deadline)
         if isinstance(plan, CallPlan):
             return self._judge.calls(code, plan, deadline, self.timeout_s)
         return self._judge.script(code, plan, deadline, self.timeout_s)
+
+    def _mbpp(self, code: str, reference: dict, deadline: float) -> Verdict:
+        """MBPP asserts, plus the MBPP+ tests of ``reference["plus"]`` when given: with the
+        asserts in one calls-mode run (one sandboxed process, one deadline); after them, in a
+        second run within the same deadline, when the asserts need the script fallback."""
+        tests, setup = tuple(reference["test_list"]), reference.get("test_setup_code") or ""
+        plus = reference.get("plus")
+        extra = plus.cases() if isinstance(plus, PlusTests) else ()
+        if not tests and extra:
+            return self._judge.calls(code, CallPlan(extra), deadline, self.timeout_s)
+        plan = mbpp_plan(tests, setup)
+        if isinstance(plan, CallPlan):
+            return self._judge.calls(code, CallPlan(plan.cases + extra), deadline, self.timeout_s)
+        verdict = self._judge.script(code, plan, deadline, self.timeout_s)
+        if extra and verdict.status == "correct":
+            return self._judge.calls(code, CallPlan(extra), deadline, self.timeout_s)
+        return verdict

@@ -207,3 +207,89 @@ def preview(raw: Any) -> Any:
         return Summary(f"<{tag} of {len(value)} characters>")
     return Summary(f"<{tag}>")
 
+
+
+# ---------------------------------------------------------------------------- MBPP+ (EvalPlus)
+def _plus_budget(expected: Any, rule: Any) -> Budget:
+    """The rebuild budget of an MBPP+ test. ``==`` needs no more than the expected value; the
+    special oracles accept values of other sizes (``set`` one with duplicates, ``not_none`` any
+    value) and ``numpy.allclose`` broadcasts, so those get a wider bound, still fixed by the
+    test."""
+    budget = budget_for(expected)
+    if rule.oracle == "eq" and not rule.atol:
+        return budget
+    if rule.alt is not None:
+        alt = budget_for(rule.alt)
+        budget = Budget(budget.nodes + alt.nodes, max(budget.text, alt.text), max(budget.digits, alt.digits))
+    return Budget(4 * budget.nodes + 1000, max(budget.text, 1 << 16), max(budget.digits, 1100))
+
+
+def _plus_exact(got: Any, expected: Any, rule: Any) -> bool:
+    """EvalPlus's ``exact_match`` for one result, with its special oracle."""
+    oracle = rule.oracle
+    if oracle == "set":
+        return bool(set(got) == set(expected))
+    if oracle == "not_none":
+        return bool(got == expected) if type(got) is bool else bool(expected == (got is not None))
+    if oracle == "any":
+        return True
+    exact = bool(got == expected)
+    if oracle == "or_zero":
+        return exact or bool(got == 0)
+    if oracle == "alt":
+        return exact or bool(got == rule.alt)
+    if oracle == "alt_tol":
+        return exact or bool(abs(got - rule.alt) <= rule.atol)
+    return exact
+
+
+def plus_values_equal(got: Any, expected: Any, rule: Any) -> bool:
+    """EvalPlus's verdict on one MBPP+ input, on rebuilt primitives.
+
+    ``exact_match`` first (``==``, or the task's special oracle); when it fails and a tolerance
+    is in force (``rule.atol``: the task's ``atol``, or ``1e-6`` after a float expected value),
+    the result passes if it has the expected value's type (and length, for a list or tuple) and
+    ``numpy.allclose(got, expected, rtol=1e-7, atol=atol)`` holds. An exception while comparing
+    (``set()`` of a list of lists, ``abs`` of a string) fails the input, as there.
+    """
+    try:
+        exact = _plus_exact(got, expected, rule)
+    except (ArithmeticError, TypeError, ValueError, RecursionError):
+        return False
+    if exact or not rule.atol:
+        return exact
+    if type(got) is not type(expected):
+        return False
+    if type(expected) in (list, tuple) and len(got) != len(expected):
+        return False
+    import numpy as np
+
+    try:
+        with np.errstate(all="ignore"):
+            return bool(np.allclose(got, expected, rtol=1e-07, atol=rule.atol))
+    except (ArithmeticError, TypeError, ValueError, RecursionError, OverflowError):
+        return False
+
+
+def plus_result_equal(message: dict, expected: Any, rule: Any) -> tuple[bool, Any]:
+    """Judge one calls-mode result message (``ok``, ``bad`` or ``too_large``) of an MBPP+ test.
+
+    A value the protocol does not rebuild (not a plain primitive, or longer than any value the
+    test could accept) is some object other than ``None``: it passes only the ``any`` oracle,
+    and ``not_none`` when the expected answer is "not None".
+
+    Raises:
+        ValueError: malformed value.
+    """
+    if "ok" not in message:
+        got = Summary("<a value that is not a plain primitive>" if "bad" in message else "<a value too large to rebuild>")
+        return (rule.oracle == "any" or (rule.oracle == "not_none" and expected is True)), got
+    try:
+        try:
+            got = decode_bounded(message["ok"], _plus_budget(expected, rule))
+        except Unequal:
+            got = preview(message["ok"])
+            return (rule.oracle == "any" or (rule.oracle == "not_none" and expected is True)), got
+    except RecursionError as exc:
+        raise ValueError("malformed typed value (too deep)") from exc
+    return plus_values_equal(got, expected, rule), got

@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from .base import Verdict
-from .code_compare import encoded_size_limit, result_equal
+from .code_compare import encoded_size_limit, plus_result_equal, result_equal
 from .code_runner import encode
-from .code_tests import CallPlan, ScriptPlan
+from .code_tests import CallCase, CallPlan, ScriptPlan
 from .sandbox import Sandbox, SandboxResult, collect
 
 SHOW = 200  # characters of a value shown in a detail
@@ -216,6 +216,11 @@ class Judge:
             )
         for index, (case, message) in enumerate(zip(plan.cases, messages)):
             where = f"test {index + 1}/{n}: {case.source[:SHOW]}"
+            if case.plus is not None:
+                failed = _plus_case(where, case, message)
+                if failed is not None:
+                    return failed
+                continue
             if "too_large" in message:
                 return Verdict(
                     0.0,
@@ -365,6 +370,23 @@ def normalize_output(text: str) -> list[str]:
     while lines and not lines[-1]:
         lines.pop()
     return lines
+
+
+def _plus_case(where: str, case: CallCase, message: dict) -> Verdict | None:
+    """The failing verdict of an MBPP+ test (EvalPlus's rule, ``code_compare.plus_result_equal``),
+    or ``None`` when it passes."""
+    if "exc" in message:
+        return _raised(where, message["exc"])
+    try:
+        equal, got = plus_result_equal(message, case.expected, case.plus)
+    except (ValueError, TypeError) as exc:
+        return _error(f"{where}: malformed result value ({exc})")
+    if equal:
+        return None
+    rule = case.plus
+    how = {"set": " (as a set)", "not_none": " (whether not None)"}.get(rule.oracle, "") if rule else ""
+    tol = f" (within atol {rule.atol:g})" if rule and rule.atol else ""
+    return Verdict(0.0, "incorrect", None, sanitize(f"{where}: expected {_show(case.expected)}{how}{tol}, got {_show(got)}"))
 
 
 def _raised(where: str, error: Any) -> Verdict:

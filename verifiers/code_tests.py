@@ -35,6 +35,8 @@ class CallCase:
         abs_tol: set for ``abs(f(x) - y) < tol`` assertions: that comparison (with the
             test's own tolerance) instead of ``==``.
         inclusive: the tolerance assertion used ``<=``.
+        plus: set for an EvalPlus-style test (MBPP+ inputs, :mod:`.code_plus`): judged by
+            :func:`.code_compare.plus_equal` with that rule instead of ``==``.
     """
 
     name: str
@@ -44,6 +46,32 @@ class CallCase:
     source: str
     abs_tol: float | None = None
     inclusive: bool = False
+    plus: PlusRule | None = None
+
+
+#: EvalPlus's special oracles for MBPP+ (``PlusRule.oracle``): ``eq`` plain ``==``; ``set``
+#: ``set(got) == set(expected)``; ``not_none`` the expected value is whether the reference
+#: returned something other than ``None``; ``any`` every returned value passes; ``or_zero``
+#: ``==`` or ``got == 0``; ``alt`` ``==`` or ``got == alt``; ``alt_tol`` ``==`` or
+#: ``abs(got - alt) <= atol``.
+PLUS_ORACLES = ("eq", "set", "not_none", "any", "or_zero", "alt", "alt_tol")
+
+
+@dataclass(frozen=True)
+class PlusRule:
+    """How one MBPP+ test compares a result with its expected value (EvalPlus's rule).
+
+    Attributes:
+        atol: the absolute tolerance in force for this input (the task's ``atol``, or ``1e-6``
+            once a float expected value has been seen in the input group when that is 0, as
+            EvalPlus's loop does); 0 means exact.
+        oracle: one of :data:`PLUS_ORACLES`.
+        alt: the second accepted value of the ``alt``/``alt_tol`` oracles.
+    """
+
+    atol: float = 0.0
+    oracle: str = "eq"
+    alt: Any = None
 
 
 @dataclass(frozen=True)
