@@ -113,7 +113,7 @@ def train_config(name: str, seed: int, args: argparse.Namespace, run_dir: Path) 
     agent = {"ppo-lr-beta1": "ppo", "mpo-offpolicy": "mpo"}.get(name, name)
     preset = PRESETS["offpolicy" if name == "mpo-offpolicy" else "quickstart"]
     agent_kwargs = {**preset["agent_kwargs"], "gspo": {"group_size": 4}}
-    cmp = CompareConfig(**{
+    cmp = CompareConfig.from_options({
         **preset, "agents": (agent,), "agent_kwargs": {agent: agent_kwargs.get(agent, {})}, "model": args.model,
         "seeds": (seed,), "budget_s": args.budget_s, "updates": 0, "eval_tasks": args.eval_tasks,
         "eval_every": args.eval_every, "out_dir": str(run_dir.parent), "threads": args.threads,

@@ -14,115 +14,23 @@ resume command.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import multiprocessing as mp
 import os
-import shlex
 import shutil
 import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .configs import CompareConfig
 
 __all__ = ["PRESETS", "CompareConfig", "compare"]
 
 BEFORE_TASKS = "eval_before_tasks.jsonl"  # per-task rows of the shared "before" evaluation
-
-
-@dataclass(frozen=True)
-class CompareConfig:
-    """A comparison.
-
-    Attributes:
-        agents: agent names, in report order.
-        env: registered env id (held-out tasks come from its ``split="test"``).
-        env_kwargs: env kwargs shared by every run.
-        model: ``"default"``, ``"tiny"``, a local directory or a hub id.
-        seeds: one run per agent per seed.
-        budget_s: training wall-clock per run (0: use ``updates`` only).
-        updates: update budget per run (0: use ``budget_s`` only).
-        num_envs: episodes per rollout batch (GRPO: groups x group size).
-        eval_tasks: held-out tasks evaluated greedily before and after.
-        eval_batch: held-out episodes generated together (speed and memory only: greedy results
-            do not depend on it, up to floating-point reduction order).
-        eval_every: also evaluate them every N updates during training (0: never); the report
-            then has a held-out learning-curve table and panel. Not counted in the budget.
-        agent_kwargs: per-agent config overrides, ``{"mpo": {"mpo_k": 3}}``.
-        common_kwargs: config overrides applied to every agent that has the field.
-        dtype: ``"auto"`` (bf16 where the device has native bf16 matmuls), ``"bfloat16"`` or
-            ``"float32"``.
-        checkpoint_every: updates between checkpoints (for resume).
-        threads: torch CPU threads per run (0: torch's default; 1 is fastest for tiny models).
-        out_dir: the run folder.
-        data_dir: local data for suite envs (their ``data_path``; empty: the embedded data).
-        allow_test_split: train on the test split of an env without a train split, on purpose
-            (the report then says so in its first line).
-        report_to: per-run tracker: ``none``, ``tensorboard``, ``wandb`` or ``trackio``.
-        imports: comma-separated modules to import first (they register user envs).
-    """
-
-    agents: tuple[str, ...] = ("ppo", "mpo", "grpo")
-    env: str = "mpo_gym/Arithmetic-v0"
-    env_kwargs: dict[str, Any] = field(default_factory=dict)
-    model: str = "default"
-    seeds: tuple[int, ...] = (0,)
-    budget_s: float = 0.0
-    updates: int = 20
-    num_envs: int = 8
-    eval_tasks: int = 100
-    eval_batch: int = 64
-    eval_every: int = 0
-    agent_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    common_kwargs: dict[str, Any] = field(default_factory=dict)
-    dtype: str = "auto"
-    checkpoint_every: int = 10
-    threads: int = 0
-    out_dir: str = ""
-    data_dir: str = ""
-    allow_test_split: bool = False
-    report_to: str = "none"
-    imports: str = ""
-
-    def __post_init__(self) -> None:
-        from .agents import AGENTS
-        from .errors import ConfigError, did_you_mean
-
-        unknown = [a for a in self.agents if a not in AGENTS]
-        if unknown or not self.agents:
-            hint = did_you_mean(unknown[0], AGENTS) if unknown else ""
-            raise ConfigError(f"unknown agents {unknown}{hint}; known: {', '.join(sorted(AGENTS))}")
-        if not self.seeds:
-            raise ConfigError("give at least one seed")
-        if self.budget_s <= 0 and self.updates <= 0:
-            raise ConfigError("set a budget: --time-budget-s > 0 or --updates > 0")
-        for name in self.agent_kwargs:
-            if name not in self.agents:
-                raise ConfigError(f"agent_kwargs names {name!r}, which is not in agents {self.agents}")
-        for agent in self.agents:  # TrainConfig validates the rest (dtype, eval_every, agent kwargs)
-            self.run_config(agent, self.seeds[0])
-
-    def run_config(self, agent: str, seed: int) -> Any:
-        """The ``TrainConfig`` of one run."""
-        from .agents import AGENTS
-        from .trainer import TrainConfig
-
-        fields = {f.name for f in dataclasses.fields(AGENTS[agent][1])}
-        kwargs = {k: v for k, v in self.common_kwargs.items() if k in fields}
-        kwargs.update(self.agent_kwargs.get(agent, {}))
-        return TrainConfig(
-            env=self.env, env_kwargs=dict(self.env_kwargs), agent=agent, agent_kwargs=kwargs,
-            model=self.model, dtype=self.dtype, num_envs=self.num_envs, updates=self.updates,
-            time_budget_s=self.budget_s, eval_tasks=self.eval_tasks, eval_batch=self.eval_batch,
-            eval_every=self.eval_every, seed=seed,
-            out_dir=str(Path(self.out_dir) / f"{agent}-s{seed}"), checkpoint_every=self.checkpoint_every,
-            threads=self.threads, data_dir=self.data_dir, allow_test_split=self.allow_test_split,
-            report_to=self.report_to, imports=self.imports,
-        )
 
 
 # Sized by measurement on 2 CPU cores; see the README for what the numbers mean.
@@ -137,7 +45,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "env_kwargs": {"digits": 2, "terms": 2, "max_new_tokens": 40},
         "model": "default",
         "seeds": (0,),
-        "budget_s": 180.0,
+        "time_budget_s": 180.0,
         "updates": 0,
         "num_envs": 16,
         "eval_tasks": 200,
@@ -162,7 +70,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 # Equal wall-clock with TRL's GRPOTrainer reference run (12 min per run), three seeds: ~2 h.
-PRESETS["trl-parity"] = {**PRESETS["quickstart"], "seeds": (0, 1, 2), "budget_s": 720.0}
+PRESETS["trl-parity"] = {**PRESETS["quickstart"], "seeds": (0, 1, 2), "time_budget_s": 720.0}
 
 # Where ratios matter: 2 epochs of 4 mini-batches per rollout batch (8 optimizer steps, 7 of them
 # off-policy), so token (PPO, GRPO), window (MPO) and sequence (GSPO, GMPO) ratios move apart and
@@ -182,8 +90,9 @@ def _run_one(cfg_json: str, result_path: str) -> None:
     A user error or a signal ends the child with the error's exit code and a one-line message
     (no traceback); the parent turns that into its own message.
     """
+    from .configs import TrainConfig
     from .errors import MpoGymError
-    from .trainer import TrainConfig, train
+    from .trainer import train
 
     data = json.loads(cfg_json)
     label = data.pop("_label")
@@ -214,13 +123,14 @@ def _shared_before(cfg: CompareConfig, out: Path) -> dict[str, Any]:
     import torch
 
     from .agents import PolicySpec
-    from .trainer import evaluate_held_out, make_policy
+    from .loading import make_policy
+    from .trainer import evaluate_held_out
 
     path = out / "eval_before.json"
     if path.exists() and (out / BEFORE_TASKS).exists():
         return json.loads(path.read_text())
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
     train_cfg = cfg.run_config(cfg.agents[0], cfg.seeds[0])
     policy = make_policy(train_cfg, spec=PolicySpec())  # the untrained LM: no heads needed
     from . import distributed, runs
@@ -241,11 +151,19 @@ def _train_dict(train_cfg: Any) -> dict[str, Any]:
 
 def _differences(cfg: CompareConfig) -> Any:
     from . import runs
+    from .errors import ConfigError
 
-    new = dataclasses.asdict(cfg)
-    names = [f.name for f in dataclasses.fields(CompareConfig)]
-    defaults = {f.name: f.default for f in dataclasses.fields(CompareConfig) if f.default is not dataclasses.MISSING}
-    return lambda stored: runs.config_differences(stored.get("config", {}), new, names, defaults)
+    new = cfg.options()
+
+    def differences(stored: dict[str, Any]) -> list[str]:
+        old = stored.get("config", {})
+        try:  # the stored options in today's names and with today's defaults
+            old = CompareConfig.from_options(old, source="compare.json").options()
+        except ConfigError:
+            pass
+        return runs.config_differences(old, new, sorted(set(new) | set(old)))
+
+    return differences
 
 
 def compare(cfg: CompareConfig, command: str = "") -> Path:
@@ -274,11 +192,11 @@ def compare(cfg: CompareConfig, command: str = "") -> Path:
         command = stored.get("command") or command
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        settings = {"config": dataclasses.asdict(cfg), "command": command}
+        settings = {"config": cfg.options(), "command": command}
         runs.write_json(out / "compare.json", settings)
     dist.barrier()
     ctx = _child_context() if not dist.active else None
-    before = _shared_before(cfg, out) if cfg.eval_tasks else None
+    before = _shared_before(cfg, out) if cfg.train.eval_tasks else None
     if main:
         print(f"untrained model, held-out greedy accuracy: {before['accuracy']:.3f} on {int(before['n'])} tasks" if before else "")
     summaries: dict[tuple[str, int], dict[str, Any]] = {}
@@ -287,7 +205,7 @@ def compare(cfg: CompareConfig, command: str = "") -> Path:
             summaries[(agent, seed)] = _run(cfg, agent, seed, before, ctx)
     if main:
         write_report(cfg, out, summaries, before, command)
-        if cfg.allow_test_split:
+        if cfg.train.allow_test_split:
             _label_test_split(cfg, out)
     dist.barrier()
     return out
@@ -425,135 +343,3 @@ def _run_here(train_cfg: Any, agent: str, seed: int, result_path: Path) -> dict[
               f"held-out accuracy {after.get('accuracy', float('nan')):.3f}", flush=True)
     dist.barrier()
     return summary
-
-
-# ---------------------------------------------------------------------- CLI
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``mpo-gym compare`` (names shared with ``train``: --out-dir, --updates, ...)."""
-    from .options import parse_bool
-
-    parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help="start from a preset")
-    parser.add_argument("--config", metavar="FILE", help="YAML or JSON file of options (keys: flag names, "
-                        "dashes or underscores; a comparison's compare.json works); flags given override it")
-    parser.add_argument("--agents", help="comma-separated agent names (default ppo,mpo,grpo)")
-    parser.add_argument("--env", help="env id")
-    parser.add_argument("--env-kwargs", type=_json_arg, help="JSON dict of env kwargs")
-    parser.add_argument("--model", help="default | tiny | PATH | hub id")
-    parser.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2")
-    parser.add_argument("--updates", type=int, help="update budget per run (0: use --time-budget-s only)")
-    parser.add_argument("--time-budget-s", dest="budget_s", type=float,
-                        help="training wall-clock per run in seconds (0: use --updates only)")
-    parser.add_argument("--budget", help="shorthand: '300s' or '5m' (wall-clock) or '40u' (updates)")
-    parser.add_argument("--num-envs", type=int)
-    parser.add_argument("--eval-tasks", type=int)
-    parser.add_argument("--eval-every", type=int, help="held-out evaluation every N updates too")
-    parser.add_argument("--eval-batch", type=int, help="held-out episodes generated together (speed only)")
-    parser.add_argument("--dtype", choices=("auto", "bfloat16", "float32"))
-    parser.add_argument("--threads", type=int, help="torch CPU threads per run")
-    parser.add_argument("--checkpoint-every", type=int, help="updates between checkpoints")
-    parser.add_argument("--agent-kwargs", type=_json_arg, help='JSON, e.g. {"mpo": {"mpo_k": 3}}')
-    parser.add_argument("--common-kwargs", type=_json_arg, help='JSON, e.g. {"lr": 2e-5}')
-    parser.add_argument("--data-dir", help="local data for suite envs (default: the embedded data)")
-    parser.add_argument("--allow-test-split", type=parse_bool, nargs="?", const=True, metavar="{true,false}",
-                        help="train on the test split of an env without a train split (labelled in the report)")
-    parser.add_argument("--report-to", choices=("none", "tensorboard", "wandb", "trackio"))
-    parser.add_argument("--import", dest="imports", action="append", metavar="MODULE",
-                        help="import MODULE first (it registers user envs); repeatable")
-    parser.add_argument("--out-dir", "--out", dest="out", help="run folder (default runs/compare-<time>)")
-    parser.add_argument("--resume", nargs="?", const="", metavar="RUN_DIR",
-                        help="continue the comparison in RUN_DIR (or --out-dir) with its stored config")
-
-
-def _json_arg(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({exc.msg}): {text!r}") from exc
-
-
-_FIELDS_FROM_ARGS = ("env", "env_kwargs", "model", "num_envs", "eval_tasks", "eval_batch", "eval_every", "dtype", "agent_kwargs",
-                     "common_kwargs", "updates", "budget_s", "threads", "checkpoint_every", "data_dir",
-                     "allow_test_split", "report_to")
-
-
-def config_from_args(args: argparse.Namespace) -> CompareConfig:
-    from .errors import ConfigError
-    from .options import load_config_file
-
-    values: dict[str, Any] = {}
-    if args.resume is not None:
-        run_dir = args.resume or args.out
-        if not run_dir:
-            raise ConfigError("--resume needs the comparison's folder: --resume RUN_DIR or --out-dir RUN_DIR --resume")
-        path = Path(run_dir) / "compare.json"
-        if not path.is_file():
-            raise ConfigError(f"--resume: {run_dir} holds no comparison (no compare.json)")
-        values = dict(load_config_file(path, flag="--resume").get("config", {}))
-        values["out_dir"] = str(run_dir)
-    if args.preset:
-        values.update(PRESETS[args.preset])
-    if args.config:
-        data = load_config_file(args.config)
-        data = data.get("config", data) if isinstance(data.get("config"), dict) else data
-        names = {f.name for f in dataclasses.fields(CompareConfig)}
-        for key, value in data.items():
-            name = key.replace("-", "_")
-            name = {"time_budget_s": "budget_s", "out": "out_dir"}.get(name, name)
-            if name not in names:
-                from .errors import did_you_mean
-
-                raise ConfigError(f"{args.config}: unknown option {key!r}{did_you_mean(name, names)}")
-            values[name] = value
-    for name in _FIELDS_FROM_ARGS:
-        if getattr(args, name) is not None:
-            values[name] = getattr(args, name)
-    if args.imports:
-        values["imports"] = ",".join(args.imports)
-    if args.agents:
-        values["agents"] = tuple(a.strip() for a in args.agents.split(","))
-        if args.agent_kwargs is None:  # a preset's per-agent settings, for the agents still chosen
-            values["agent_kwargs"] = {k: v for k, v in values.get("agent_kwargs", {}).items() if k in values["agents"]}
-    if args.seeds:
-        try:
-            values["seeds"] = tuple(int(s) for s in args.seeds.split(","))
-        except ValueError as exc:
-            raise ConfigError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from exc
-    if args.budget:
-        values.update(_parse_budget(args.budget))
-    if args.out:
-        values["out_dir"] = args.out
-    if not values.get("out_dir"):
-        values["out_dir"] = f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}"
-    for key in ("agents", "seeds"):
-        if key in values:
-            values[key] = tuple(values[key])
-    try:
-        return CompareConfig(**values)
-    except TypeError as exc:
-        raise ConfigError(str(exc)) from exc
-
-
-def _parse_budget(text: str) -> dict[str, Any]:
-    from .errors import ConfigError
-
-    text = text.strip().lower()
-    try:
-        if text.endswith("s"):
-            return {"budget_s": float(text[:-1]), "updates": 0}
-        if text.endswith("m"):
-            return {"budget_s": 60 * float(text[:-1]), "updates": 0}
-        if text.endswith("u"):
-            return {"updates": int(text[:-1]), "budget_s": 0.0}
-    except ValueError:
-        pass
-    raise ConfigError(f"--budget must look like '300s', '5m' or '40u'; got {text!r}")
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    command = "mpo-gym " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
-    out = compare(cfg, command=command)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
-        print(f"\nreport: {out / 'report.md'}\ncurves: {out / 'curves.png'}")
-        print((out / "summary.txt").read_text())
-    return 0

@@ -9,9 +9,10 @@ response. :func:`write_results` writes ``results.json``, ``results.md`` and
 into ``mpo-gym audit-math``); :func:`comparison_table` lays several models side by side
 (rows = models, columns = suites, the shape of the MPO paper's Table 1).
 
-Command line (wired as ``mpo-gym eval``; see :func:`add_arguments`)::
+From Python, :func:`run_evaluation` takes an :class:`~mpo_gym.configs.EvalConfig` (what
+``mpo-gym eval`` builds from its flags). Command line::
 
-    mpo-gym eval --suite gsm8k,math500 --model default --limit 100 --out runs/eval
+    mpo-gym eval --suite gsm8k,math500 --model default --limit 100 --out-dir runs/eval
     mpo-gym eval --suite humaneval --model default --model runs/ppo/checkpoint \\
         --n-samples 8 --k 1,8 --temperature 0.8
 
@@ -21,7 +22,6 @@ beyond the verifier's own ``timeout_s``; greedy pass@1 is one greedy sample per 
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections import Counter
@@ -32,30 +32,30 @@ from typing import Any
 
 import numpy as np
 
+from .configs import SUITE_IDS, EvalConfig, check_sampling
+from .loading import load_policy
+
 __all__ = [
     "SUITE_IDS",
+    "EvalConfig",
+    "check_sampling",
     "evaluate_envs",
+    "load_policy",
+    "preflight",
+    "run_evaluation",
     "held_out_summary",
     "read_task_rows",
     "write_task_rows",
     "SampleRecord",
     "SuiteResult",
-    "add_arguments",
     "comparison_table",
     "evaluate",
     "main_eval",
     "pass_at_k",
     "results_table",
-    "run",
     "write_results",
 ]
 
-SUITE_IDS = {
-    "gsm8k": "mpo_gym/GSM8K-v0",
-    "math500": "mpo_gym/MATH500-v0",
-    "humaneval": "mpo_gym/HumanEval-v0",
-    "mbpp": "mpo_gym/MBPP-v0",
-}
 STATUSES = ("correct", "incorrect", "no_answer", "timeout", "error")
 
 
@@ -181,7 +181,7 @@ def evaluate(
     """
     from .rollout import reasoning_env, task_count
 
-    ks = _check_sampling(n_samples, ks, temperature)
+    ks = check_sampling(n_samples, ks, temperature)
     suite, env_id = resolve_suite(suite_or_env_id)
     envs = _make_envs(env_id, batch_size, policy, data_path, env_kwargs)
     total = task_count(envs)[1]
@@ -240,21 +240,6 @@ def evaluate_envs(
     if dist.active:  # every rank's episodes, in order, so sample numbers count over the whole list
         episodes = [e for part in dist.all_gather_objects(episodes) for e in part]
     return _records(suite, model_name, env, episodes)
-
-
-def _check_sampling(n_samples: int, ks: Sequence[int], temperature: float) -> tuple[int, ...]:
-    ks = tuple(sorted({int(k) for k in ks}))
-    if n_samples < 1 or not ks or ks[0] < 1 or ks[-1] > n_samples:
-        raise ValueError(
-            f"need n_samples >= 1 and 1 <= k <= n_samples for every k; got n={n_samples}, ks={ks}"
-        )
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0; got {temperature}")
-    if temperature == 0 and n_samples > 1:
-        raise ValueError(
-            "greedy decoding (temperature 0) gives identical samples; use n_samples=1 or temperature > 0"
-        )
-    return ks
 
 
 def _make_envs(
@@ -480,212 +465,65 @@ def write_results(results: Results, out_dir: str | Path) -> dict[str, Path]:
     return paths
 
 
-# ---------------------------------------------------------------------------- command line
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Options of ``mpo-gym eval`` (the same names as ``train`` and ``compare`` where shared)."""
-    from .options import CHOICES
-
-    add = parser.add_argument
-    add(
-        "--suite",
-        default="gsm8k",
-        help="comma-separated suites (gsm8k,math500,humaneval,mbpp), 'all', or env ids",
-    )
-    add(
-        "--model",
-        action="append",
-        default=None,
-        help="'default', 'tiny', a model folder or a training run; repeat (or comma-separate) to compare",
-    )
-    add("--n-samples", type=int, default=1, help="responses per task (n of pass@k)")
-    add("--k", default="1", help="comma-separated k values for pass@k (each <= --n-samples)")
-    add("--temperature", type=float, default=0.0, help="0 = greedy")
-    add("--top-p", type=float, default=1.0)
-    add("--limit", type=int, default=None, help="only the first L tasks of each suite")
-    add("--out-dir", "--out", dest="out", default=None, help="output folder (default runs/eval-<time>)")
-    add(
-        "--data-dir",
-        default=None,
-        help="local data root laid out like <dir>/gsm8k/test.jsonl (else MPO_GYM_DATA_DIR, else the embedded data)",
-    )
-    add("--split", default="test", help="dataset split")
-    add(
-        "--env-kwargs",
-        default=None,
-        help='JSON object of extra env kwargs, e.g. \'{"style": "completion"}\' for HumanEval',
-    )
-    add("--batch-size", type=int, default=8, help="episodes generated together")
-    add("--max-new-tokens", type=int, default=None, help="override the env's response budget")
-    add("--block-size", type=int, default=None, help="override the env's K")
-    add("--seed", type=int, default=0)
-    add("--dtype", default=None, choices=CHOICES["dtype"],
-        help="what the products run in, as in train (bfloat16: autocast over fp32 weights); default: a "
-             "run's own numerics, else auto")
-    add(
-        "--threads",
-        type=int,
-        default=0,
-        help="torch CPU threads (0: torch's default; 1 avoids thrashing on a busy machine)",
-    )
-    add("--import", dest="imports", action="append", default=[], metavar="MODULE",
-        help="import MODULE first (it registers user envs); repeatable")
-    add("--no-progress", action="store_true")
-    return parser
-
-
-add_eval_arguments = add_arguments
-
-
-def _preflight(args: argparse.Namespace) -> tuple[list[str], list[str], list[int], dict[str, Any]]:
-    """Check suites, models, data and sampling options before any model is loaded."""
+# ---------------------------------------------------------------------------- an EvalConfig
+def preflight(cfg: EvalConfig) -> None:
+    """Check suites, data and models of ``cfg`` before any model is loaded (user errors)."""
     import gymnasium as gym
 
-    from .errors import ConfigError, MpoGymError, did_you_mean
+    from .errors import ConfigError, MpoGymError, check_model_spec
     from .plugins import check_env_id, import_modules
 
-    import_modules(args.imports)
-    suites = list(SUITE_IDS) if args.suite == "all" else _split(args.suite)
-    models = [m for spec in (args.model or ["default"]) for m in _split(spec)]
-    try:
-        ks = [int(k) for k in _split(str(args.k))]
-    except ValueError as exc:
-        raise ConfigError(f"--k: expected comma-separated integers, got {args.k!r}") from exc
-    try:
-        _check_sampling(args.n_samples, ks, args.temperature)
-    except ValueError as exc:
-        raise ConfigError(str(exc).replace("n_samples", "--n-samples")) from exc
-    if args.limit is not None and args.limit < 1:
-        raise ConfigError(f"--limit must be >= 1; got {args.limit}")
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1; got {args.batch_size}")
-    if args.data_dir is not None and not Path(args.data_dir).exists():
-        raise ConfigError(f"--data-dir {args.data_dir}: no such file or directory")
-    try:
-        env_kwargs = _env_kwargs(args)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"--env-kwargs: not valid JSON ({exc.msg}): {args.env_kwargs!r}") from exc
-    for suite in suites:
-        if suite not in SUITE_IDS and "/" not in suite:
-            raise ConfigError(
-                f"--suite: unknown suite {suite!r}{did_you_mean(suite, SUITE_IDS)} "
-                f"(allowed: {', '.join(SUITE_IDS)}, all, or an env id)"
-            )
+    import_modules(cfg.imports)
+    if cfg.data_dir and not Path(cfg.data_dir).exists():
+        raise ConfigError(f"--data-dir {cfg.data_dir}: no such file or directory")
+    for suite in cfg.suites:
         env_id = resolve_suite(suite)[1]
         check_env_id(env_id, flag="--suite")
-        kwargs = {**env_kwargs, "tokenizer": "char"}  # loads the data (cached), not a tokenizer
-        if args.data_dir is not None:
-            kwargs.setdefault("data_path", args.data_dir)
+        kwargs = {**cfg.resolved_env_kwargs(), "tokenizer": "char"}  # loads the data (cached), not a tokenizer
+        if cfg.data_dir:
+            kwargs.setdefault("data_path", cfg.data_dir)
         try:
             gym.make(env_id, **kwargs)
         except MpoGymError:
             raise
         except (TypeError, ValueError, KeyError, OSError) as exc:
             raise ConfigError(f"--suite {suite}: {type(exc).__name__}: {exc}") from exc
-    from . import errors
-
-    for spec in models:
-        errors.check_model_spec(spec)
-    return suites, models, ks, env_kwargs
+    for spec in cfg.model:
+        check_model_spec(spec)
 
 
-def run(args: argparse.Namespace) -> int:
-    """``mpo-gym eval``: every model on every suite, then the reports and a comparison table."""
-    suites, models, ks, env_kwargs = _preflight(args)
-    out = Path(args.out or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+def run_evaluation(cfg: EvalConfig) -> tuple[dict[str, dict[str, SuiteResult]], Path]:
+    """``mpo-gym eval`` from Python: every model of ``cfg`` on every suite; writes
+    ``results.json``, ``results.md`` and ``samples.jsonl`` into ``cfg.out_dir`` after each
+    suite (so what is done is kept if a later one fails). Returns ``(rows, out_dir)``, rows as
+    :func:`comparison_table` takes them."""
     from . import distributed
 
+    preflight(cfg)
+    out = Path(cfg.resolved_out_dir())
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
     rows: dict[str, dict[str, SuiteResult]] = {}
     dist = distributed.SINGLE
-    for spec, name in zip(models, _model_names(models)):
-        policy = _tiny_policy(args.seed, args.dtype) if spec == "tiny" else load_policy(spec, dtype=args.dtype)
-        device = getattr(policy, "device", None)
-        dist = distributed.init(getattr(device, "type", "cpu"))  # under torchrun: tasks sharded over ranks
+    device = None if cfg.device == "auto" else cfg.device
+    for spec, name in zip(cfg.model, _model_names(cfg.model)):
+        policy = load_policy(spec, dtype=cfg.dtype or None, seed=cfg.seed, device=device)
+        dist = distributed.init(getattr(getattr(policy, "device", None), "type", "cpu"))  # tasks sharded over ranks
         out = Path(dist.broadcast_object(str(out)))  # rank 0's folder name (it has the time in it)
-        for suite in suites:
+        for suite in cfg.suites:
             result = evaluate(
-                suite, policy, n_samples=args.n_samples, ks=ks, temperature=args.temperature,
-                top_p=args.top_p, limit=args.limit, batch_size=args.batch_size,
-                data_path=args.data_dir, seed=args.seed, progress=not args.no_progress,
-                model_name=name, env_kwargs=env_kwargs, dist=dist,
+                suite, policy, n_samples=cfg.n_samples, ks=cfg.ks, temperature=cfg.temperature,
+                top_p=cfg.top_p, limit=cfg.limit or None, batch_size=cfg.batch_size,
+                data_path=cfg.data_dir or None, seed=cfg.seed, progress=cfg.progress,
+                model_name=name, env_kwargs=cfg.resolved_env_kwargs(), dist=dist,
             )  # fmt: skip
             rows.setdefault(name, {})[suite] = result
             if dist.is_main:
                 print(_one_line(result), flush=True)
-                write_results(rows, out)  # keep what is done if a later suite fails
-    if dist.is_main:
-        print(
-            f"\n{comparison_table(rows, k=min(ks))}\nwrote {out}/results.json, results.md, samples.jsonl"
-        )
-    return 0
-
-
-def _tiny_policy(seed: int, dtype: str | None = None) -> Any:
-    """``--model tiny``: the small random test model with the char tokenizer (as in ``train``)."""
-    from .policy import LMPolicy, compute_dtype, tiny_model
-
-    model, tokenizer = tiny_model(seed=seed)
-    return LMPolicy(model, tokenizer, compute_dtype=compute_dtype(dtype or "auto"))
-
-
-def _split(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def _env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"split": args.split, **json.loads(args.env_kwargs or "{}")}
-    if args.max_new_tokens:
-        kwargs["max_new_tokens"] = args.max_new_tokens
-    if args.block_size:
-        kwargs["block_size"] = args.block_size
-    return kwargs
-
-
-run_eval = run
-
-
-def main_eval(argv: Sequence[str] | None = None) -> int:
-    """``python -m mpo_gym.evaluation ...`` (same options as ``mpo-gym eval``)."""
-    import sys
-
-    from .cli import main
-
-    return main(["eval", *(sys.argv[1:] if argv is None else list(argv))])
-
-
-def load_policy(spec: str, dtype: str | None = None) -> Any:
-    """An :class:`~mpo_gym.policy.LMPolicy` from a model spec, with fp32 master weights.
-
-    ``spec`` is ``"default"`` (the embedded model), a hub id or model folder, a folder written
-    by ``LMPolicy.save_pretrained`` (has ``policy.json``), or a training run (its
-    ``config.json`` and checkpoints: :func:`mpo_gym.trainer.load_run`, with the fallback to
-    ``checkpoint.prev/``) or one checkpoint folder of a run.
-
-    ``dtype`` is what the products run in, with the meaning it has in ``train``: ``"auto"``
-    (bf16 autocast where the device has native bf16, else fp32), ``"bfloat16"`` or
-    ``"float32"``. ``None``: a run's own numerics (its ``resolved_dtype``), the dtype a saved
-    policy was saved with, else ``"auto"``.
-    """
-    from .policy import LMPolicy, compute_dtype
-    from .trainer import load_run
-
-    path = Path(spec)
-    if (path / "policy.json").is_file():
-        policy = LMPolicy.load_checkpoint(path, dtype="float32")
-    elif (path / "config.json").is_file() and any((path / sub).is_dir() for sub in ("checkpoint", "checkpoint.prev")):
-        policy = load_run(path).policy
-    elif (path / "policy.pt").is_file() and (path.parent / "config.json").is_file():
-        policy = load_run(path.parent, checkpoint=path).policy
-    else:
-        policy = LMPolicy.from_pretrained(spec, dtype="float32")
-        if dtype is None:
-            dtype = "auto"
-    if dtype is not None:
-        policy.set_compute_dtype(compute_dtype(dtype, policy.device))
-    return policy
+                write_results(rows, out)
+    return rows, out
 
 
 def _model_names(models: Sequence[str]) -> list[str]:
@@ -697,6 +535,15 @@ def _one_line(r: SuiteResult) -> str:
     scores = " ".join(f"pass@{k}={100 * v:.1f}%" for k, v in r.pass_at_k.items())
     counts = " ".join(f"{s}={c}" for s, c in r.status_counts.items() if c)
     return f"{r.model} {r.suite}: {scores} ({r.n_tasks} tasks x {r.n_samples}; {counts}; {r.wall_time_s:.0f}s)"
+
+
+def main_eval(argv: Sequence[str] | None = None) -> int:
+    """``python -m mpo_gym.evaluation ...`` (same options as ``mpo-gym eval``)."""
+    import sys
+
+    from .cli import main
+
+    return main(["eval", *(sys.argv[1:] if argv is None else list(argv))])
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,14 +12,13 @@ What this does not do: no conversion to GGUF or other formats, no upload.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, MpoGymError
+from .errors import ConfigError
 
-__all__ = ["add_arguments", "export", "run"]
+__all__ = ["export"]
 
 
 def export(run_dir: str | Path, out_dir: str | Path) -> Path:
@@ -29,7 +28,7 @@ def export(run_dir: str | Path, out_dir: str | Path) -> Path:
     run_dir, out = Path(run_dir), Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} exists and is not empty; give a new folder")
-    from .trainer import load_run
+    from .loading import load_run
 
     run = load_run(run_dir, device="cpu")
     cfg, policy, folder = run.config, run.policy, run.checkpoint
@@ -54,17 +53,3 @@ def export(run_dir: str | Path, out_dir: str | Path) -> Path:
     (out / "mpo_policy.json").write_text(json.dumps(meta, indent=2))
     return out
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="a training run folder (has config.json and checkpoint/)")
-    parser.add_argument("out_dir", metavar="OUT_DIR", help="new folder for the Hugging Face model")
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        out = export(args.run_dir, args.out_dir)
-    except FileNotFoundError as exc:
-        raise MpoGymError(str(exc)) from exc
-    print(f"wrote {out} (AutoModelForCausalLM.from_pretrained({str(out)!r}); value head / MTP modules in "
-          f"mpo_heads.safetensors)")
-    return 0

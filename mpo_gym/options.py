@@ -26,12 +26,15 @@ from .errors import ConfigError, did_you_mean
 
 __all__ = [
     "CHOICES",
+    "Items",
     "RECORD_ONLY_KEYS",
     "add_dataclass_arguments",
     "field_docs",
     "load_config_file",
     "parse_bool",
     "pre_scan",
+    "pre_scan_all",
+    "split_items",
 ]
 
 # Fields with a fixed set of values (shared by every config class that has the field).
@@ -141,10 +144,32 @@ def _kind(f: dataclasses.Field[Any]) -> type:
     value = _default(f)
     if isinstance(value, bool):
         return bool
-    for kind in (int, float, dict):
+    for kind in (int, float, dict, tuple):
         if isinstance(value, kind):
             return kind
     return str
+
+
+class Items(argparse.Action):
+    """A repeatable option whose values may also be comma-separated: ``--import a --import b,c``
+    gives ``["a", "b", "c"]`` (``join``: ``"a,b,c"``, for fields that hold a comma-separated
+    string)."""
+
+    def __init__(self, option_strings: list[str], dest: str, join: bool = False, **kw: Any):
+        super().__init__(option_strings, dest, **kw)
+        self.join = join
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        old = getattr(namespace, self.dest, None)
+        items = [] if old is None or old == self.default else split_items(old)
+        items += split_items(values)
+        setattr(namespace, self.dest, ",".join(items) if self.join else items)
+
+
+def split_items(value: Any) -> list[str]:
+    """The non-empty comma-separated items of a string, or of each string of a sequence."""
+    parts = [value] if isinstance(value, str) else list(value or ())
+    return [item.strip() for part in parts for item in str(part).split(",") if item.strip()]
 
 
 def add_dataclass_arguments(
@@ -156,6 +181,9 @@ def add_dataclass_arguments(
     defaults_none: bool = False,
     flags: Mapping[str, tuple[str, ...]] | None = None,
     choices: Mapping[str, Iterable[str]] | None = None,
+    repeatable: Iterable[str] = (),
+    shown_defaults: Mapping[str, Any] | None = None,
+    show_default: bool = True,
 ) -> dict[str, str]:
     """Add ``--field`` options for the fields of ``cls``; returns ``field -> dest``.
 
@@ -166,24 +194,35 @@ def add_dataclass_arguments(
             still shows the class default.
         flags: extra flag spellings per field (aliases).
         choices: extra or overriding choices per field.
+        repeatable: string fields holding comma-separated items whose flag may be repeated
+            (tuple fields always are).
+        shown_defaults: defaults to show in the help (and parse to) instead of the class's.
+        show_default: show the default in the help (off for options whose default depends on
+            the agent that takes them).
     """
     docs = field_docs(cls)
     all_choices = {**CHOICES, **{k: tuple(v) for k, v in (choices or {}).items()}}
     dests: dict[str, str] = {}
+    repeatable = set(repeatable)
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         kind, default = _kind(f), _default(f)
+        if shown_defaults and f.name in shown_defaults:
+            default = shown_defaults[f.name]
         names = ["--" + f.name.replace("_", "-"), *((flags or {}).get(f.name, ()))]
         help_text = docs.get(f.name, "").rstrip(".")
-        shown = json.dumps(default) if kind is dict else default
-        help_text = f"{help_text} (default: {shown})" if help_text else f"(default: {shown})"
+        shown = json.dumps(default) if kind is dict else (",".join(map(str, default)) if kind is tuple else default)
+        if show_default:
+            help_text = f"{help_text} (default: {shown})" if help_text else f"(default: {shown})"
         dest = dest_prefix + f.name
         kwargs: dict[str, Any] = {
             "dest": dest, "type": _converter(kind), "default": None if defaults_none else default,
             "help": help_text.replace("%", "%%"),
         }
-        if kind is bool:
+        if kind is tuple or f.name in repeatable:
+            kwargs.update(action=Items, type=None, join=kind is not tuple, metavar="A[,B...]")
+        elif kind is bool:
             kwargs.update(nargs="?", const=True, metavar="{true,false}")
         elif f.name in all_choices:
             kwargs["choices"] = all_choices[f.name]
@@ -240,7 +279,9 @@ def file_defaults(
                 f"{source}: unknown option {key!r}{did_you_mean(name.replace('_', '-'), flag_names)}"
             )
         action: Any = actions[dests[name]]
-        if value is not None and action.type is not None and not (isinstance(value, dict) and action.type is str):
+        if isinstance(action, Items):
+            value = ",".join(split_items(value)) if action.join else split_items(value)
+        elif value is not None and action.type is not None and not (isinstance(value, dict) and action.type is str):
             try:
                 value = action.type(value)
             except argparse.ArgumentTypeError as exc:
@@ -264,4 +305,15 @@ def pre_scan(argv: list[str], *names: str) -> dict[str, str | None]:
                 found[name] = nxt if nxt is not None and not nxt.startswith("--") else None
             elif arg.startswith(flag + "="):
                 found[name] = arg[len(flag) + 1:]
+    return found
+
+
+def pre_scan_all(argv: list[str], name: str) -> list[str]:
+    """Every value of a repeatable ``--name VALUE`` / ``--name=VALUE`` in ``argv``."""
+    flag, found = "--" + name, []
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            found.append(argv[i + 1])
+        elif arg.startswith(flag + "="):
+            found.append(arg[len(flag) + 1:])
     return found

@@ -1,15 +1,21 @@
-"""How ``mpo-gym`` finds a user's envs: ``--import MODULE`` and the ``mpo_gym.envs`` entry points.
+"""How ``mpo-gym`` finds a user's envs and agents: ``--import MODULE`` and entry points.
 
-A user's env is registered by importing the module that calls ``gymnasium.register``. Two ways
-make ``mpo-gym check`` / ``train`` / ``eval`` / ``compare`` see it:
+A user's env is registered by importing the module that calls ``gymnasium.register``; a user's
+agent, by importing the module that calls :func:`mpo_gym.agents.register_agent`. Two ways make
+``mpo-gym check`` / ``train`` / ``eval`` / ``compare`` see them:
 
-- ``--import my_envs`` (repeatable, or comma-separated): the module is imported first (it must be
-  importable: installed, or on ``PYTHONPATH``, or in the current folder);
-- an installed package declares an entry point in the group ``mpo_gym.envs``; its target is
-  imported (and called, if it is a function) whenever ``mpo-gym`` starts::
+- ``--import my_module`` (repeatable, or comma-separated): the module is imported before any
+  option is checked (it must be importable: installed, or on ``PYTHONPATH``, or in the current
+  folder);
+- an installed package declares an entry point in the group ``mpo_gym.envs`` or
+  ``mpo_gym.agents``; its target is imported (and called, if it is a function) whenever
+  ``mpo-gym`` starts, and when Python code asks for an agent name not registered yet::
 
       [project.entry-points."mpo_gym.envs"]
       my_envs = "my_package.envs"          # or "my_package.envs:register"
+
+      [project.entry-points."mpo_gym.agents"]
+      my_agent = "my_package.agents"       # calls register_agent on import
 """
 
 from __future__ import annotations
@@ -21,9 +27,10 @@ from collections.abc import Iterable
 
 from .errors import MpoGymError, did_you_mean
 
-__all__ = ["ENTRY_POINT_GROUP", "check_env_id", "import_modules", "load_entry_points"]
+__all__ = ["AGENT_ENTRY_POINT_GROUP", "ENTRY_POINT_GROUP", "check_env_id", "import_modules", "load_entry_points"]
 
 ENTRY_POINT_GROUP = "mpo_gym.envs"
+AGENT_ENTRY_POINT_GROUP = "mpo_gym.agents"
 _loaded_entry_points = False
 
 
@@ -51,19 +58,21 @@ def import_modules(modules: str | Iterable[str], flag: str = "--import") -> None
 
 
 def load_entry_points() -> None:
-    """Import (and call, if callable) every ``mpo_gym.envs`` entry point, once per process."""
+    """Import (and call, if callable) every ``mpo_gym.envs`` and ``mpo_gym.agents`` entry point,
+    once per process."""
     global _loaded_entry_points
     if _loaded_entry_points:
         return
     _loaded_entry_points = True
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            target = ep.load()
-            if callable(target):
-                target()
-        except Exception as exc:  # a broken plug-in must not stop mpo-gym: say so and go on
-            print(f"warning: entry point {ep.name} = {ep.value} ({ENTRY_POINT_GROUP}) failed: "
-                  f"{type(exc).__name__}: {exc}", file=sys.stderr)
+    for group in (ENTRY_POINT_GROUP, AGENT_ENTRY_POINT_GROUP):
+        for ep in importlib.metadata.entry_points(group=group):
+            try:
+                target = ep.load()
+                if callable(target):
+                    target()
+            except Exception as exc:  # a broken plug-in must not stop mpo-gym: say so and go on
+                print(f"warning: entry point {ep.name} = {ep.value} ({group}) failed: "
+                      f"{type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 def check_env_id(env_id: str, flag: str = "--env") -> str:

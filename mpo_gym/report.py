@@ -135,12 +135,12 @@ def write_report(cfg: Any, out: Path, summaries: dict[tuple[str, int], dict[str,
         [
             "# Agent comparison",
             "",
-            f"Env `{cfg.env}` {json.dumps(cfg.env_kwargs)}, model `{cfg.model}`, seeds {list(cfg.seeds)}, "
-            f"budget per run: {_budget(cfg)}, {cfg.num_envs} episodes per update, dtype {cfg.dtype}.",
+            f"Env `{cfg.train.env}` {json.dumps(cfg.train.env_kwargs)}, model `{cfg.train.model}`, seeds {list(cfg.seeds)}, "
+            f"budget per run: {_budget(cfg)}, {cfg.train.num_envs} episodes per update, dtype {cfg.train.dtype}.",
             "",
             "## Held-out greedy accuracy before and after",
             "",
-            f"Same {cfg.eval_tasks} held-out tasks (the env's test split) for every run.",
+            f"Same {cfg.train.eval_tasks} held-out tasks (the env's test split) for every run.",
             "Intervals are 95%: Wilson for an accuracy, paired over tasks for a gain.",
             "",
             *table,
@@ -178,10 +178,10 @@ def write_report(cfg: Any, out: Path, summaries: dict[tuple[str, int], dict[str,
 
 def _budget(cfg: Any) -> str:
     parts = []
-    if cfg.budget_s:
-        parts.append(f"{cfg.budget_s:.0f} s of training wall-clock")
-    if cfg.updates:
-        parts.append(f"{cfg.updates} updates")
+    if cfg.train.time_budget_s:
+        parts.append(f"{cfg.train.time_budget_s:.0f} s of training wall-clock")
+    if cfg.train.updates:
+        parts.append(f"{cfg.train.updates} updates")
     return " or ".join(parts)
 
 
@@ -355,7 +355,7 @@ def _plot(cfg: Any, runs: dict[tuple[str, int], list[dict[str, Any]]], path: Pat
         axes[2].grid(alpha=0.3)
     if axes[0].lines:
         axes[0].legend()
-    title = f"{cfg.env}: mean over {len(cfg.seeds)} seed(s)" + (", band = min..max" if len(cfg.seeds) > 1 else "")
+    title = f"{cfg.train.env}: mean over {len(cfg.seeds)} seed(s)" + (", band = min..max" if len(cfg.seeds) > 1 else "")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

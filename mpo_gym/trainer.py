@@ -25,13 +25,12 @@ the run folder (which every rank must see to resume: a shared filesystem across 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,143 +39,13 @@ import numpy as np
 import torch
 
 from . import distributed, runs
-from .agents import AGENTS, make_agent
-from .errors import ConfigError, MpoGymError, RunInterrupted, check_model_spec, did_you_mean
+from .agents import make_agent
+from .configs import TrainConfig
+from .errors import ConfigError, MpoGymError, RunInterrupted, check_model_spec
+from .loading import LoadedRun, build_policy, is_run_folder, load_run, make_policy
 
 __all__ = ["LoadedRun", "TrainConfig", "TrainResult", "TrainingDiverged", "evaluate_held_out", "load_run",
            "make_policy", "train"]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """One training run.
-
-    Attributes:
-        env: registered env id.
-        env_kwargs: extra env kwargs (plain data), e.g. ``{"digits": 2}``.
-        agent: agent name (``ppo``, ``mpo``, ``grpo`` or a registered one).
-        agent_kwargs: agent config overrides, e.g. ``{"lr": 2e-5}``.
-        model: ``"default"`` (embedded SmolLM2-135M-Instruct), ``"tiny"`` (a small random
-            Llama with the char tokenizer, for tests), a local model directory, or a hub id.
-        dtype: ``"auto"`` (bf16 where the device has native bf16 matmuls, else fp32),
-            ``"bfloat16"`` (autocast on fp32 master weights) or ``"float32"``.
-        device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
-        num_envs: episodes per rollout batch.
-        updates: number of updates (the budget when ``time_budget_s`` is 0).
-        time_budget_s: wall-clock budget of the RL stage (collect + update), 0 = none. A warm-up
-            stage (MPO's supervised MTP warm-up) runs before it and is timed separately, as
-            in the paper's cost tables.
-        eval_tasks: held-out (test split) tasks for greedy accuracy before and after; 0 skips.
-        eval_every: also evaluate them every N updates (0: only before and after), logged as
-            ``eval/accuracy``, ``eval/reward`` and ``eval/status/<status>`` in that update's
-            metrics row. Evaluation time is not counted in ``time_budget_s``.
-        eval_batch: held-out episodes generated together (speed and memory only: greedy
-            results do not depend on it, up to floating-point reduction order).
-        seed: seeds the agent (task choice, sampling) and torch.
-        out_dir: run folder (the same config run again into it resumes it).
-        checkpoint_every: also save a checkpoint every N updates (0: only by time and at the end).
-        checkpoint_every_s: save a checkpoint when this many seconds passed since the last one
-            (0: only by update count and at the end).
-        value_head: critic form for agents that use one (``"head"`` or ``"separate"``).
-        threads: torch CPU threads (0: torch's default).
-        reuse_memory: keep freed memory in the process for reuse instead of returning large
-            blocks to the kernel (glibc; see :func:`mpo_gym.policy.reuse_freed_memory`).
-        data_dir: local data for suite envs (passed as their ``data_path``; empty: the
-            embedded data or ``MPO_GYM_DATA_DIR``).
-        allow_test_split: train on the test split of an env that has no train split, on
-            purpose (the metrics then say so in their first line).
-        lora: LoRA rank of adapters on the backbone (0: train all weights; needs peft).
-        report_to: also log metrics to ``none``, ``tensorboard`` (event files in
-            ``<out_dir>/tensorboard``), ``wandb`` or ``trackio`` (both offline).
-        log_every: print a plain progress line every N updates when stdout is not a terminal.
-        completions_every: append sampled prompts, responses, verdicts and rewards to
-            ``completions.jsonl`` every N updates (0: never).
-        imports: comma-separated modules to import first (they register user envs).
-        fsdp: under torchrun, shard parameters, gradients and optimizer state over the ranks
-            (FSDP2) instead of replicating them; for models whose training state does not fit
-            one device. Same updates as replicated, up to reduction order.
-    """
-
-    env: str = "mpo_gym/Arithmetic-v0"
-    env_kwargs: dict[str, Any] = field(default_factory=dict)
-    agent: str = "mpo"
-    agent_kwargs: dict[str, Any] = field(default_factory=dict)
-    model: str = "default"
-    dtype: str = "auto"
-    device: str = "auto"
-    num_envs: int = 8
-    updates: int = 20
-    time_budget_s: float = 0.0
-    eval_tasks: int = 100
-    eval_every: int = 0
-    eval_batch: int = 64
-    seed: int = 0
-    out_dir: str = "runs/train"
-    checkpoint_every: int = 0
-    checkpoint_every_s: float = 300.0
-    value_head: str = "head"
-    threads: int = 0
-    reuse_memory: bool = True
-    data_dir: str = ""
-    allow_test_split: bool = False
-    lora: int = 0
-    report_to: str = "none"
-    log_every: int = 10
-    completions_every: int = 10
-    imports: str = ""
-    fsdp: bool = False
-
-    def __post_init__(self) -> None:
-        if self.agent not in AGENTS:
-            raise ConfigError(
-                f"unknown agent {self.agent!r}{did_you_mean(self.agent, AGENTS)}; known: {', '.join(sorted(AGENTS))}"
-            )
-        from .policy.models import check_run_dtype
-
-        try:
-            check_run_dtype(self.dtype)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from exc
-        for name in ("updates", "eval_tasks", "time_budget_s", "checkpoint_every", "checkpoint_every_s",
-                     "threads", "lora", "log_every", "completions_every", "eval_every"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0; got {getattr(self, name)}")
-        if self.num_envs < 1 or self.eval_batch < 1:
-            raise ConfigError(f"num_envs and eval_batch must be >= 1; got {self.num_envs}, {self.eval_batch}")
-        if self.eval_every and not self.eval_tasks:
-            raise ConfigError("eval_every needs eval_tasks > 0")
-        for name, allowed in (("device", ("auto", "cpu", "cuda")), ("value_head", ("head", "separate")),
-                              ("report_to", ("none", "tensorboard", "wandb", "trackio"))):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
-        self.agent_config()  # validates agent_kwargs against the agent's config class
-
-    def agent_config(self) -> Any:
-        _, config_cls = AGENTS[self.agent]
-        names = {f.name for f in dataclasses.fields(config_cls)}
-        unknown = set(self.agent_kwargs) - names
-        if unknown:
-            raise ConfigError(f"{config_cls.__name__} has no field(s) {sorted(unknown)}; fields: {sorted(names)}")
-        try:
-            return config_cls(**{"seed": self.seed, **self.agent_kwargs})
-        except ConfigError:
-            raise
-        except (TypeError, ValueError) as exc:  # the agent config's own checks
-            raise ConfigError(str(exc)) from exc
-
-    @property
-    def resolved_device(self) -> str:
-        """``device`` with ``"auto"`` resolved (CUDA when present)."""
-        if self.device != "auto":
-            return self.device
-        return "cuda" if torch.cuda.is_available() else "cpu"
-
-    def resolved_env_kwargs(self) -> dict[str, Any]:
-        kwargs = dict(self.env_kwargs)
-        kwargs.setdefault("tokenizer", "char" if self.model == "tiny" else self.model)
-        if self.data_dir:
-            kwargs.setdefault("data_path", self.data_dir)
-        return kwargs
 
 
 @dataclass
@@ -191,24 +60,6 @@ class TrainResult:
     history: list[dict[str, Any]]
     peak_rss_mb: float
     warmup_seconds: float = 0.0
-
-
-def make_policy(cfg: TrainConfig, spec: Any = None) -> Any:
-    """Build the ``LMPolicy`` the agent declares (``agent_config().policy_spec()``: value head,
-    MTP modules) on the right device, computing in the run's dtype (``cfg.dtype`` resolved:
-    bf16 autocast over fp32 master weights, or fp32); ``spec`` overrides the declared policy
-    (``PolicySpec()``: a bare LM)."""
-    from .policy import LMPolicy, compute_dtype, tiny_model
-
-    spec = cfg.agent_config().policy_spec() if spec is None else spec
-    kwargs: dict[str, Any] = spec.policy_kwargs(cfg.value_head)
-    torch.manual_seed(cfg.seed)
-    if cfg.model == "tiny":
-        model, tokenizer = tiny_model(seed=cfg.seed)
-        policy = LMPolicy(model, tokenizer, **kwargs)
-    else:
-        policy = LMPolicy.from_pretrained(cfg.model, dtype="float32", **kwargs)
-    return policy.to(cfg.resolved_device).set_compute_dtype(compute_dtype(cfg.dtype, cfg.resolved_device))
 
 
 def make_envs(cfg: TrainConfig, n: int, split: str | None = None) -> list[Any]:
@@ -293,6 +144,12 @@ def preflight(cfg: TrainConfig) -> tuple[str | None, str]:
         import_modules(cfg.imports)
     check_env_id(cfg.env)
     check_model_spec(cfg.model)
+    if is_run_folder(cfg.model):
+        raise ConfigError(
+            f"--model {cfg.model} is a training run folder; training starts from a model. To start from that "
+            f"run's final weights, write them as a model folder first (mpo-gym export {cfg.model} OUT_DIR) and "
+            "pass --model OUT_DIR"
+        )
     if cfg.data_dir and not Path(cfg.data_dir).exists():
         raise ConfigError(f"--data-dir {cfg.data_dir}: no such file or directory")
     if cfg.lora:
@@ -318,75 +175,6 @@ def _make_envs_checked(cfg: TrainConfig, n: int, split: str | None) -> list[Any]
         raise ConfigError(
             f"could not make {cfg.env}{where} with env kwargs {kwargs}: {type(exc).__name__}: {exc}"
         ) from exc
-
-
-def _build_policy(cfg: TrainConfig) -> Any:
-    """The run's policy as trained: heads, MTP modules, LoRA adapters, numerics."""
-    policy = make_policy(cfg)
-    if cfg.lora:
-        policy.apply_lora(r=cfg.lora, lora_alpha=2 * cfg.lora, target_modules="all-linear")
-        policy.to(cfg.resolved_device)
-    return policy
-
-
-@dataclass
-class LoadedRun:
-    """A training run read back from its folder (:func:`load_run`)."""
-
-    config: TrainConfig
-    policy: Any  # the LMPolicy as trained, in the numerics the run used
-    step: int  # the update its checkpoint holds
-    checkpoint: Path  # the checkpoint folder it came from (``checkpoint`` or ``checkpoint.prev``)
-    record: dict[str, Any]  # config.json as stored (``resolved_dtype``, splits, ...)
-
-
-def load_run(run_dir: str | Path, *, device: str | None = None, checkpoint: str | Path | None = None) -> LoadedRun:
-    """The one way to read a run back (``eval``, ``export``): its config, its policy and step.
-
-    The policy is rebuilt from the stored config (heads, MTP modules, LoRA adapters), computes
-    in the run's ``resolved_dtype`` (the numerics it was trained and evaluated with, whatever
-    this machine would pick for ``auto``) and holds the newest checkpoint that loads:
-    ``checkpoint/``, else ``checkpoint.prev/`` with a warning. ``checkpoint``: read that folder
-    of the run instead (no fallback). ``device`` overrides the stored device.
-    """
-    from .policy import compute_dtype
-
-    run_dir = Path(run_dir)
-    config_path = run_dir / "config.json"
-    if not config_path.is_file():
-        raise ConfigError(f"{run_dir}: not a training run folder (no config.json)")
-    try:
-        record = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        saved = runs.checkpoint_manifest(run_dir)
-        if saved is None or not isinstance(saved[0].get("config"), dict):
-            raise ConfigError(f"{config_path} is not valid JSON ({exc}) and no checkpoint of the run holds its "
-                              "config") from exc
-        record = saved[0]["config"]
-        print(f"note: {config_path} is empty or torn; read the config from {saved[1]}", file=sys.stderr)
-    if record.get("imports"):
-        from .plugins import import_modules
-
-        import_modules(record["imports"])
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in record.items() if k in names})
-    if device is not None:
-        cfg = dataclasses.replace(cfg, device=device)
-    if checkpoint is not None:
-        folder = Path(checkpoint)
-        try:
-            files = runs.read_checkpoint(folder, ("policy.pt", "state.pt"))
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise ConfigError(f"{folder}: cannot load this checkpoint ({' '.join(str(exc).split())[:200]})") from exc
-    else:
-        loaded = runs.load_checkpoint(run_dir, ("policy.pt", "state.pt"))
-        if loaded is None:
-            raise ConfigError(f"{run_dir}: no checkpoint yet (train first, or resume it)")
-        files, folder = loaded
-    policy = _build_policy(cfg)
-    policy.set_compute_dtype(record.get("resolved_dtype") or compute_dtype(cfg.dtype, cfg.resolved_device))
-    policy.load_state_dict(files["policy.pt"])
-    return LoadedRun(cfg, policy, int(files["state.pt"]["step"]), folder, record)
 
 
 def _differences(cfg: TrainConfig, record: dict[str, Any]) -> Any:
@@ -497,7 +285,7 @@ def _train(cfg: TrainConfig, out: Path, envs: list[Any], eval_envs: list[Any] | 
     from .tracking import Progress, Tracker, make_tracker, write_completions
 
     main = dist.is_main
-    policy = _build_policy(cfg)
+    policy = build_policy(cfg)
     metrics_path, eval_path = out / "metrics.jsonl", out / "eval.json"
     step, train_seconds = 0, 0.0
     loaded = runs.load_checkpoint(out, ("policy.pt", "state.pt"))
@@ -701,105 +489,6 @@ def _config_json(cfg: TrainConfig, train_split: str | None = None, eval_split: s
     data["resolved_dtype"] = compute_dtype(cfg.dtype, cfg.resolved_device)
     data["mpo_gym_version"] = __version__
     return data
-
-
-# ---------------------------------------------------------------------- CLI
-def add_arguments(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> None:
-    """Options generated from ``TrainConfig`` and the chosen agent's config class.
-
-    The agent is read from ``argv`` first (``--agent``, else ``--config``'s ``agent``, else the
-    stored run of ``--out-dir`` with ``--resume``), so ``--help`` shows that agent's options and
-    defaults. A config file's values become defaults; flags given override them.
-    """
-    from .options import add_dataclass_arguments, pre_scan
-
-    argv = list(argv or [])
-    base = _baseline(argv)
-    agent = str(pre_scan(argv, "agent").get("agent") or base.get("agent") or TrainConfig.agent)
-    if agent not in AGENTS:
-        raise ConfigError(f"--agent: unknown agent {agent!r}{did_you_mean(agent, AGENTS)} (allowed: {', '.join(sorted(AGENTS))})")
-    parser.add_argument("--config", metavar="FILE", help="YAML or JSON file of options (keys: flag names, "
-                        "dashes or underscores; a run's config.json works); flags given override it")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --out-dir with its stored config (budget flags may change)")
-    group = parser.add_argument_group("run options")
-    dests = add_dataclass_arguments(group, TrainConfig, skip=("agent_kwargs",), flags={"imports": ("--import",)},
-                                    choices={"agent": sorted(AGENTS)})
-    config_cls = AGENTS[agent][1]
-    agroup = parser.add_argument_group(f"{agent} agent options ({config_cls.__name__})")
-    agent_dests = add_dataclass_arguments(agroup, config_cls, skip=("seed",), dest_prefix="agent__", defaults_none=True)
-    mine = set(agent_dests)
-    for _, other_cls in AGENTS.values():
-        for f in dataclasses.fields(other_cls):
-            if f.name not in mine and f.name not in dests:
-                mine.add(f.name)
-                owners = sorted(a for a, (_, c) in AGENTS.items() if f.name in {x.name for x in dataclasses.fields(c)})
-                parser.add_argument("--" + f.name.replace("_", "-"), nargs="?", help=argparse.SUPPRESS,
-                                    action=_WrongAgent, agent=agent, owners=owners)
-    if base:
-        from .options import file_defaults
-
-        parser.set_defaults(**file_defaults(_flatten(base), {**dests, **agent_dests}, parser, base["__source__"],
-                                            ignore=("__source__", "train_split", "eval_split", "mpo_gym_version")))
-
-
-class _WrongAgent(argparse.Action):
-    def __init__(self, option_strings: list[str], dest: str, agent: str = "", owners: list[str] | None = None, **kw: Any):
-        super().__init__(option_strings, dest, **kw)
-        self.agent, self.owners = agent, owners or []
-
-    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
-        raise ConfigError(f"{option_string} is not an option of the {self.agent!r} agent "
-                          f"(it is one of {', '.join(self.owners)}'s; see mpo-gym train --agent {self.agent} --help)")
-
-
-def _baseline(argv: list[str]) -> dict[str, Any]:
-    """Options from ``--config FILE`` or, with ``--resume``, the stored run's config.json."""
-    from .options import load_config_file, pre_scan
-
-    found = pre_scan(argv, "config", "out-dir", "out_dir")
-    data: dict[str, Any] = {}
-    if "--resume" in argv:
-        out_dir = found.get("out-dir") or found.get("out_dir") or TrainConfig.out_dir
-        path = Path(out_dir) / "config.json"
-        if not path.is_file():
-            raise ConfigError(f"--resume: {out_dir} holds no run (no config.json); give its folder with --out-dir")
-        data = {**load_config_file(path, flag="--resume"), "__source__": str(path)}
-    if found.get("config"):
-        data = {**data, **load_config_file(str(found["config"])), "__source__": str(found["config"])}
-    elif "config" in found:
-        raise ConfigError("--config needs a file name")
-    return data
-
-
-def _flatten(data: dict[str, Any]) -> dict[str, Any]:
-    """A config mapping with nested ``agent_kwargs`` (config.json's shape) as flat options."""
-    flat = {k: v for k, v in data.items() if k != "agent_kwargs"}
-    nested = data.get("agent_kwargs") or {}
-    if not isinstance(nested, dict):
-        raise ConfigError(f"{data.get('__source__')}: agent_kwargs must be a mapping")
-    return {**flat, **nested}
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"agent_kwargs"}
-    agent_kwargs = {k[len("agent__"):]: v for k, v in vars(args).items() if k.startswith("agent__") and v is not None}
-    return TrainConfig(agent_kwargs=agent_kwargs, **{k: getattr(args, k) for k in fields})
-
-
-def run(args: argparse.Namespace) -> int:
-    from .errors import flagify
-
-    try:
-        cfg = config_from_args(args)
-    except ConfigError as exc:
-        names = [f.name for f in dataclasses.fields(TrainConfig)]
-        names += [f.name for _, c in AGENTS.values() for f in dataclasses.fields(c)]
-        raise ConfigError(flagify(str(exc), names)) from exc
-    result = train(cfg)
-    if distributed.current().is_main:
-        print(summary_text(cfg, result))
-    return 0
 
 
 def summary_text(cfg: TrainConfig, result: TrainResult) -> str:

@@ -21,14 +21,14 @@ TINY = ["--env", "mpo_gym/Toy-v0", "--model", "tiny", "--dtype", "float32", "--n
 def no_model_loads(monkeypatch):
     """Any model load fails the test: user errors must come before it."""
     import mpo_gym.evaluation
-    import mpo_gym.trainer
+    import mpo_gym.loading
 
     def forbidden(*args, **kwargs):
         raise AssertionError("a model was loaded before the user error was reported")
 
-    monkeypatch.setattr(mpo_gym.trainer, "make_policy", forbidden)
+    monkeypatch.setattr(mpo_gym.loading, "make_policy", forbidden)
     monkeypatch.setattr(mpo_gym.evaluation, "load_policy", forbidden)
-    monkeypatch.setattr(mpo_gym.evaluation, "_tiny_policy", forbidden)
+    monkeypatch.setattr(mpo_gym.loading, "tiny_policy", forbidden)
 
 
 def run_main(argv, capsys):
@@ -182,16 +182,18 @@ USER_ENV = textwrap.dedent("""\
     """)
 
 
-def test_import_makes_a_user_env_visible_to_check_and_train(tmp_path):
+def test_import_makes_a_user_env_visible_to_check_and_train(tmp_path, monkeypatch, capsys):
     (tmp_path / "my_envs.py").write_text(USER_ENV)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "mpo_gym"]
+    # without --import the id is unknown (a refusal: checked in this process, where my_envs is not imported)
+    monkeypatch.chdir(tmp_path)
+    assert "my_envs" not in sys.modules
+    code, err = run_main(["check", "my_envs/Echo-v0"], capsys)
+    assert code == 2 and "--import MODULE" in err and "Traceback" not in err
     out = subprocess.run([*cmd, "check", "my_envs/Echo-v0", "--import", "my_envs"], capture_output=True, text=True,
                          cwd=tmp_path, env=env, timeout=300)
     assert out.returncode == 0 and "passed" in out.stdout, out.stderr[-2000:]
-    out = subprocess.run([*cmd, "check", "my_envs/Echo-v0"], capture_output=True, text=True, cwd=tmp_path, env=env,
-                         timeout=300)
-    assert out.returncode == 2 and "--import MODULE" in out.stderr and "Traceback" not in out.stderr
     out = subprocess.run([*cmd, "train", "--import", "my_envs", "--agent", "ppo", *TINY[2:], "--env", "my_envs/Echo-v0",
                           "--updates", "1", "--out-dir", "run"], capture_output=True, text=True, cwd=tmp_path, env=env,
                          timeout=300)
@@ -233,10 +235,9 @@ def test_resume_of_compare_refuses_another_config(tmp_path, capsys):
 
     out = tmp_path / "cmp"
     out.mkdir()
-    stored = CompareConfig(**{**PRESETS["tiny"], "out_dir": str(out)})
-    import dataclasses
+    stored = CompareConfig.from_options({**PRESETS["tiny"], "out_dir": str(out)})
 
-    (out / "compare.json").write_text(json.dumps({"config": dataclasses.asdict(stored), "command": "x"}))
+    (out / "compare.json").write_text(json.dumps({"config": stored.options(), "command": "x"}))
     before = (out / "compare.json").read_bytes()
     code, err = run_main(["compare", "--preset", "tiny", "--num-envs", "4", "--out-dir", str(out)], capsys)
     assert code == 2 and "num_envs (stored: 8, now: 4)" in err and "--resume" in err

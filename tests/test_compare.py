@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,13 +13,15 @@ from mpo_gym.evaluation import write_task_rows
 from mpo_gym.report import paired_gain, wilson_interval, write_report
 
 
-def test_compare_end_to_end(tmp_path):
+def test_compare_end_to_end(tmp_path, capsys):
+    """In this process (its runs in processes of their own; ``python -m mpo_gym compare`` in a
+    fresh interpreter: test_distributed's two-rank comparison)."""
+    from mpo_gym.cli import main
+
     out = tmp_path / "cmp"
-    proc = subprocess.run(
-        [sys.executable, "-m", "mpo_gym", "compare", "--preset", "tiny", "--eval-every", "1", "--out", str(out)],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code = main(["compare", "--preset", "tiny", "--eval-every", "1", "--out", str(out)])
+    proc = capsys.readouterr()
+    assert code == 0, proc.err[-3000:]
     report = (out / "report.md").read_text()
     for section in ("## Held-out greedy accuracy before and after", "## Held-out greedy accuracy during training", "## MPO diagnostics", "## Cost", "## Reproduce", "curves.png"):
         assert section in report
@@ -35,19 +35,21 @@ def test_compare_end_to_end(tmp_path):
     tasks = [json.loads(line) for line in (out / "eval_tasks.jsonl").read_text().splitlines()]
     assert {r["when"] for r in tasks if r["agent"] == "ppo"} == {"before", 1, 2, "after"}
     assert len([r for r in tasks if (r["agent"], r["when"]) == ("mpo", "after")]) == 4  # one row per task
-    assert "report:" in proc.stdout
+    assert "report:" in proc.out
 
     # resume: a finished comparison is kept as is and the report rewritten
-    again = subprocess.run(
-        [sys.executable, "-m", "mpo_gym", "compare", "--resume", str(out)], capture_output=True, text=True, timeout=300
-    )
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("finished earlier, kept") == 3
+    (out / "report.md").unlink()
+    capsys.readouterr()
+    code = main(["compare", "--resume", str(out)])
+    again = capsys.readouterr()
+    assert code == 0, again.err[-3000:]
+    assert again.out.count("finished earlier, kept") == 3
+    assert (out / "report.md").exists()
 
 
 def test_report_over_seeds(tmp_path):
     """Several seeds: per-seed rows, a mean row with the seed spread, paired intervals."""
-    cfg = CompareConfig(**{**PRESETS["tiny"], "seeds": (0, 1), "out_dir": str(tmp_path)})
+    cfg = CompareConfig.from_options({**PRESETS["tiny"], "seeds": (0, 1), "out_dir": str(tmp_path)})
     summaries = {}
     for i, key in enumerate((a, s) for s in (0, 1) for a in cfg.agents):
         run = Path(cfg.run_config(*key).out_dir)
@@ -84,7 +86,7 @@ def test_runs_see_the_callers_environment_and_folder_not_the_fork_servers(tmp_pa
     )
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MPO_GYM_PROBE", "after-start")
-    cfg = CompareConfig(**{**PRESETS["tiny"], "agents": ("ppo",), "agent_kwargs": {}, "updates": 1, "eval_tasks": 0,
+    cfg = CompareConfig.from_options({**PRESETS["tiny"], "agents": ("ppo",), "agent_kwargs": {}, "updates": 1, "eval_tasks": 0,
                            "out_dir": str(tmp_path / "cmp"), "imports": ("probe_env",)})
     compare_module.compare(cfg)
     lines = (tmp_path / "probe.txt").read_text().splitlines()
@@ -96,7 +98,7 @@ def test_a_batch_of_partial_groups_is_refused_for_every_arm_before_a_model_loads
     from mpo_gym import compare, trainer
     from mpo_gym.cli import main
 
-    monkeypatch.setattr(trainer, "_build_policy", lambda cfg: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(trainer, "build_policy", lambda cfg: pytest.fail("a model was loaded"))
     monkeypatch.setattr(compare, "_shared_before", lambda cfg, out: pytest.fail("the shared evaluation ran"))
     code = main(["compare", "--env", "mpo_gym/Toy-v0", "--model", "tiny", "--agents", "ppo,grpo", "--num-envs", "6",
                  "--updates", "1", "--eval-tasks", "2", "--dtype", "float32", "--out-dir", str(tmp_path / "c")])

@@ -204,7 +204,7 @@ def test_eval_command_line_compares_models(fake_model, tmp_path, monkeypatch, ca
 
     answers = {"good": lambda t, g, r: t.solution, "bad": lambda t, g, r: "I do not know"}
     monkeypatch.setattr(
-        evaluation, "load_policy", lambda spec, dtype="float32": GoldPolicy(answers[spec])
+        evaluation, "load_policy", lambda spec, dtype="float32", **kw: GoldPolicy(answers[spec])
     )
     monkeypatch.setattr("mpo_gym.errors.check_model_spec", lambda spec, flag="--model": spec)
     out = tmp_path / "eval"

@@ -72,7 +72,7 @@ def _write_run(cfg, agent, seed, tasks):
 
 
 def test_report_numbers_come_from_the_rows(tmp_path):
-    cfg = CompareConfig(**{**PRESETS["tiny"], "agents": ("ppo",), "seeds": (0, 1), "agent_kwargs": {},
+    cfg = CompareConfig.from_options({**PRESETS["tiny"], "agents": ("ppo",), "seeds": (0, 1), "agent_kwargs": {},
                            "out_dir": str(tmp_path)})
     before = rows("before", [1, 0, 0, 0])
     _write_run(cfg, "ppo", 0, before + rows(1, [1, 1, 0, 0]) + rows("after", [1, 1, 1, 0], order=TASKS[::-1]))

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import gymnasium as gym
 import numpy as np
@@ -178,15 +176,15 @@ def test_trains_through_train(tmp_path, name, extra):
     assert config["resolved_agent_config"]["clip_high"] == (4e-4 if name == "gspo" else 0.4)
 
 
-def test_train_cli_gspo_token(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "mpo_gym", "train", "--agent", "gspo", "--gspo-token", "true", "--env", "mpo_gym/Toy-v0",
-         "--model", "tiny", "--dtype", "float32", "--updates", "1", "--eval-tasks", "2", "--lr", "0.001",
-         "--out-dir", str(tmp_path / "cli")],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert ": 1 updates in " in out.stdout  # the human summary of a finished run
+def test_train_cli_gspo_token(tmp_path, capsys):
+    from mpo_gym.cli import main
+
+    code = main(["train", "--agent", "gspo", "--gspo-token", "true", "--env", "mpo_gym/Toy-v0",
+                 "--model", "tiny", "--dtype", "float32", "--updates", "1", "--eval-tasks", "2", "--lr", "0.001",
+                 "--out-dir", str(tmp_path / "cli")])
+    out = capsys.readouterr()
+    assert code == 0, out.err[-2000:]
+    assert ": 1 updates in " in out.out  # the human summary of a finished run
     config = json.loads((tmp_path / "cli" / "config.json").read_text())
     assert config["num_envs"] == 8 and config["resolved_agent_config"]["gspo_token"] is True
 
@@ -194,7 +192,7 @@ def test_train_cli_gspo_token(tmp_path):
 def test_compare_with_the_tiny_preset(tmp_path):
     from mpo_gym.compare import PRESETS, CompareConfig, compare
 
-    cfg = CompareConfig(**{**PRESETS["tiny"], "agents": ("gspo", "gmpo"), "updates": 1, "eval_tasks": 2,
+    cfg = CompareConfig.from_options({**PRESETS["tiny"], "agents": ("gspo", "gmpo"), "updates": 1, "eval_tasks": 2,
                            "agent_kwargs": {}, "out_dir": str(tmp_path / "cmp")})
     out = compare(cfg)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -211,7 +209,7 @@ def test_report_diagnostics_table_by_kind_of_ratio(tmp_path):
     from mpo_gym.compare import PRESETS, CompareConfig
     from mpo_gym.report import _diagnostics_table
 
-    cfg = CompareConfig(**{**PRESETS["offpolicy"], "out_dir": str(tmp_path)})
+    cfg = CompareConfig.from_options({**PRESETS["offpolicy"], "out_dir": str(tmp_path)})
     token = [{"losses/clipfrac": c, "losses/ratio_var": v} for c, v in ((0.1, 0.02), (0.3, 0.04))]
     seq = [{"losses/clipfrac": 0.5, "losses/ratio_var": 9.0, "gspo/ratio_var_seq": 0.001, "gspo/ratio_var_token": 0.03,
             "gspo/clipfrac_token": 0.7, "gspo/clip_disagreement": 0.2}]

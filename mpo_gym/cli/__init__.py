@@ -1,5 +1,12 @@
 """The ``mpo-gym`` command line: list, check, train, eval, compare, export, env, audit-math.
 
+``train``, ``eval`` and ``compare`` generate their flags from their configs
+(:mod:`mpo_gym.configs`; the wiring is in ``mpo_gym.cli.train``, ``.eval`` and ``.compare``),
+so shared options have the same names and help. Every ``--import MODULE`` on the command line
+(repeatable, or comma-separated) and the installed ``mpo_gym.envs`` / ``mpo_gym.agents`` entry
+points are imported before any option is checked, so user envs and agents are known to
+``--env`` and ``--agent``.
+
 User errors (:class:`~mpo_gym.errors.MpoGymError`) print a short message and exit with code 2
 (a run stopped by SIGINT/SIGTERM: 130/143) without a traceback; ``--debug`` anywhere on the
 command line, or ``MPO_GYM_DEBUG=1``, shows the traceback.
@@ -14,12 +21,12 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import DEBUG_ENV, MpoGymError
+from ..errors import DEBUG_ENV, MpoGymError
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from .envs import list_envs
-    from .plugins import import_modules, load_entry_points
+    from ..envs import list_envs
+    from ..plugins import import_modules, load_entry_points
 
     import_modules(args.imports)
     load_entry_points()
@@ -34,8 +41,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
     import gymnasium as gym
     import numpy as np
 
-    from .plugins import check_env_id, import_modules
-    from .testing import check_reasoning_env
+    from ..plugins import check_env_id, import_modules
+    from ..testing import check_reasoning_env
 
     import_modules(args.imports)
     check_env_id(args.env_id, flag="env id")
@@ -62,29 +69,39 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_env(args: argparse.Namespace) -> int:
-    from .envinfo import environment_report
+    from ..envinfo import environment_report
 
     print(environment_report())
     return 0
 
 
 _OPTIONAL = {
-    "train": ("mpo_gym.trainer", "train one agent on one env"),
-    "eval": ("mpo_gym.evaluation", "evaluate models on GSM8K, MATH-500, HumanEval, MBPP"),
-    "compare": ("mpo_gym.compare", "train several agents side by side and report"),
-    "export": ("mpo_gym.export", "write a run's policy as a Hugging Face model folder"),
+    "train": ("mpo_gym.cli.train", "train one agent on one env"),
+    "eval": ("mpo_gym.cli.eval", "evaluate models on GSM8K, MATH-500, HumanEval, MBPP"),
+    "compare": ("mpo_gym.cli.compare", "train several agents side by side and report"),
+    "export": ("mpo_gym.cli.export", "write a run's policy as a Hugging Face model folder"),
     "audit-math": ("mpo_gym.verifiers.math_audit", "compare math verdicts with math-verify"),
 }
 
 
 def _add_imports(p: argparse.ArgumentParser) -> None:
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
-                   help="import MODULE first (it registers user envs); repeatable")
+                   help="import MODULE first (it registers user envs and agents); repeatable")
+
+
+def import_plugins(argv: Sequence[str]) -> None:
+    """Import every ``--import`` module of ``argv`` and the installed entry points (env and
+    agent plug-ins), before the parser checks ``--env`` or ``--agent``."""
+    from .. import plugins
+    from ..options import pre_scan_all
+
+    plugins.load_entry_points()
+    plugins.import_modules(pre_scan_all(list(argv), "import"))
 
 
 def build_parser(command: str | None = None, argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     """The parser; only ``command``'s module is imported (so ``list`` never imports torch)."""
-    from . import __version__
+    from .. import __version__
 
     parser = argparse.ArgumentParser(prog="mpo-gym", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"mpo-gym {__version__}")
@@ -146,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     command = next((a for a in argv if not a.startswith("-")), None)
     try:
+        if command in ("list", "check", "train", "eval", "compare", "export"):
+            import_plugins(argv)
         args = build_parser(command, argv).parse_args(argv)
         return int(args.func(args) or 0)
     except MpoGymError as exc:
@@ -162,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         if "torch.distributed" in sys.modules:
-            from . import distributed
+            from .. import distributed
 
             distributed.close()
 
@@ -170,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _prints(exc: MpoGymError | None) -> bool:
     """Under torchrun, the errors every rank raises alike (bad options, a signal) are printed by
     rank 0 alone; any other error by the rank that raised it."""
-    from .errors import ConfigError, RunInterrupted
+    from ..errors import ConfigError, RunInterrupted
 
     return os.environ.get("RANK", "0") == "0" or (exc is not None and not isinstance(exc, (ConfigError, RunInterrupted)))
 
