@@ -76,8 +76,6 @@ TRL_RUNS = ("trl", "trl-ourlr")
 RUNS = OUR_RUNS + TRL_RUNS
 BETA1 = 0.82288  # mpo_betas(5, 0.06, 0.8)[0]; checked against the function at run time
 TRL_DEFAULT_LR = 1e-6  # GRPOConfig.learning_rate in TRL_PINS; checked in the worker
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
-         10: 2.228, 14: 2.145, 19: 2.093, 29: 2.045}
 Z_80 = 0.8416  # standard normal 0.80 quantile: the margin for 80% power
 
 
@@ -513,11 +511,6 @@ def _code_version() -> str:
 
 
 # ---------------------------------------------------------------------------------- summary
-def t_quantile(df: int) -> float:
-    keys = sorted(T_975)
-    return T_975[max(k for k in keys if k <= df)] if df >= 1 else float("nan")
-
-
 def summarize(results: list[dict[str, Any]], order: tuple[str, ...] = RUNS) -> dict[str, dict[str, Any]]:
     """Per run name: mean gain, 95% intervals over seeds and over tasks, cost."""
     import numpy as np
@@ -527,15 +520,18 @@ def summarize(results: list[dict[str, Any]], order: tuple[str, ...] = RUNS) -> d
         rows = sorted((r for r in results if r["run"] == name and r.get("after") is not None), key=lambda r: r["seed"])
         if not rows:
             continue
+        from mpo_gym.report import seed_interval
+
         gains = np.array([r["after"] - r["before"] for r in rows])
         n = len(gains)
-        seed_se = gains.std(ddof=1) / math.sqrt(n) if n > 1 else float("nan")
+        mean_gain, seed_sd, seed_half = seed_interval(gains)
+        seed_se = seed_sd / math.sqrt(n) if n > 1 else float("nan")
         diffs = np.array([np.asarray(r["outcomes_after"], float) - np.asarray(r["outcomes_before"], float) for r in rows])
         per_task = diffs.mean(0)  # [tasks] gain of each task, averaged over seeds
         task_half = 1.96 * per_task.std(ddof=1) / math.sqrt(per_task.size) if per_task.size > 1 else float("nan")
         out[name] = {
-            "seeds": [r["seed"] for r in rows], "gains": gains.tolist(), "mean_gain": float(gains.mean()),
-            "seed_se": float(seed_se), "seed_half": float(t_quantile(n - 1) * seed_se), "task_half": float(task_half),
+            "seeds": [r["seed"] for r in rows], "gains": gains.tolist(), "mean_gain": mean_gain,
+            "seed_se": float(seed_se), "seed_half": float(seed_half), "task_half": float(task_half),
             "before": float(np.mean([r["before"] for r in rows])), "after": float(np.mean([r["after"] for r in rows])),
             "updates": float(np.mean([r["updates"] for r in rows])),
             "s_per_update": float(np.mean([r["train_seconds"] / max(r["updates"], 1) for r in rows])),

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from . import runs
 from .configs import SUITE_IDS, EvalConfig, check_sampling
 from .loading import load_policy
 
@@ -39,7 +40,9 @@ __all__ = [
     "SUITE_IDS",
     "EvalConfig",
     "check_sampling",
+    "episode_record",
     "evaluate_envs",
+    "evaluate_held_out",
     "load_policy",
     "preflight",
     "run_evaluation",
@@ -56,7 +59,7 @@ __all__ = [
     "write_results",
 ]
 
-STATUSES = ("correct", "incorrect", "no_answer", "timeout", "error")
+from .verifiers import STATUSES  # noqa: E402  (the one list, re-exported)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -299,21 +302,26 @@ def _records(suite, model, env, episodes) -> list[SampleRecord]:
     seen: Counter[int] = Counter()
     out = []
     for ep in episodes:
-        task = env.tasks[ep.task_index]
         sample, seen[ep.task_index] = seen[ep.task_index], seen[ep.task_index] + 1
-        verdict = ep.verdict
-        out.append(
-            SampleRecord(
-                suite=suite, model=model, task_id=task.id, task_index=int(ep.task_index),
-                sample=sample, prompt=task.prompt, reference=task.reference, response=ep.text,
-                status=verdict.status if verdict is not None else "no_answer",
-                extracted=verdict.extracted if verdict is not None else None,
-                detail=verdict.detail if verdict is not None else _NO_VERDICT,
-                reward=float(ep.reward), response_tokens=len(ep.response_ids),
-                truncated=bool(ep.truncated),
-            )
-        )  # fmt: skip
+        out.append(episode_record(ep, env, suite=suite, model=model, sample=sample))
     return out
+
+
+def episode_record(ep: Any, env: Any, *, suite: str = "", model: str = "", sample: int = 0) -> SampleRecord:
+    """The one per-episode record (``samples.jsonl``, ``completions.jsonl``; ``eval_tasks.jsonl``
+    rows are a projection of it) of a rollout episode of ``env``'s tasks."""
+    base = getattr(env, "unwrapped", env)
+    task = base.tasks[int(ep.task_index)]
+    verdict = ep.verdict
+    return SampleRecord(
+        suite=suite, model=model, task_id=task.id, task_index=int(ep.task_index),
+        sample=sample, prompt=task.prompt, reference=task.reference, response=ep.text,
+        status=verdict.status if verdict is not None else "no_answer",
+        extracted=verdict.extracted if verdict is not None else None,
+        detail=verdict.detail if verdict is not None else _NO_VERDICT,
+        reward=float(ep.reward), response_tokens=len(ep.response_ids),
+        truncated=bool(ep.truncated),
+    )  # fmt: skip
 
 
 def held_out_summary(samples: Sequence[SampleRecord]) -> dict[str, Any]:
@@ -342,10 +350,7 @@ def write_task_rows(path: str | Path, samples: Sequence[SampleRecord], when: str
     new = [{**tags, "when": when, "task_id": s.task_id, "task_index": s.task_index,
             "sample": s.sample, "status": s.status, "correct": int(s.status == "correct"),
             "reward": s.reward} for s in samples]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        for row in kept + new:
-            f.write(json.dumps(row) + "\n")
+    runs.write_jsonl(path, kept + new)
 
 
 def read_task_rows(path: str | Path) -> list[dict[str, Any]]:
@@ -458,11 +463,37 @@ def write_results(results: Results, out_dir: str | Path) -> dict[str, Path]:
     if protocols:
         md += ["## Protocols\n", "".join(f"- **{suite}**: {text}\n" for suite, text in protocols.items())]
     paths["markdown"].write_text("\n".join(md))
-    with paths["samples"].open("w") as f:
-        for r in flat:
-            for s in r.samples:
-                f.write(json.dumps(asdict(s), default=str) + "\n")
+    runs.write_jsonl(paths["samples"], (asdict(s) for r in flat for s in r.samples), default=str)
     return paths
+
+
+def evaluate_held_out(cfg: Any, policy: Any, envs: list[Any] | None = None, *,
+                      when: str | int = "after", rows_path: Path | None = None,
+                      dist: Any = None) -> dict[str, Any]:
+    """Greedy accuracy and mean reward on the first ``eval_tasks`` tasks of the test split.
+
+    Runs :func:`evaluate_envs` (the one evaluation path; sharded by task over
+    the ranks of ``dist``) and records one row per task in ``rows_path`` (default
+    ``<out_dir>/eval_tasks.jsonl``; rank 0 writes) under ``when`` (``"before"``, ``"after"`` or
+    the update number).
+    """
+    import torch
+
+    from . import distributed
+    from .loading import make_envs
+    from .rollout import task_count
+
+    dist = dist or distributed.SINGLE
+
+    envs = envs or make_envs(cfg, min(cfg.eval_batch, cfg.eval_tasks), split="test")
+    n_tasks = min(cfg.eval_tasks, task_count(envs)[1])
+    policy.eval()
+    with torch.no_grad(), dist.gathered(policy):
+        samples = evaluate_envs(envs, policy, range(n_tasks), temperature=0.0, suite=cfg.env,
+                                model_name=cfg.agent, dist=dist)
+    if dist.is_main:
+        write_task_rows(rows_path or Path(cfg.out_dir) / "eval_tasks.jsonl", samples, when)
+    return held_out_summary(samples)
 
 
 # ---------------------------------------------------------------------------- an EvalConfig

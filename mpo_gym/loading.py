@@ -22,7 +22,8 @@ from . import runs
 from .configs import TrainConfig
 from .errors import ConfigError
 
-__all__ = ["LoadedRun", "build_policy", "load_policy", "load_run", "make_policy", "tiny_policy"]
+__all__ = ["LoadedRun", "build_policy", "is_run_folder", "load_policy", "load_run", "make_envs", "make_policy",
+           "tiny_policy"]
 
 
 def make_policy(cfg: TrainConfig, spec: Any = None) -> Any:
@@ -114,6 +115,16 @@ def load_run(run_dir: str | Path, *, device: str | None = None, checkpoint: str 
     policy.set_compute_dtype(record.get("resolved_dtype") or compute_dtype(cfg.dtype, cfg.resolved_device))
     policy.load_state_dict(files["policy.pt"])
     return LoadedRun(cfg, policy, int(files["state.pt"]["step"]), folder, record)
+
+
+def make_envs(cfg: TrainConfig, n: int, split: str | None = None) -> list[Any]:
+    """``n`` copies of the run's env (its resolved kwargs; ``split`` overrides the env's)."""
+    import gymnasium as gym
+
+    kwargs = cfg.resolved_env_kwargs()
+    if split is not None:
+        kwargs["split"] = split
+    return [gym.make(cfg.env, **kwargs) for _ in range(n)]
 
 
 def tiny_policy(seed: int, dtype: str | None = None, device: str = "cpu") -> Any:

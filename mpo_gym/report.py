@@ -20,8 +20,10 @@ from typing import Any
 import numpy as np
 
 from .evaluation import read_task_rows
+from .runs import write_jsonl
 
-__all__ = ["accuracy_cell", "paired_gain", "paired_outcomes", "seed_summary", "wilson_interval", "write_report"]
+__all__ = ["accuracy_cell", "paired_gain", "paired_outcomes", "seed_interval", "seed_summary", "t_quantile",
+           "wilson_interval", "write_report"]
 
 MPO_DIAGNOSTICS = (
     "mpo/clipfrac_united",
@@ -47,7 +49,8 @@ RECOMPUTE = (
     "An accuracy is the mean of `correct` over the rows of one agent, seed and `when`; its "
     "interval is the 95% Wilson score interval of that count. A gain pairs a run's `before` and "
     "`after` rows by `task_id`: the mean of after − before, ± 1.96 × sd(differences, ddof=1) / √n. "
-    "A mean row averages the seeds' gains; seed sd is their standard deviation (ddof=1)."
+    "A mean row averages the seeds' gains; seed sd is their standard deviation (ddof=1) and the interval "
+    "over seeds is t(0.975, seeds − 1) × sd / √seeds."
 )
 
 
@@ -85,10 +88,33 @@ def paired_outcomes(before: Sequence[dict[str, Any]], after: Sequence[dict[str, 
     return [b for b, _ in pairs], [a for _, a in pairs]
 
 
+# Student's t 0.975 quantiles by degrees of freedom (a df between two keys uses the lower key:
+# the interval is then slightly wider than exact, never narrower).
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
+         10: 2.228, 14: 2.145, 19: 2.093, 29: 2.045}
+
+
+def t_quantile(df: int) -> float:
+    """Student's t 0.975 quantile for ``df`` degrees of freedom (nan below 1)."""
+    return T_975[max(k for k in T_975 if k <= df)] if df >= 1 else float("nan")
+
+
 def seed_summary(gains: Sequence[float]) -> tuple[float, float]:
     """Mean of the seeds' gains and their standard deviation (ddof=1; nan for one seed)."""
+    mean, sd, _ = seed_interval(gains)
+    return mean, sd
+
+
+def seed_interval(gains: Sequence[float]) -> tuple[float, float, float]:
+    """``(mean, sd, half)`` of the seeds' gains: sd with ddof=1 and the 95% half-width over seeds,
+    ``t(0.975, n-1) * sd / sqrt(n)`` (nan for one seed). The one seed interval of the report and
+    the study."""
     values = np.asarray(gains, dtype=float)
-    return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else float("nan")
+    n = values.size
+    if n < 2:
+        return (float(values.mean()) if n else float("nan")), float("nan"), float("nan")
+    sd = float(values.std(ddof=1))
+    return float(values.mean()), sd, t_quantile(n - 1) * sd / math.sqrt(n)
 
 
 def _rows_of(rows: Sequence[dict[str, Any]], agent: str, seed: int, when: str | int) -> list[dict[str, Any]]:
@@ -121,14 +147,10 @@ def _read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 def write_report(cfg: Any, out: Path, summaries: dict[tuple[str, int], dict[str, Any]], before: dict[str, Any] | None, command: str) -> None:
     """Write every report artefact into ``out``."""
     runs = {key: _read_metrics(Path(cfg.run_config(*key).out_dir)) for key in summaries}
-    with (out / "metrics.jsonl").open("w") as f:
-        for (agent, seed), rows in runs.items():
-            for row in rows:
-                f.write(json.dumps({"agent": agent, "seed": seed, **row}) + "\n")
+    write_jsonl(out / "metrics.jsonl", ({"agent": agent, "seed": seed, **row} for (agent, seed), rows in runs.items()
+                                        for row in rows))
     tasks = collect_task_rows(cfg, list(summaries))
-    with (out / "eval_tasks.jsonl").open("w") as f:
-        for row in tasks:
-            f.write(json.dumps(row) + "\n")
+    write_jsonl(out / "eval_tasks.jsonl", tasks)
     _plot(cfg, runs, out / "curves.png", summaries, tasks)
     table = _results_table(cfg, summaries, tasks)
     text = "\n".join(
@@ -199,8 +221,9 @@ def _results_table(cfg: Any, summaries: dict[tuple[str, int], dict[str, Any]], t
                 cell = f"{result[0]:+.3f} ± {result[1]:.3f}"
             rows.append(f"| {agent} | {seed} | {s['updates']} | {accuracy_cell(before)} | {accuracy_cell(after)} | {cell} |")
         if len(cfg.seeds) > 1 and gains:
-            mean, spread = seed_summary(gains)
-            rows.append(f"| **{agent} mean** | {len(gains)} seeds | | | | **{mean:+.3f}** (seed sd {spread:.3f}) |")
+            mean, spread, half = seed_interval(gains)
+            rows.append(f"| **{agent} mean** | {len(gains)} seeds | | | | **{mean:+.3f}** ± {half:.3f} over seeds "
+                        f"(seed sd {spread:.3f}) |")
     return rows
 
 

@@ -52,8 +52,10 @@ __all__ = [
     "read_checkpoint",
     "read_json",
     "save_checkpoint",
+    "append_jsonl",
     "truncate_jsonl",
     "write_json",
+    "write_jsonl",
 ]
 
 # Fields that may differ when a run is resumed: the budget, and how it is logged/checkpointed.
@@ -184,6 +186,24 @@ def _probe_write(out: Path) -> OSError | None:
     finally:
         probe.unlink(missing_ok=True)
     return None
+
+
+def append_jsonl(path: Path, *rows: Mapping[str, Any], default: Callable[[Any], Any] | None = None) -> None:
+    """Append ``rows`` to the JSON Lines file ``path``, one compact line each (the one writer of
+    a run's ``*.jsonl`` files; a torn last line is repaired on resume by :func:`truncate_jsonl`)."""
+    with Path(path).open("a") as f:
+        f.write("".join(json.dumps(row, default=default) + "\n" for row in rows))
+
+
+def write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]], default: Callable[[Any], Any] | None = None) -> None:
+    """Write ``rows`` as the JSON Lines file ``path``, replacing it atomically (a crash leaves the
+    old file or the new one, never a mix)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as f:
+        f.write("".join(json.dumps(row, default=default) + "\n" for row in rows))
+    os.replace(tmp, path)
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -134,32 +134,35 @@ def make_tracker(cfg: Any, out: Path, start_step: int = 0) -> Tracker:
 
 # ---------------------------------------------------------------------- completions
 def completion_rows(step: int, batch: Any, envs: list[Any], max_chars: int = 2000) -> list[dict[str, Any]]:
-    """One row per episode of ``batch``: step, task id, prompt, response, verdict, reward."""
+    """One row per episode of ``batch``: the update ``step`` and the episode's record
+    (:func:`mpo_gym.evaluation.episode_record`: task, prompt, response, verdict, reward), with
+    prompt and response cut to ``max_chars``."""
+    from dataclasses import asdict
+
+    from .evaluation import episode_record
+
     rows = []
     for i, ep in enumerate(getattr(batch, "episodes", []) or []):
-        env: Any = envs[i % len(envs)] if envs else None
-        base: Any = getattr(env, "unwrapped", env)
-        prompt = ""
-        try:
-            prompt = str(base.tasks[int(ep.task_index)].prompt)
-        except (AttributeError, IndexError, TypeError):
-            pass
-        verdict = getattr(ep, "verdict", None)
-        rows.append({
-            "step": step, "task_id": getattr(ep, "task_id", ""), "prompt": prompt[:max_chars],
-            "response": str(getattr(ep, "text", ""))[:max_chars],
-            "status": getattr(verdict, "status", None), "extracted": getattr(verdict, "extracted", None),
-            "detail": getattr(verdict, "detail", None), "reward": float(getattr(ep, "reward", 0.0)),
-        })
+        env: Any = envs[i % len(envs)]
+        row = {"step": step, **asdict(episode_record(ep, env, suite=str(getattr(env.spec, "id", "") or "")))}
+        row.update(prompt=str(row["prompt"])[:max_chars], response=str(row["response"])[:max_chars],
+                   reference=_short(row["reference"], max_chars))
+        rows.append(row)
     return rows
+
+
+def _short(value: Any, max_chars: int) -> Any:
+    """A JSON-able ``value`` as is when short, else its text cut to ``max_chars``."""
+    text = json.dumps(value, default=str)
+    return value if len(text) <= max_chars else text[:max_chars]
 
 
 def write_completions(path: Path, step: int, batch: Any, envs: list[Any]) -> list[dict[str, Any]]:
     """Append the batch's completions to ``path`` (JSONL); returns the rows."""
+    from .runs import append_jsonl
+
     rows = completion_rows(step, batch, envs)
-    with path.open("a") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
+    append_jsonl(path, *rows)
     return rows
 
 

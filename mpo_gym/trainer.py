@@ -34,15 +34,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
-import numpy as np
 import torch
 
 from . import distributed, runs
 from .agents import make_agent
 from .configs import TrainConfig
 from .errors import ConfigError, MpoGymError, RunInterrupted, check_model_spec
-from .loading import LoadedRun, build_policy, is_run_folder, load_run, make_policy
+from .evaluation import evaluate_held_out
+from .loading import LoadedRun, build_policy, is_run_folder, load_run, make_envs, make_policy
+from .training_run import TrainingDiverged, TrainingRun, check_finite, peak_rss_mb
 
 __all__ = ["LoadedRun", "TrainConfig", "TrainResult", "TrainingDiverged", "evaluate_held_out", "load_run",
            "make_policy", "train"]
@@ -60,49 +60,6 @@ class TrainResult:
     history: list[dict[str, Any]]
     peak_rss_mb: float
     warmup_seconds: float = 0.0
-
-
-def make_envs(cfg: TrainConfig, n: int, split: str | None = None) -> list[Any]:
-    kwargs = cfg.resolved_env_kwargs()
-    if split is not None:
-        kwargs["split"] = split
-    return [gym.make(cfg.env, **kwargs) for _ in range(n)]
-
-
-def evaluate_held_out(cfg: TrainConfig, policy: Any, envs: list[Any] | None = None, *,
-                      when: str | int = "after", rows_path: Path | None = None,
-                      dist: distributed.Dist = distributed.SINGLE) -> dict[str, Any]:
-    """Greedy accuracy and mean reward on the first ``eval_tasks`` tasks of the test split.
-
-    Runs :func:`mpo_gym.evaluation.evaluate_envs` (the one evaluation path; sharded by task over
-    the ranks of ``dist``) and records one row per task in ``rows_path`` (default
-    ``<out_dir>/eval_tasks.jsonl``; rank 0 writes) under ``when`` (``"before"``, ``"after"`` or
-    the update number).
-    """
-    from .evaluation import evaluate_envs, held_out_summary, write_task_rows
-    from .rollout import task_count
-
-    envs = envs or make_envs(cfg, min(cfg.eval_batch, cfg.eval_tasks), split="test")
-    n_tasks = min(cfg.eval_tasks, task_count(envs)[1])
-    policy.eval()
-    with torch.no_grad(), dist.gathered(policy):
-        samples = evaluate_envs(envs, policy, range(n_tasks), temperature=0.0, suite=cfg.env,
-                                model_name=cfg.agent, dist=dist)
-    if dist.is_main:
-        write_task_rows(rows_path or Path(cfg.out_dir) / "eval_tasks.jsonl", samples, when)
-    return held_out_summary(samples)
-
-
-def _peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-class TrainingDiverged(MpoGymError):
-    """A non-finite loss, gradient or metric stopped the run (the last good checkpoint is kept)."""
-
-    exit_code = 1
 
 
 def resolve_splits(cfg: TrainConfig) -> tuple[str | None, str]:
@@ -194,12 +151,6 @@ def _differences(cfg: TrainConfig, record: dict[str, Any]) -> Any:
     return differences
 
 
-def _budget_text(cfg: TrainConfig) -> str:
-    if cfg.updates:
-        return str(cfg.updates)
-    return f"a {cfg.time_budget_s:g} s budget"
-
-
 def train(cfg: TrainConfig, *, progress: bool = True, resume: bool = True, label: str | None = None) -> TrainResult:
     """Run (or resume) one training run; see the module docstring for the run folder.
 
@@ -282,200 +233,31 @@ def check_shards(cfg: TrainConfig, dist: distributed.Dist) -> None:
 def _train(cfg: TrainConfig, out: Path, envs: list[Any], eval_envs: list[Any] | None, stop: runs.StopSignals,
            warning: str | None, progress: bool, label: str | None, resumed: bool,
            dist: distributed.Dist = distributed.SINGLE, record: dict[str, Any] | None = None) -> TrainResult:
-    from .tracking import Progress, Tracker, make_tracker, write_completions
-
-    main = dist.is_main
+    """The training loop; the run's bookkeeping is :class:`~mpo_gym.training_run.TrainingRun`'s."""
+    run = TrainingRun(cfg, out, dist, stop, record, eval_envs)
     policy = build_policy(cfg)
-    metrics_path, eval_path = out / "metrics.jsonl", out / "eval.json"
-    step, train_seconds = 0, 0.0
-    loaded = runs.load_checkpoint(out, ("policy.pt", "state.pt"))
-    evals = _read_evals(eval_path, loaded) if main else {}
-    seen = dist.all_gather_objects(int(loaded[0]["state.pt"]["step"]) if loaded is not None else 0)
-    if len(set(seen)) > 1:
-        raise ConfigError(f"the ranks found checkpoints of different updates in {out} ({seen}): every rank must "
-                          "see the same run folder (on several nodes, put --out-dir on a shared filesystem)")
-    # the agent binds the policy before the checkpoint's weights are loaded (a KL reference is a
-    # copy of the initial weights); sharded (no KL reference), after sharding, so that its
-    # optimizer holds the sharded parameters
-    def new_agent() -> Any:
-        return make_agent(cfg.agent, policy, **{"seed": cfg.seed, **cfg.agent_kwargs})
-
-    agent: Any = None if cfg.fsdp else new_agent()
-    if loaded is not None:
-        policy.load_state_dict(loaded[0]["policy.pt"])
-    dist.broadcast_module(policy)  # every rank starts from rank 0's weights, as DDP does
-    if cfg.fsdp:
-        dist = distributed.shard_policy(policy, dist)
-        agent = new_agent()
-    agent.dist = dist
-    if loaded is not None:
-        step, train_seconds = _restore(loaded[0], agent)
-    if main:
-        _keep_rows_up_to(out, step)
-        if step == 0 and warning:
-            _append(metrics_path, {"step": 0, "warning": warning})
-        if step and step >= _max_updates(cfg) and "after" in evals and evals.get("updates") == step:
-            print(f"the run in {out} is already finished ({step} updates of {_budget_text(cfg)}); "
-                  "raise --updates to train it further", flush=True)
-        elif resumed or step:
-            print(f"resuming from update {step} of {_budget_text(cfg)} in {out}", flush=True)
-    # the "before" evaluation is of the initial weights: it can only be measured at update 0
-    evals = dist.broadcast_object(evals)
-    if cfg.eval_tasks and "before" not in evals and step == 0:
-        evals["before"] = evaluate_held_out(cfg, policy, eval_envs, when="before", dist=dist)
-        if main:
-            runs.write_json(eval_path, evals)
-    elif cfg.eval_tasks and "before" not in evals and main:
-        print(f"warning: {eval_path} holds no 'before' evaluation and the run is at update {step}: the initial "
-              "weights are gone, so only 'after' is measured", file=sys.stderr)
-
-    history: list[dict[str, Any]] = []
-    bar = Progress(cfg, step, label, progress and main)
-    tracker = make_tracker(cfg, out, step) if main else Tracker()
-    warmup_seconds = float(evals.get("warmup_seconds", 0.0))
-    if step == 0:
+    agent = run.resume(policy, lambda: make_agent(cfg.agent, policy, **{"seed": cfg.seed, **cfg.agent_kwargs}),
+                       warning, resumed)
+    run.evaluate_before(policy)
+    run.open_logs(progress, label)
+    run.warmup(agent, envs, policy)
+    stop.deferred = True  # a signal ends the current update, then the run saves and stops
+    while run.budget_left():
         t0 = time.perf_counter()
-        try:
-            warm = agent.warmup(envs, policy)
-        except FloatingPointError as exc:
-            raise TrainingDiverged(f"the warm-up stopped: {exc}; lower the warm-up learning rate or use float32") from exc
-        warmup_seconds = time.perf_counter() - t0
-        if warm and main:
-            _append(metrics_path, {"step": 0, "time": 0.0, "warmup/seconds": warmup_seconds, "warmup/steps": len(warm),
-                                   "warmup/loss_first": warm[0]["warmup/loss"], **warm[-1]})
-    last_good, last_save = step, time.monotonic()
-    stop.deferred = True
-    while step < _max_updates(cfg) and not (cfg.time_budget_s and train_seconds >= cfg.time_budget_s):
-        t0 = time.perf_counter()
-        try:
+        with run.guarded():
             # no region spans the update: the policy opens one per forward, and each optimizer
             # step drops the copies made from the old weights (LMPolicy.autocast, weights_changed)
             batch = agent.collect(envs, policy)
             metrics = agent.update(batch)
-            _check_finite(metrics)
-        except FloatingPointError as exc:
-            bar.close()
-            tracker.close()
-            saved = f"update {last_good} in {out / runs.LATEST}" if (out / runs.LATEST).exists() else "none saved yet"
-            raise TrainingDiverged(
-                f"stopped at update {step + 1}: {exc}. The last good checkpoint is {saved}; "
-                "lower the learning rate or use float32."
-            ) from exc
-        # the ranks agree on the clock (the slowest rank's), on a signal any of them received and
-        # on whether a checkpoint is due by time (saving is a collective when the policy is sharded);
-        # the peak memory logged is the largest rank's
-        late = float(bool(cfg.checkpoint_every_s) and time.monotonic() - last_save >= cfg.checkpoint_every_s)
-        seconds, signum, late, peak = dist.all_reduce(
-            [time.perf_counter() - t0, stop.received or 0, late, _peak_rss_mb()], op="max")
-        received = int(signum) or None
-        train_seconds += seconds
-        step += 1
-        row = {"step": step, "time": round(train_seconds, 3), **{k: _num(v) for k, v in metrics.items()},
-               "perf/peak_rss_mb": round(peak, 1)}
-        if cfg.eval_every and step % cfg.eval_every == 0:
-            held_out = evaluate_held_out(cfg, policy, eval_envs, when=step, dist=dist)
-            row.update({f"eval/{k}": v for k, v in held_out.items() if k not in ("n", "outcomes")})
-        history.append(row)
-        if main:
-            _append(metrics_path, row)
-            tracker.log(row, step)
-            if cfg.completions_every and step % cfg.completions_every == 0:
-                table = write_completions(out / "completions.jsonl", step, batch, envs)
-                tracker.log_completions(table, step)
-            bar.update(step, train_seconds, row)
-        due = (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or bool(late)
-        if due or received is not None:
-            _checkpoint(out, policy, agent, step, train_seconds, dist, {"config": record, "evals": evals})
-            last_good, last_save = step, time.monotonic()
-        if received is not None:
-            bar.close()
-            tracker.close()
-            dist.barrier()  # the checkpoint is in place before any rank exits
-            raise RunInterrupted(
-                f"{runs.signal_name(received)}: stopped after update {step} of {_budget_text(cfg)}; "
-                f"checkpoint and metrics saved in {out}. Resume with: {runs.resume_command('train', out)}",
-                received,
-            )
+            check_finite(metrics)
+        row = run.agree(time.perf_counter() - t0, metrics)
+        run.evaluate_every(policy, row)
+        run.log(row, batch, envs)
+        run.checkpoint_if_due(policy, agent)
     stop.deferred = False
-    bar.close()
-    tracker.close()
-    if last_good != step or not dist.broadcast_object((out / runs.LATEST).exists()):
-        _checkpoint(out, policy, agent, step, train_seconds, dist, {"config": record, "evals": evals})
-    if cfg.eval_tasks and not ("after" in evals and evals.get("updates") == step):
-        evals["after"] = evaluate_held_out(cfg, policy, eval_envs, when="after", dist=dist)
-        evals["train_seconds"], evals["updates"], evals["warmup_seconds"] = train_seconds, step, warmup_seconds
-        if main:
-            runs.write_json(eval_path, evals)
-    dist.barrier()  # rank 0's files are complete when train() returns on any rank
-    return TrainResult(
-        out, step, train_seconds, evals.get("before"), evals.get("after"), history, _peak_rss_mb(), warmup_seconds
-    )
-
-
-def _checkpoint(out: Path, policy: Any, agent: Any, step: int, train_seconds: float,
-                dist: distributed.Dist = distributed.SINGLE, meta: dict[str, Any] | None = None) -> None:
-    """Every rank calls it (sharded state is gathered); rank 0 writes. ``meta`` (the config and
-    the evaluations so far) goes into the manifest, to rebuild a torn config.json or eval.json."""
-    weights, state = dist.model_state(policy), {"agent": agent.state_dict(), "step": step,
-                                                "train_seconds": train_seconds, "torch_rng": torch.get_rng_state()}
-    if dist.is_main:
-        runs.save_checkpoint(out, {"policy.pt": weights, "state.pt": state}, {"step": step, **(meta or {})})
-
-
-def _read_evals(path: Path, loaded: tuple[dict[str, Any], Path] | None) -> dict[str, Any]:
-    """eval.json, or when it is missing, empty or torn the evaluations the checkpoint saved."""
-    saved = (loaded[0][runs.MANIFEST].get("evals") or None) if loaded is not None else None
-    found = path.exists()
-    if found:
-        evals = runs.read_json(path, "rebuilt from the checkpoint" if saved else "no checkpoint holds the evaluations")
-        if evals is not None:
-            return evals
-    if loaded is None or not saved:
-        return {}
-    if not found:
-        print(f"note: {path} is missing; rebuilt from {loaded[1] / runs.MANIFEST}", file=sys.stderr)
-    runs.write_json(path, saved)
-    return dict(saved)
-
-
-def _restore(files: dict[str, Any], agent: Any) -> tuple[int, float]:
-    """The agent's state and the clock of a checkpoint (the weights are loaded before)."""
-    state = files["state.pt"]
-    agent.load_state_dict(state["agent"])
-    torch.set_rng_state(state["torch_rng"])
-    return int(state["step"]), float(state["train_seconds"])
-
-
-def _keep_rows_up_to(out: Path, step: int) -> None:
-    """Drop what was logged after the checkpoint we resume from (each update once, in order)."""
-    if step == 0:
-        for name in ("metrics.jsonl", "completions.jsonl"):
-            runs.truncate_jsonl(out / name, lambda row: False)
-    else:
-        runs.truncate_jsonl(out / "metrics.jsonl", lambda row: int(row.get("step", 0)) <= step)
-        runs.truncate_jsonl(out / "completions.jsonl", lambda row: int(row.get("step", 0)) <= step)
-    # held-out rows of --eval-every evaluations after the checkpoint ("before"/"after" stay)
-    runs.truncate_jsonl(out / "eval_tasks.jsonl",
-                        lambda row: not isinstance(row.get("when"), int) or row["when"] <= step)
-
-
-def _max_updates(cfg: TrainConfig) -> int:
-    return cfg.updates if cfg.updates or not cfg.time_budget_s else 10**9
-
-
-def _check_finite(metrics: dict[str, Any]) -> None:
-    bad = [k for k, v in metrics.items() if not np.isfinite(_num(v))]
-    if bad:
-        raise FloatingPointError(f"non-finite metrics {bad}")
-
-
-def _num(value: Any) -> float:
-    return float(value.item() if hasattr(value, "item") else value)
-
-
-def _append(path: Path, row: dict[str, Any]) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(row) + "\n")
+    run.finish(policy, agent)
+    return TrainResult(out, run.step, run.train_seconds, run.evals.get("before"), run.evals.get("after"),
+                       run.history, peak_rss_mb(), run.warmup_seconds)
 
 
 def _config_json(cfg: TrainConfig, train_split: str | None = None, eval_split: str = "test") -> dict[str, Any]:

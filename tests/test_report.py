@@ -82,7 +82,8 @@ def test_report_numbers_come_from_the_rows(tmp_path):
     report = (tmp_path / "report.md").read_text().splitlines()
     assert "| ppo | 0 | 2 | 0.250 [0.046, 0.699] | 0.750 [0.301, 0.954] | +0.500 ± 0.566 |" in report
     assert "| ppo | 1 | 2 | 0.250 [0.046, 0.699] | 0.250 [0.046, 0.699] | +0.000 ± 0.800 |" in report
-    assert "| **ppo mean** | 2 seeds | | | | **+0.250** (seed sd 0.354) |" in report
+    # t(0.975, 1) = 12.706: 12.706 * 0.354 / sqrt(2)
+    assert "| **ppo mean** | 2 seeds | | | | **+0.250** ± 3.176 over seeds (seed sd 0.354) |" in report
     assert ("- **ppo** beat the untrained model on average (+0.250); "
             "0 of 2 seeds improved by more than their 95% interval.") in report
     assert "| ppo | 0 | 0.250 | 0.500 | 0.750 |" in report  # during training: before, update 1, after
