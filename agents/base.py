@@ -7,7 +7,7 @@ Swapping the agent changes nothing else: the env, verifier, seeds and budget sta
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -20,7 +20,7 @@ from mpo_gym.rollout import Episode, rollout, task_count
 
 from . import functional as F
 
-__all__ = ["AgentConfig", "BaseAgent", "PolicySpec", "RolloutBatch", "build_batch"]
+__all__ = ["AgentConfig", "BaseAgent", "PolicySpec", "RolloutBatch", "Selection", "build_batch"]
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class AgentConfig:
         clip_high: ε above 1 (``> clip_low`` gives DAPO's "clip-higher").
         max_grad_norm: gradient-norm clip (0 disables).
         kl_coef: weight of the k3 KL-to-reference loss (0 disables; a frozen copy of the
-            initial policy is kept when > 0).
+            initial policy is kept when > 0, see :meth:`needs_reference_model`).
         entropy_coef: entropy bonus weight (0 disables).
         loss_aggregation: ``"token-mean"``, ``"seq-mean-token-mean"`` or ``"seq-mean-token-sum-norm"``.
         whiten_advantages: normalise advantages over the batch (mean 0, std 1).
@@ -94,8 +94,7 @@ class AgentConfig:
                 raise ValueError(f"{type(self).__name__}.{name} must be > 0; got {getattr(self, name)}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1]; got {self.top_p}")
-        if self.clip_low < 0 or self.clip_high < 0 or self.clip_low >= 1:
-            raise ValueError("need 0 <= clip_low < 1 and clip_high >= 0")
+        self.check_clip()
         if self.micro_batch_size > self.minibatch_size:
             raise ValueError("micro_batch_size must be <= minibatch_size")
         aggregations = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
@@ -105,12 +104,29 @@ class AgentConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
 
+    def check_clip(self) -> None:
+        """Validate ``clip_low``/``clip_high`` (a ratio floor ``1 - clip_low`` above 0 here; an
+        agent whose clip means something else overrides this)."""
+        if self.clip_low < 0 or self.clip_high < 0 or self.clip_low >= 1:
+            raise ValueError("need 0 <= clip_low < 1 and clip_high >= 0")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    # ------------------------------------------------------------------ what the trainer needs
     def policy_spec(self) -> PolicySpec:
         """The policy this agent needs: a bare LM unless a subclass says otherwise."""
         return PolicySpec()
+
+    def batch_group_size(self) -> int:
+        """Episodes per group: a batch (and each rank's share of it) holds whole multiples of
+        this. 1 for agents without groups."""
+        return 1
+
+    def needs_reference_model(self) -> bool:
+        """True where the agent needs a frozen copy of the initial policy (a KL term in the loss
+        or in the reward); :meth:`BaseAgent.bind` builds it then."""
+        return self.kl_coef > 0
 
 
 @dataclass
@@ -141,6 +157,8 @@ class RolloutBatch:
     statuses: list[str] = field(default_factory=list)  # [B] verdict statuses
     episodes: list[Episode] = field(default_factory=list)
     max_len: int = 0  # longest response of the whole rollout batch (kept by select; Dr.GRPO's constant)
+    sampled: list[Episode] | None = None  # every episode sampled this update when a selection kept fewer
+    selection_metrics: dict[str, float] = field(default_factory=dict)  # the selection hook's ``select/...``
 
     @property
     def size(self) -> int:
@@ -153,7 +171,7 @@ class RolloutBatch:
         first = int(attn[:, : self.prompt_len].any(0).long().argmax()) if self.prompt_len else 0
         t_len = int(self.mask[rows].any(0).nonzero().max()) + 1 if self.mask[rows].any() else 1
         out: dict[str, Any] = {"prompt_len": self.prompt_len - first, "statuses": [], "episodes": [],
-                               "max_len": self.max_len}
+                               "max_len": self.max_len, "sampled": None, "selection_metrics": {}}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if not isinstance(value, torch.Tensor):
@@ -165,6 +183,26 @@ class RolloutBatch:
                 value = value[:, :t_len]
             out[f.name] = value
         return RolloutBatch(**out)
+
+
+@dataclass
+class Selection:
+    """What :meth:`BaseAgent.select_episodes` keeps of the episodes sampled for one update.
+
+    Attributes:
+        episodes: the kept episodes, whole groups of ``group_size`` in group-major order (the
+            order groups are numbered in); empty: the update is skipped.
+        sampled: every episode sampled for this update, over all sampling rounds; ``charts/``
+            and ``verdicts/`` describe these, so filtering never changes what is measured.
+        weights: ``[len(episodes)]`` factors on each kept episode's advantages (reweighting),
+            or None (all 1).
+        metrics: the hook's own metrics (``select/...``), logged with the update.
+    """
+
+    episodes: list[Episode]
+    sampled: list[Episode]
+    weights: list[float] | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 def pad_sequences(
@@ -187,8 +225,17 @@ def pad_sequences(
 
 
 def build_batch(episodes: Sequence[Episode], pad_id: int, group_ids: Sequence[int] | None = None) -> RolloutBatch:
-    """Pad episodes into a :class:`RolloutBatch` (rewards placed at each block's last token)."""
+    """Pad episodes into a :class:`RolloutBatch` (rewards placed at each block's last token).
+
+    No episodes give an empty batch (0 rows, 1 column): a skipped update."""
     b = len(episodes)
+    if b == 0:
+        return RolloutBatch(
+            input_ids=torch.zeros((0, 1), dtype=torch.long), attention_mask=torch.zeros((0, 1), dtype=torch.long),
+            prompt_len=0, mask=torch.zeros((0, 1), dtype=torch.bool), rewards=torch.zeros((0, 1)),
+            scores=torch.zeros(0), truncated=torch.zeros(0, dtype=torch.bool),
+            group_ids=torch.zeros(0, dtype=torch.long), sample_logprobs=torch.zeros((0, 1)), max_len=1,
+        )
     input_ids, attention, mask, p = pad_sequences(
         [e.prompt_ids for e in episodes], [e.response_ids for e in episodes], pad_id
     )
@@ -271,7 +318,7 @@ class BaseAgent:
         groups = self.param_groups(policy)
         self.optimizer = adamw(groups, lr=self.config.lr, weight_decay=self.config.weight_decay,
                                eps=self.config.adam_eps)
-        if self.config.kl_coef > 0:
+        if self.config.needs_reference_model():
             self.reference = policy.frozen_copy()
 
     def param_groups(self, policy: LMPolicy) -> list[dict[str, Any]]:
@@ -287,7 +334,8 @@ class BaseAgent:
 
     @property
     def group_size(self) -> int:
-        return 1
+        """Episodes per group (the config's :meth:`AgentConfig.batch_group_size`)."""
+        return self.config.batch_group_size()
 
     # ------------------------------------------------------------------ collect
     def choose_tasks(self, envs: Any) -> list[int]:
@@ -302,12 +350,22 @@ class BaseAgent:
         return [int(i) for i in np.repeat(picks, g)]
 
     def collect(self, envs: Any, policy: LMPolicy) -> RolloutBatch:
-        """Sample one episode per env, then record old log-probs (and values, MTP, reference).
+        """Sample, select, build: one episode per env (:meth:`sample`), the selection hook
+        (:meth:`select_episodes`), then the batch with old log-probs (and values, MTP,
+        reference) and advantages (:meth:`build`).
 
         ``envs``: anything :func:`mpo_gym.rollout.rollout` steps (a list of (wrapped) envs or a
         vector env); the batch holds what the outermost wrapper returned.
         """
         self.bind(policy)
+        return self.build(self.select_episodes(self.sample(envs, policy), envs, policy))
+
+    def sample(self, envs: Any, policy: LMPolicy) -> list[Episode]:
+        """One sampling round: an episode per env of every rank, in episode order, on every rank.
+
+        Each rank rolls out its equal share (its ``envs``) of the round's tasks; the episodes are
+        gathered, so every rank returns the same list. A selection hook may call it again to
+        sample more (each call draws new tasks and a new sampling seed)."""
         tasks = self.choose_tasks(envs)
         seed = int(self.rng.integers(2**31 - 1))
         mine = self.dist.shard(len(tasks))
@@ -319,30 +377,82 @@ class BaseAgent:
         if self.dist.active:  # every rank holds the whole batch, in episode order
             episodes = [e for part in self.dist.all_gather_objects(episodes) for e in part]
         self.rollout_calls += 1
-        groups = [i // self.group_size for i in range(len(episodes))]
-        batch = build_batch(episodes, pad_id=_pad_id(policy), group_ids=groups)
+        return episodes
+
+    def select_episodes(self, episodes: list[Episode], envs: Any, policy: LMPolicy) -> Selection:
+        """The selection hook between sampling and batch building: filter, resample or reweight.
+
+        The base agent keeps every episode. An override returns whole groups (any number of
+        them, none included) and may call :meth:`sample` for more episodes (DAPO's dynamic
+        sampling does). Data parallel: it runs on every rank with the same gathered
+        ``episodes`` and the same random state, so it must decide from them alone (no
+        rank-local state): every rank then keeps the same episodes. The kept batch is *re-sharded*:
+        advantages and whitening are computed over the whole kept batch on every rank, and its
+        rows are split into near-equal shares (sizes differ by at most one) for scoring and for
+        each mini-batch, the gradient weights computed over the whole mini-batch; under ``fsdp``
+        the rank with fewer rows runs zero-weight padding passes so that every forward and
+        backward stays a collective. No kept group (an empty selection) skips the update: it
+        is logged with ``select/skipped = 1`` and makes no optimizer step.
+        """
+        return Selection(episodes=episodes, sampled=episodes)
+
+    def build(self, selection: Selection) -> RolloutBatch:
+        """The batch of the kept episodes: padded, scored (old log-probs, values, MTP,
+        reference) and given advantages (times the selection's weights, if any)."""
+        kept, g = selection.episodes, self.group_size
+        if len(kept) % g:
+            raise ValueError(f"the selection kept {len(kept)} episodes: not whole groups of {g}")
+        groups = [i // g for i in range(len(kept))]
+        batch = build_batch(kept, pad_id=_pad_id(self.policy), group_ids=groups)
+        if selection.sampled is not kept:
+            batch.sampled = list(selection.sampled)
+        batch.selection_metrics = dict(selection.metrics)
+        if batch.size == 0:
+            return batch
         self.score_old(batch)
         self.compute_advantages(batch)
+        if selection.weights is not None:
+            if len(selection.weights) != len(kept):
+                raise ValueError(f"the selection gave {len(selection.weights)} weights for {len(kept)} episodes")
+            w = torch.tensor(selection.weights, dtype=torch.float32)  # [B]
+            assert batch.advantages is not None
+            batch.advantages = batch.advantages * w[:, None].to(batch.advantages.dtype)  # [B, T]
         return batch
 
     @torch.no_grad()
     def score_old(self, batch: RolloutBatch) -> None:
         """Teacher-forced log-probs (and values / MTP log-probs) of the sampling policy.
 
-        Each rank scores its shard of the rows; the results are gathered (data parallel)."""
-        chunks = self._chunks(list(self.dist.shard(batch.size)))
-        t, gather = batch.mask.shape[1], self.dist.all_gather_rows
-        outs = [self._score(self.policy, batch.select(rows), old=True) for rows in chunks]
-        batch.old_logprobs = gather(_cat_pad([o.logprobs for o in outs], t))
+        Each rank scores its shard of the rows; the results are gathered (data parallel). The
+        shards may differ by a row (a selection kept an odd number of rows): sharded
+        (``fsdp``), the rank with fewer chunks scores padding chunks whose outputs it drops, so
+        that every rank runs the same number of forwards."""
+        rows = list(self.dist.shard(batch.size))
+        chunks = self._chunks(rows) or [[0]]  # an empty share scores one row and keeps none
+        chunks += [[0]] * (self._forwards_per_rank(batch.size) - len(chunks))
+        t, n = batch.mask.shape[1], len(rows)
+
+        def gather(parts: list[torch.Tensor]) -> torch.Tensor:
+            return self.dist.all_gather_rows(_cat_pad(parts, t)[:n])
+
+        outs = [self._score(self.policy, batch.select(c), old=True) for c in chunks]
+        batch.old_logprobs = gather([o.logprobs for o in outs])
         if self.uses_critic:
-            batch.old_values = gather(_cat_pad([required(o.values) for o in outs], t))
-            batch.last_values = gather(torch.cat([required(o.last_values) for o in outs]).float().cpu())
+            batch.old_values = gather([required(o.values) for o in outs])
+            last = torch.cat([required(o.last_values) for o in outs]).float().cpu()[:n]
+            batch.last_values = self.dist.all_gather_rows(last)
         if outs[0].mtp_logprobs is not None:
-            batch.old_mtp_logprobs = gather(_cat_pad([required(o.mtp_logprobs) for o in outs], t))
-            batch.mtp_mask = gather(_cat_pad([required(o.mtp_mask) for o in outs], t))
+            batch.old_mtp_logprobs = gather([required(o.mtp_logprobs) for o in outs])
+            batch.mtp_mask = gather([required(o.mtp_mask) for o in outs])
         if self.reference is not None:
-            refs = [self._score(self.reference, batch.select(rows), old=False).logprobs for rows in chunks]
-            batch.ref_logprobs = gather(_cat_pad(refs, t))
+            batch.ref_logprobs = gather([self._score(self.reference, batch.select(c), old=False).logprobs for c in chunks])
+
+    def _forwards_per_rank(self, n_rows: int) -> int:
+        """Sharded (``fsdp``): the scoring chunks of the rank with the most rows (every rank runs
+        that many forwards); 0 otherwise (no padding)."""
+        if not self.dist.fsdp:
+            return 0
+        return max(1, -(-len(shard(n_rows, 0, self.dist.world_size)) // self.config.micro_batch_size))
 
     def _score(self, policy: LMPolicy, mb: RolloutBatch, old: bool) -> ScoreOutput:
         return policy.score(
@@ -370,14 +480,17 @@ class BaseAgent:
         raise NotImplementedError
 
     def update(self, batch: RolloutBatch) -> dict[str, float]:
-        """``ppo_epochs`` passes of shuffled mini-batches; one optimizer step per mini-batch."""
+        """``ppo_epochs`` passes of shuffled mini-batches; one optimizer step per mini-batch.
+
+        An empty batch (the selection kept nothing) makes no step: the metrics say
+        ``select/skipped = 1`` and describe the episodes sampled."""
         if self.optimizer is None:
             raise RuntimeError("bind a policy (or call collect) before update")
         cfg = self.config
         self.policy.train()
         self.bytes_reduced = 0
         logs: dict[str, list[float]] = {}
-        for _ in range(cfg.ppo_epochs):
+        for _ in range(cfg.ppo_epochs if batch.size else 0):
             order = torch.randperm(batch.size, generator=self.torch_rng).tolist()
             for start in range(0, batch.size, cfg.minibatch_size):
                 rows = order[start : start + cfg.minibatch_size]
@@ -385,6 +498,9 @@ class BaseAgent:
                     logs.setdefault(key, []).append(value)
         metrics = {k: float(np.mean(v)) for k, v in logs.items()}
         metrics.update(self.batch_metrics(batch))
+        metrics.update(batch.selection_metrics)
+        if batch.size == 0:
+            metrics["select/skipped"] = 1.0
         if self.dist.active:
             metrics["perf/allreduce_bytes"] = float(self.bytes_reduced)  # gradients summed over ranks
         metrics["perf/train_state_mb"] = self.train_state_bytes() / 2**20
@@ -392,21 +508,40 @@ class BaseAgent:
 
     def _step(self, batch: RolloutBatch, rows: list[int]) -> dict[str, float]:
         assert self.optimizer is not None
-        self.optimizer.zero_grad(set_to_none=True)
-        weights = self._micro_weights(batch, rows)
+        micro = [(lambda m=m: self.loss(batch.select(m)), w) for m, w in self._micro_weights(batch, rows)]
+        logs, norm = self.gradient_step(self.optimizer, micro, self.config.max_grad_norm)
+        if self.config.max_grad_norm > 0:
+            logs["losses/grad_norm"] = norm
+        return logs
+
+    def gradient_step(
+        self, optimizer: torch.optim.Optimizer,
+        micro: Sequence[tuple[Callable[[], tuple[torch.Tensor, dict[str, Any]]], float]], max_grad_norm: float,
+    ) -> tuple[dict[str, float], float]:
+        """One data-parallel optimizer step over this rank's weighted micro-batch losses.
+
+        ``micro``: ``(closure, weight)`` pairs; each closure runs a forward and returns ``(loss,
+        metrics)``; ``(loss * weight).backward()`` accumulates. The weights are chosen so that the
+        gradients accumulated here and summed over ranks are the whole step's (see
+        :meth:`_micro_weights`); the metrics are weighted the same way and summed over ranks.
+        A non-finite loss on any rank skips the step on every rank (``FloatingPointError``).
+        Returns ``(metrics, gradient norm before clipping)``. The RL update and MPO's warm-up
+        both step through here.
+        """
+        optimizer.zero_grad(set_to_none=True)
         logs: dict[str, float] = {}
         error = None
-        for i, (micro, weight) in enumerate(weights):
-            loss, metrics = self.loss(batch.select(micro))
+        for i, (closure, weight) in enumerate(micro):
+            loss, metrics = closure()
             if not torch.isfinite(loss) and error is None:
                 error = f"non-finite loss {loss.item()} ({self.name}); metrics {metrics}"
             if error is not None and not self.dist.fsdp:  # sharded, each backward is a collective: run them all
                 break
-            self.dist.gradient_sync(self.policy, i == len(weights) - 1)
+            self.dist.gradient_sync(self.policy, i == len(micro) - 1)
             (loss * weight).backward()
             for key, value in metrics.items():
                 logs[key] = logs.get(key, 0.0) + weight * float(value)
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        params = [p for g in optimizer.param_groups for p in g["params"]]
         if self.dist.active:  # the weighted logs and any error of every rank; gradients summed
             parts = self.dist.all_gather_objects((logs, error))
             error = next((e for _, e in parts if e is not None), None)
@@ -415,12 +550,9 @@ class BaseAgent:
                 for key, value in part.items():
                     logs[key] = logs.get(key, 0.0) + value
         if error is not None:
-            self.optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)
             raise FloatingPointError(error)
-        norm = self.optimizer_step(self.optimizer, params, self.config.max_grad_norm)
-        if self.config.max_grad_norm > 0:
-            logs["losses/grad_norm"] = norm
-        return logs
+        return logs, self.optimizer_step(optimizer, params, max_grad_norm)
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter],
                        max_grad_norm: float) -> float:
@@ -472,15 +604,26 @@ class BaseAgent:
         return out
 
     def batch_metrics(self, batch: RolloutBatch) -> dict[str, float]:
-        lengths = batch.mask.sum(1).float()
+        """``charts/`` and ``verdicts/`` of the episodes sampled this update (all of them, also
+        where a selection kept fewer), and the sampler-versus-scorer check of the kept rows."""
+        if batch.sampled is None:  # the batch is what was sampled
+            scores, lengths = batch.scores, batch.mask.sum(1).float()
+            truncated, statuses = batch.truncated.float(), batch.statuses
+        else:
+            eps = batch.sampled
+            scores = torch.tensor([e.reward for e in eps], dtype=torch.float32)
+            lengths = torch.tensor([len(e.response_ids) for e in eps], dtype=torch.float32)
+            truncated = torch.tensor([float(e.truncated) for e in eps])
+            statuses = [e.verdict.status if e.verdict is not None else "error" for e in eps]
+        n = len(statuses)
         out = {
-            "charts/reward": float(batch.scores.mean()),
-            "charts/reward_std": float(batch.scores.std()) if batch.size > 1 else 0.0,
-            "charts/response_length": float(lengths.mean()),
-            "charts/truncated": float(batch.truncated.float().mean()),
+            "charts/reward": float(scores.mean()) if n else 0.0,
+            "charts/reward_std": float(scores.std()) if n > 1 else 0.0,
+            "charts/response_length": float(lengths.mean()) if n else 0.0,
+            "charts/truncated": float(truncated.mean()) if n else 0.0,
         }
         for status in ("correct", "incorrect", "no_answer", "timeout", "error"):
-            out[f"verdicts/{status}"] = sum(s == status for s in batch.statuses) / max(batch.size, 1)
+            out[f"verdicts/{status}"] = sum(s == status for s in statuses) / max(n, 1)
         if batch.old_logprobs is not None and bool(batch.mask.any()):
             # the sampler's log-probs against the teacher-forced ones of the same weights (nats per
             # token): ~1e-6 in fp32, ~1e-3 mean under bf16; larger means generation and scoring

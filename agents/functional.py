@@ -1,7 +1,8 @@
 """Pure tensor functions for the agents: masked statistics, advantages, clipped losses, MPO ratios.
 
 Every function here is stateless and shape-documented; the agents (``ppo.py``, ``mpo.py``,
-``grpo.py``, ``gspo.py``, ``gmpo.py``) compose them. Conventions shared by all of them:
+``grpo.py``, ``gspo.py``, ``gmpo.py``, ``rloo.py``, ``reinforcepp.py``, ``dapo.py``, ``cispo.py``,
+``wgmpo.py``) compose them. Conventions shared by all of them:
 
 - **Shapes.** ``B`` rows (responses), ``T`` token positions (right-padded), ``K`` tokens per MPO
   window, ``M`` MTP modules, ``N`` responses in a flat batch of group rewards.
@@ -35,6 +36,7 @@ __all__ = [
     "aggregate_loss",
     "clip_diagnostics",
     "clipped_policy_loss",
+    "cispo_policy_loss",
     "clipped_value_loss",
     "gae",
     "gmpo_policy_loss",
@@ -48,9 +50,14 @@ __all__ = [
     "masked_whiten",
     "mpo_betas",
     "mtp_warmup_loss",
+    "overlong_penalty",
+    "reinforcepp_returns",
     "sequence_clip_diagnostics",
     "sequence_log_ratio",
     "united_log_ratio",
+    "varied_groups",
+    "wgmpo_log_ratio",
+    "wgmpo_policy_loss",
     "window_log_ratios",
 ]
 
@@ -1007,3 +1014,223 @@ def sequence_clip_diagnostics(
             f"{prefix}/abs_log_ratio_gap": masked_mean((log_s[:, None] - log_r).abs(), valid),
         }
     return {k: _metric(v) for k, v in out.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# the third wave's baselines: REINFORCE++, DAPO, CISPO, windowed GMPO
+
+
+def reinforcepp_returns(rewards: Tensor, kl: Tensor, mask: Tensor, kl_coef: float, gamma: float = 1.0) -> Tensor:
+    """REINFORCE++'s token returns with the KL penalty in the reward (Hu et al. 2025, Eq. 8-9).
+
+    ``G_t = Σ_{s >= t} γ^(s-t) (r_s - kl_coef · kl_s)`` over the row's valid positions, where
+    ``r_s`` is the env's reward on token s (the verifier's on the last token) and ``kl_s`` the
+    per-token KL estimate, in the paper ``log π_old(o_s) - log π_ref(o_s)`` (k1). No
+    normalisation here: REINFORCE++ whitens ``G`` over the global batch afterwards
+    (:func:`masked_whiten`). This is :func:`gae` with zero values and ``lam = 1``.
+
+    Args:
+        rewards: ``[B, T]`` per-token env rewards.
+        kl: ``[B, T]`` per-token KL to the reference (detached).
+        mask: ``[B, T]`` valid response tokens.
+        kl_coef: β >= 0.
+        gamma: discount in ``[0, 1]`` (1 in the paper).
+
+    Returns:
+        ``[B, T]`` returns (detached, ``0`` on masked positions).
+    """
+    _same_shape(rewards=rewards, kl=kl, mask=mask)
+    if kl_coef < 0:
+        raise ValueError(f"kl_coef must be >= 0; got {kl_coef}")
+    valid = _valid(mask)  # [B, T]
+    r = _up(rewards.detach())  # [B, T]
+    d = torch.where(valid, _up(kl.detach(), r.dtype), torch.zeros_like(r))  # [B, T]
+    shaped = r - kl_coef * d  # [B, T]
+    returns, _ = gae(shaped, torch.zeros_like(shaped), valid, gamma, 1.0)  # [B, T]
+    return returns
+
+
+def varied_groups(rewards: Tensor, group_size: int) -> Tensor:
+    """DAPO's dynamic-sampling test: which groups' rewards are not all equal (Yu et al. 2025, Eq. 11).
+
+    A group whose G rewards are equal (all correct, all wrong) has zero group-relative
+    advantage everywhere, so it carries no gradient; DAPO drops it. Exact comparison.
+
+    Args:
+        rewards: ``[N]`` one reward per response, consecutive groups of ``group_size``.
+        group_size: G >= 1 dividing N.
+
+    Returns:
+        ``[N / G]`` bool, True where the group's rewards differ.
+    """
+    g = _window_size(group_size)
+    if rewards.dim() != 1 or rewards.shape[0] % g:
+        raise ValueError(f"rewards must be [N] with N a multiple of {g}; got shape {tuple(rewards.shape)}")
+    groups = rewards.detach().reshape(-1, g)  # [N/G, G]
+    return groups.amax(dim=1) > groups.amin(dim=1)  # [N/G]
+
+
+def overlong_penalty(length: int, max_length: int, cache_length: int, factor: float = 1.0) -> float:
+    """DAPO's soft overlong punishment (Yu et al. 2025, Eq. 13), times ``factor``.
+
+    ``0`` for ``length <= max_length - cache_length``; ``((max_length - cache_length) - length) /
+    cache_length`` inside the last ``cache_length`` tokens (falling linearly from 0 to -1);
+    ``-1`` past ``max_length``.
+
+    Args:
+        length: response length |y| in tokens.
+        max_length: L_max.
+        cache_length: L_cache, the punished stretch before L_max (``0 < cache_length <= max_length``).
+        factor: scale of the penalty (1 in the paper).
+
+    Returns:
+        The penalty (<= 0), added to the episode's reward.
+    """
+    if not 0 < cache_length <= max_length:
+        raise ValueError(f"need 0 < cache_length <= max_length; got {cache_length} and {max_length}")
+    expected = max_length - cache_length
+    if length <= expected:
+        return 0.0
+    if length <= max_length:
+        return factor * (expected - length) / cache_length
+    return -factor
+
+
+def cispo_policy_loss(
+    log_ratio: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_low: float = 1.0,
+    clip_high: float = 5.0,
+    aggregation: str = "token-mean",
+    max_len: int | None = None,
+) -> tuple[Tensor, Metrics]:
+    """CISPO, negated (MiniMax-M1, Chen et al. 2025, Eq. 4-5): REINFORCE with a clipped,
+    gradient-stopped importance weight on every token.
+
+    ``loss = -agg( sg(ŵ_t) · A_t · log r_t )``, ``ŵ_t = clip(r_t, 1 - clip_low, 1 + clip_high)``.
+    Its gradient is ``-agg(ŵ_t A_t ∇ log π(o_t))``: every token keeps a gradient (PPO's clip
+    drops the clipped tokens'), only its weight is bounded. The paper writes ``log π_θ(o_t)``
+    where this uses ``log r_t = log π_θ - log π_old``: the same gradient, and a value that is 0
+    on-policy. The paper sets no lower bound (``clip_low = 1``: the floor is 0) and tunes
+    ``clip_high`` only; ``clip_high = inf`` is no clip (plain importance weights).
+
+    Args:
+        log_ratio: ``[B, T]`` ``logp_new - logp_old`` (carries the gradient).
+        advantages: ``[B, T]`` (detached).
+        mask: ``[B, T]`` valid tokens.
+        clip_low: ε_low in ``[0, 1]``; the weight floor is ``1 - clip_low``.
+        clip_high: ε_high ``>= 0`` (``inf`` allowed); the weight ceiling is ``1 + clip_high``.
+        aggregation: see :func:`aggregate_loss` (the paper: ``"token-mean"``).
+        max_len: the Dr.GRPO constant for ``"seq-mean-token-sum-norm"``.
+
+    Returns:
+        ``(loss, metrics)``: ``clipfrac`` (fraction of valid tokens whose weight the clip
+        changed, either side, whatever the advantage), ``approx_kl``, ``ratio_mean``, ``ratio_var``.
+    """
+    _same_shape(log_ratio=log_ratio, advantages=advantages, mask=mask)
+    if not (0.0 <= clip_low <= 1.0 and clip_high >= 0.0):
+        raise ValueError(f"CISPO needs 0 <= clip_low <= 1 and clip_high >= 0; got {clip_low}, {clip_high}")
+    valid = _valid(mask)  # [B, T]
+    lr = _up(log_ratio)  # [B, T]
+    lr = torch.where(valid, lr, torch.zeros_like(lr))  # [B, T]
+    adv = _up(advantages.detach(), lr.dtype)  # [B, T]
+    adv = torch.where(valid, adv, torch.zeros_like(adv))  # [B, T]
+    ratio = torch.exp(lr.detach())  # [B, T]
+    weight = ratio.clamp(min=1.0 - clip_low, max=1.0 + clip_high)  # [B, T] sg(ŵ)
+    per_token = -weight * adv * lr  # [B, T]
+    loss = aggregate_loss(per_token, valid, aggregation, max_len)  # []
+    with torch.no_grad():
+        metrics = {
+            "clipfrac": _metric(masked_mean(weight != ratio, valid)),
+            "approx_kl": _metric(masked_mean((ratio - 1.0) - lr.detach(), valid)),
+            "ratio_mean": _metric(masked_mean(ratio, valid)),
+            "ratio_var": _metric(masked_var(ratio, valid)),
+        }
+    return loss, metrics
+
+
+def wgmpo_log_ratio(
+    log_ratio: Tensor, advantages: Tensor, mask: Tensor, k: int, clip_low: float = 0.4, clip_high: float = 0.4
+) -> tuple[Tensor, Tensor]:
+    """Windowed GMPO's log-ratio: the mean of the K log-clipped token log-ratios of each window.
+
+    For position t with advantage ``A_t``, each term ``l_{t+n-1}`` (n = 1..K, the tokens of the
+    window inside the response) is clipped in log space on the side PPO clips, as GMPO clips a
+    token (Zhao et al. 2025, Eq. 4): ``min(l, clip_high)`` for ``A_t >= 0``, ``max(l, -clip_low)``
+    for ``A_t < 0``; then ``log R_t = mean_n l̃_{t,n}`` over the valid terms (a geometric mean of
+    the clipped window ratios). ``k = 1``: ``log R_t = l̃_t``, GMPO's token term alone.
+
+    Args:
+        log_ratio: ``[B, T]`` ``logp_new - logp_old`` (carries the gradient, into every term).
+        advantages: ``[B, T]`` per-token advantages (detached; only their sign is read here).
+        mask: ``[B, T]`` valid tokens.
+        k: window length K >= 1.
+        clip_low: ε_low in log units (>= 0).
+        clip_high: ε_high in log units (>= 0).
+
+    Returns:
+        ``(log R [B, T], clipped [B, T, K] bool)``: the combined log-ratio (``0`` on padding) and
+        which valid window terms the clip replaced (``A != 0``).
+    """
+    _same_shape(log_ratio=log_ratio, advantages=advantages, mask=mask)
+    if not (clip_low >= 0.0 and clip_high >= 0.0):
+        raise ValueError(f"windowed GMPO's log-space clip ranges must be >= 0; got {clip_low}, {clip_high}")
+    valid, lr = _seq_rows(log_ratio, mask)
+    adv = _up(advantages.detach(), lr.dtype)  # [B, T]
+    a = torch.where(valid, adv, torch.zeros_like(adv))[..., None]  # [B, T, 1]
+    window, window_mask = window_log_ratios(lr, None, k, valid)  # [B, T, K] x2
+    clipped = torch.where(a >= 0, window.clamp(max=clip_high), window.clamp(min=-clip_low))  # [B, T, K]
+    weights = torch.ones(window.shape[-1], dtype=lr.dtype, device=lr.device)  # [K] a plain mean
+    combined = united_log_ratio(clipped, weights, window_mask, renormalize_tail=True)  # [B, T]
+    with torch.no_grad():
+        active = window_mask & (((a > 0) & (window > clip_high)) | ((a < 0) & (window < -clip_low)))  # [B, T, K]
+    return combined, active
+
+
+def wgmpo_policy_loss(
+    log_ratio: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    k: int,
+    clip_low: float = 0.4,
+    clip_high: float = 0.4,
+    aggregation: str = "seq-mean-token-mean",
+    max_len: int | None = None,
+) -> tuple[Tensor, Metrics]:
+    """Windowed GMPO, negated: ``loss = -agg(A_t · exp(log R_t))`` with :func:`wgmpo_log_ratio`.
+
+    ``k = 1`` is GMPO's objective per token, ``-agg(A_t · exp(l̃_t))``: the PPO clipped
+    surrogate with the ratio bounds ``(e^-clip_low, e^clip_high)`` (value and gradient; tested).
+    A clipped term is a constant: it passes no gradient but still scales its window.
+
+    Args:
+        log_ratio: ``[B, T]`` ``logp_new - logp_old`` (carries the gradient).
+        advantages: ``[B, T]`` (detached).
+        mask: ``[B, T]`` valid tokens.
+        k: window length K >= 1.
+        clip_low: ε_low in log units.
+        clip_high: ε_high in log units.
+        aggregation: see :func:`aggregate_loss` (default GMPO's mean over responses).
+        max_len: the Dr.GRPO constant for ``"seq-mean-token-sum-norm"``.
+
+    Returns:
+        ``(loss, metrics)``: ``clipfrac`` (fraction of valid window terms clipped),
+        ``approx_kl`` (token-level k3), ``ratio_mean`` and ``ratio_var`` of the combined ratio R_t.
+    """
+    combined, active = wgmpo_log_ratio(log_ratio, advantages, mask, k, clip_low, clip_high)
+    valid, lr = _seq_rows(log_ratio, mask)
+    adv = torch.where(valid, _up(advantages.detach(), lr.dtype), torch.zeros_like(lr))  # [B, T]
+    ratio = torch.exp(combined)  # [B, T]
+    per_token = -adv * ratio  # [B, T]
+    loss = aggregate_loss(per_token, valid, aggregation, max_len)  # []
+    with torch.no_grad():
+        terms = window_log_ratios(lr, None, k, valid)[1]  # [B, T, K] valid window terms
+        r = lr.detach().exp()  # [B, T]
+        metrics = {
+            "clipfrac": _metric(masked_mean(active, terms)),
+            "approx_kl": _metric(masked_mean((r - 1.0) - lr.detach(), valid)),
+            "ratio_mean": _metric(masked_mean(ratio.detach(), valid)),
+            "ratio_var": _metric(masked_var(ratio.detach(), valid)),
+        }
+    return loss, metrics

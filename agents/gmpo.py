@@ -23,18 +23,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from . import functional as F
-from .base import AgentConfig, BaseAgent, RolloutBatch
+from .base import RolloutBatch
+from .group import GroupAgent, GroupConfig
 
 __all__ = ["GMPOAgent", "GMPOConfig"]
 
 
 @dataclass(frozen=True)
-class GMPOConfig(AgentConfig):
+class GMPOConfig(GroupConfig):
     """GMPO settings; the paper's and its reference scripts' values (Zhao et al. 2025).
 
     Attributes:
@@ -48,62 +49,31 @@ class GMPOConfig(AgentConfig):
         loss_aggregation: fixed ``"seq-mean-token-mean"`` (a mean over responses).
     """
 
-    group_size: int = 8
-    normalize_std: bool = True
     clip_low: float = 0.4
     clip_high: float = 0.4
     lr: float = 1e-6
     minibatch_size: int = 1
     micro_batch_size: int = 1
     loss_aggregation: str = "seq-mean-token-mean"
-    whiten_advantages: bool = False
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.group_size < 2:
-            raise ValueError(f"group_size must be >= 2; got {self.group_size}")
-        if self.loss_aggregation != "seq-mean-token-mean":
-            raise ValueError(
-                f"GMPO averages over responses: loss_aggregation must be 'seq-mean-token-mean'; got {self.loss_aggregation!r}"
-            )
+    fixed_aggregation: ClassVar[tuple[str, str] | None] = ("seq-mean-token-mean", "GMPO averages over responses")
 
 
-class GMPOAgent(BaseAgent):
+class GMPOAgent(GroupAgent):
     """Critic-free policy optimisation on the geometric mean of log-clipped token ratios."""
 
     name = "gmpo"
-    uses_critic = False
     config: GMPOConfig
+    config_cls = GMPOConfig
 
-    def __init__(self, config: GMPOConfig | None = None, policy: Any = None):
-        super().__init__(config or GMPOConfig(), policy)
-
-    @property
-    def group_size(self) -> int:
-        return self.config.group_size
-
-    # 1. advantages: reward minus the group mean, over the group std --------------------
-    def compute_advantages(self, batch: RolloutBatch) -> None:
-        adv = F.group_advantages(batch.scores, batch.group_ids, normalize_std=self.config.normalize_std)  # [B]
-        batch.advantages = adv[:, None].float() * batch.mask  # [B, T]
-
-    # 2. loss: A_i times the geometric mean of the log-clipped token ratios -------------
-    def loss(self, mb: RolloutBatch) -> tuple[torch.Tensor, dict[str, Any]]:
+    # the policy term: A_i times the geometric mean of the log-clipped token ratios -------
+    def policy_loss(self, mb: RolloutBatch, log_ratio: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
         cfg = self.config
-        out = self.score_current(mb)
-        assert mb.advantages is not None and mb.old_logprobs is not None, "collect() fills these"
-        log_ratio = out.logprobs - mb.old_logprobs  # [B, T]
-        seq_adv = F.masked_mean(mb.advantages, mb.mask, dim=-1)  # [B] the response's advantage
+        seq_adv = self.response_advantages(mb)  # [B]
         pg_loss, metrics = F.gmpo_policy_loss(log_ratio, seq_adv, mb.mask, cfg.clip_low, cfg.clip_high)
         token_lr = log_ratio.detach()  # [B, T]
         diagnostics = F.sequence_clip_diagnostics(  # ratio bounds e^±ε: the token decision is GMPO's clip
             token_lr, F.sequence_log_ratio(token_lr, mb.mask), seq_adv, mb.mask,
             1.0 - math.exp(-cfg.clip_low), math.exp(cfg.clip_high) - 1.0, prefix="gmpo",
         )
-        reg, reg_metrics = self.regularizers(mb, out)
-        return pg_loss + reg, {
-            "losses/policy": pg_loss.detach(),
-            **{"losses/" + k: v for k, v in metrics.items()},
-            **reg_metrics,
-            **diagnostics,
-        }
+        return pg_loss, {**metrics, **diagnostics}

@@ -22,18 +22,19 @@ envs). What this agent does not do: the paper's Routing Replay (an MoE fix; our 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from . import functional as F
-from .base import AgentConfig, BaseAgent, RolloutBatch
+from .base import RolloutBatch
+from .group import GroupAgent, GroupConfig
 
 __all__ = ["GSPOAgent", "GSPOConfig"]
 
 
 @dataclass(frozen=True)
-class GSPOConfig(AgentConfig):
+class GSPOConfig(GroupConfig):
     """GSPO settings; paper values where it gives them (Zheng et al. 2025, §5.1).
 
     Attributes:
@@ -48,52 +49,28 @@ class GSPOConfig(AgentConfig):
         loss_aggregation: fixed ``"seq-mean-token-mean"`` (a mean over responses, Eq. 5).
     """
 
-    group_size: int = 8
-    normalize_std: bool = True
     gspo_token: bool = False
     clip_low: float = 3e-4
     clip_high: float = 4e-4
     minibatch_size: int = 2
     micro_batch_size: int = 2
     loss_aggregation: str = "seq-mean-token-mean"
-    whiten_advantages: bool = False
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.group_size < 2:
-            raise ValueError(f"group_size must be >= 2; got {self.group_size}")
-        if self.loss_aggregation != "seq-mean-token-mean":
-            raise ValueError(
-                f"GSPO averages over responses: loss_aggregation must be 'seq-mean-token-mean'; got {self.loss_aggregation!r}"
-            )
+    fixed_aggregation: ClassVar[tuple[str, str] | None] = ("seq-mean-token-mean", "GSPO averages over responses")
 
 
-class GSPOAgent(BaseAgent):
+class GSPOAgent(GroupAgent):
     """Critic-free policy optimisation with one clipped ratio per response."""
 
     name = "gspo"
-    uses_critic = False
     config: GSPOConfig
+    config_cls = GSPOConfig
 
-    def __init__(self, config: GSPOConfig | None = None, policy: Any = None):
-        super().__init__(config or GSPOConfig(), policy)
-
-    @property
-    def group_size(self) -> int:
-        return self.config.group_size
-
-    # 1. advantages: reward minus the group mean, over the group std --------------------
-    def compute_advantages(self, batch: RolloutBatch) -> None:
-        adv = F.group_advantages(batch.scores, batch.group_ids, normalize_std=self.config.normalize_std)  # [B]
-        batch.advantages = adv[:, None].float() * batch.mask  # [B, T]
-
-    # 2. loss: the clipped surrogate on the sequence ratio s_i (+ KL, entropy) -----------
-    def loss(self, mb: RolloutBatch) -> tuple[torch.Tensor, dict[str, Any]]:
+    # the policy term: the clipped surrogate on the sequence ratio s_i --------------------
+    def policy_loss(self, mb: RolloutBatch, log_ratio: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
         cfg = self.config
-        out = self.score_current(mb)
-        assert mb.advantages is not None and mb.old_logprobs is not None, "collect() fills these"
-        log_ratio = out.logprobs - mb.old_logprobs  # [B, T]
-        seq_adv = F.masked_mean(mb.advantages, mb.mask, dim=-1)  # [B] the response's advantage
+        assert mb.advantages is not None
+        seq_adv = self.response_advantages(mb)  # [B]
         if cfg.gspo_token:
             pg_loss, metrics = F.gspo_token_policy_loss(log_ratio, mb.advantages, mb.mask, cfg.clip_low, cfg.clip_high)
         else:
@@ -102,10 +79,4 @@ class GSPOAgent(BaseAgent):
         diagnostics = F.sequence_clip_diagnostics(
             token_lr, F.sequence_log_ratio(token_lr, mb.mask), seq_adv, mb.mask, cfg.clip_low, cfg.clip_high, prefix="gspo",
         )
-        reg, reg_metrics = self.regularizers(mb, out)
-        return pg_loss + reg, {
-            "losses/policy": pg_loss.detach(),
-            **{"losses/" + k: v for k, v in metrics.items()},
-            **reg_metrics,
-            **diagnostics,
-        }
+        return pg_loss, {**metrics, **diagnostics}

@@ -94,6 +94,10 @@ class MPOConfig(PPOConfig):
         """MTP modules the policy needs (0 for ``ratio_source="backbone"``)."""
         return self.mpo_k - 1 if self.ratio_source == "mtp" else 0
 
+    def batch_group_size(self) -> int:
+        """G for ``advantage="group"``, else 1."""
+        return self.group_size if self.advantage == "group" else 1
+
     def policy_spec(self) -> PolicySpec:
         """A critic for ``advantage="gae"``, K−1 MTP modules for ``ratio_source="mtp"``."""
         return PolicySpec(critic=self.advantage == "gae", num_mtp_modules=self.num_mtp_modules,
@@ -110,10 +114,6 @@ class MPOAgent(PPOAgent):
         config = config or MPOConfig()
         self.betas = F.mpo_betas(config.mpo_k, config.beta2, config.mpo_decay)  # [K]
         super().__init__(config, policy)
-
-    @property
-    def group_size(self) -> int:
-        return self.config.group_size if self.config.advantage == "group" else 1
 
     def param_groups(self, policy: LMPolicy) -> list[dict[str, Any]]:
         groups = super().param_groups(policy)
@@ -176,17 +176,18 @@ class MPOAgent(PPOAgent):
             if self.dist.active:  # each rank scores its shard of the solutions; the loss is the whole batch's
                 mine = self.dist.shard(input_ids.shape[0])
                 input_ids, attention = input_ids[mine.start : mine.stop], attention[mine.start : mine.stop]
-            mtp_lp, mtp_mask = policy.score_mtp(input_ids, attention, prompt_len)  # backbone frozen: no grad
-            counts = None
-            if self.dist.active:
-                counts = torch.tensor(self.dist.all_reduce(mtp_mask.sum(dim=(0, 1)).tolist()))  # [K-1]
-            loss, metrics = F.mtp_warmup_loss(mtp_lp, mtp_mask, alphas.to(mtp_lp.device), valid_counts=counts)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            norm = self.optimizer_step(optimizer, list(policy.mtp_parameters()), 1.0)
-            row = {"warmup/loss": float(loss.detach()), **{k: float(v) for k, v in metrics.items()}}
-            if self.dist.active:  # the shards' terms add up to the whole batch's
-                row = dict(zip(row, self.dist.all_reduce(list(row.values()))))
+
+            def closure(ids: torch.Tensor = input_ids, attn: torch.Tensor = attention,
+                        p: int = prompt_len) -> tuple[torch.Tensor, dict[str, Any]]:
+                mtp_lp, mtp_mask = policy.score_mtp(ids, attn, p)  # backbone frozen: no grad
+                counts = None
+                if self.dist.active:  # this shard's log-probs over the whole batch's counts
+                    counts = torch.tensor(self.dist.all_reduce(mtp_mask.sum(dim=(0, 1)).tolist()))  # [K-1]
+                loss, metrics = F.mtp_warmup_loss(mtp_lp, mtp_mask, alphas.to(mtp_lp.device), valid_counts=counts)
+                return loss, {"warmup/loss": loss.detach(), **metrics}
+
+            # the shards' loss terms and metrics add up to the whole batch's (BaseAgent's DP step)
+            row, norm = self.gradient_step(optimizer, [(closure, 1.0)], 1.0)
             history.append({**row, "warmup/grad_norm": norm})  # the norm of the summed gradients
         return history
 
