@@ -3,6 +3,20 @@
 ``import mpo_gym`` is light (no torch, no transformers): it registers the built-in envs
 (``mpo_gym/Arithmetic-v0``, ...) and exposes the core types. The policy and agents live in
 ``mpo_gym.policy`` and ``mpo_gym.agents`` and import torch when used.
+
+The layers: the CLI imports the apps and the apps the rest; nothing outside the apps and the
+CLI imports them, and no module imports itself back (a test checks the module graph):
+
+- **the CLI**, ``mpo_gym.cli``: ``mpo-gym`` and its subcommands' flags;
+- **the apps**, ``mpo_gym.apps``: ``trainer`` and ``training_run``, ``evaluation``, ``compare``
+  and ``report``, ``export`` (also importable as ``mpo_gym.trainer``, ``mpo_gym.evaluation``,
+  ...);
+- **the infrastructure**: ``configs`` (the apps' configs), ``loading`` (building a policy,
+  reading a run back), ``runs`` (run folders, checkpoints, JSONL), ``records`` (the
+  per-episode record), ``distributed``, ``options`` (flags from configs), ``tracking``,
+  ``plugins``, ``errors``;
+- **the contract**: ``env`` (``ReasoningEnv``), ``spaces``, ``task``, ``vector``, ``rollout``,
+  ``tokenizers``, ``policy``, ``envs``, ``verifiers``, ``agents``.
 """
 
 from __future__ import annotations

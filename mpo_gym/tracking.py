@@ -139,7 +139,7 @@ def completion_rows(step: int, batch: Any, envs: list[Any], max_chars: int = 200
     prompt and response cut to ``max_chars``."""
     from dataclasses import asdict
 
-    from .evaluation import episode_record
+    from .records import episode_record
 
     rows = []
     for i, ep in enumerate(getattr(batch, "episodes", []) or []):

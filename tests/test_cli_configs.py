@@ -296,9 +296,24 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+def test_the_layers_import_downwards_only():
+    """The contract and the infrastructure never import the apps or the CLI; the apps never the CLI."""
+    graph = module_graph()
+    upper = {m for m in graph if m.startswith(("mpo_gym.apps", "mpo_gym.cli"))}
+    aliases = {m for m in graph if graph[m] and all(t.startswith("mpo_gym.apps.") for t in graph[m])
+               and m.count(".") == 1 and f"mpo_gym.apps.{m.split('.')[1]}" in graph}
+    for module, targets in graph.items():
+        if module in upper or module in aliases or module == "mpo_gym.__main__":  # the entry point
+            continue
+        assert not targets & (upper | aliases), (module, sorted(targets & (upper | aliases)))
+    for module in (m for m in graph if m.startswith("mpo_gym.apps")):
+        assert not {t for t in graph[module] if t.startswith("mpo_gym.cli")}, module
+
+
 def test_the_package_has_no_import_cycle():
     graph = module_graph()
-    assert {"mpo_gym.trainer", "mpo_gym.evaluation", "mpo_gym.cli.train"} <= set(graph)
-    assert "mpo_gym.loading" in graph["mpo_gym.evaluation"]  # the graph sees function-level imports
+    assert {"mpo_gym.apps.trainer", "mpo_gym.apps.evaluation", "mpo_gym.cli.train"} <= set(graph)
+    assert "mpo_gym.loading" in graph["mpo_gym.apps.evaluation"]
+    assert "mpo_gym.records" in graph["mpo_gym.tracking"]  # the graph sees function-level imports
     assert cycles(graph) == []
     assert cycles({"a": {"b"}, "b": {"a"}, "c": set()}) == [["a", "b"]]  # the detector finds one

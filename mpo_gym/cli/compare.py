@@ -26,7 +26,7 @@ __all__ = ["add_arguments", "config_from_args", "run"]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``mpo-gym compare``; only the flags given are set (over preset and file)."""
     from ..agents import AGENTS
-    from ..compare import PRESETS
+    from ..apps.compare import PRESETS
 
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help="start from a preset")
     add_config_flags(parser, "comparison", extra="; also preset, agents, seeds; a comparison's compare.json works")
@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> CompareConfig:
     """Resume < preset < config file < flags, as flat options, then :meth:`CompareConfig.from_options`."""
-    from ..compare import PRESETS
+    from ..apps.compare import PRESETS
     from ..options import load_config_file
 
     values: dict[str, Any] = {}
@@ -111,7 +111,7 @@ def _parse_budget(text: str) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..compare import compare
+    from ..apps.compare import compare
 
     cfg = config_from_args(args)
     command = "mpo-gym " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""

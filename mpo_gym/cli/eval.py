@@ -40,7 +40,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
 def run(args: argparse.Namespace) -> int:
     """Every model on every suite, then the reports and a comparison table."""
     from .. import distributed
-    from ..evaluation import comparison_table, run_evaluation
+    from ..apps.evaluation import comparison_table, run_evaluation
 
     cfg = config_from_args(args)
     rows, out = run_evaluation(cfg)

@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..export import export
+    from ..apps.export import export
 
     try:
         out = export(args.run_dir, args.out_dir)

@@ -94,8 +94,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def run(args: argparse.Namespace) -> int:
     from .. import distributed
     from ..agents import AGENTS
+    from ..apps.trainer import summary_text, train
     from ..errors import flagify
-    from ..trainer import summary_text, train
 
     try:
         cfg = config_from_args(args)
