@@ -225,17 +225,18 @@ def test_dapo_loss_is_grpo_with_clip_higher_and_a_token_mean():
 # ------------------------------------------------------------------------- CISPO
 def test_cispo_loss_and_gradient_golden():
     # MiniMax-M1 Eq. 4: -1/N sum_t sg(clip(r_t, 1 - eps_low, 1 + eps_high)) A_t log pi(o_t)
-    lr = torch.log(torch.tensor([[1.0, 1.5, 0.5, 2.0]])).requires_grad_(True)
-    adv = torch.tensor([[1.0, 1.0, -1.0, 5.0]])
-    mask = torch.tensor([[1, 1, 1, 0]], dtype=torch.bool)
+    lr = torch.log(torch.tensor([[1.0, 1.5, 0.5, 1.1, 2.0]])).requires_grad_(True)
+    adv = torch.tensor([[1.0, 1.0, -1.0, 2.0, 5.0]])
+    mask = torch.tensor([[1, 1, 1, 1, 0]], dtype=torch.bool)
     loss, m = F.cispo_policy_loss(lr, adv, mask, clip_low=0.2, clip_high=0.2)
-    w = torch.tensor([1.0, 1.2, 0.8])
-    expected = -(w * adv[0, :3] * lr.detach()[0, :3]).sum() / 3
+    w = torch.tensor([1.0, 1.2, 0.8, 1.1])
+    expected = -(w * adv[0, :4] * lr.detach()[0, :4]).sum() / 4
     torch.testing.assert_close(loss, expected)
     loss.backward()
-    # every valid token keeps a gradient, -w A / N, the clipped ones too (PPO drops token 2's)
-    torch.testing.assert_close(lr.grad, torch.tensor([[-1 / 3, -0.4, 0.8 / 3, 0.0]]))
-    assert float(m["clipfrac"]) == pytest.approx(2 / 3)
+    # every valid token keeps a gradient, -w A / N, the clipped ones too (PPO drops token 1's);
+    # the weight is a constant (stop-gradient), so token 3's is -1.1 * 2 / 4, not more
+    torch.testing.assert_close(lr.grad, torch.tensor([[-0.25, -0.3, 0.2, -0.55, 0.0]]))
+    assert float(m["clipfrac"]) == pytest.approx(2 / 4)
     lr2 = lr.detach().clone().requires_grad_(True)
     ppo, _ = F.clipped_policy_loss(lr2, adv, mask, 0.2, 0.2)
     ppo.backward()
@@ -290,9 +291,11 @@ def test_wgmpo_golden_window_of_two():
 
 def test_wgmpo_with_k1_is_the_ppo_clip_in_log_space():
     gen = torch.Generator().manual_seed(0)
-    lr = (0.6 * torch.randn(4, 7, generator=gen, dtype=torch.float64)).requires_grad_(True)
-    adv = torch.randn(4, 1, generator=gen, dtype=torch.float64).expand(4, 7)
-    mask = torch.arange(7)[None, :] < torch.tensor([[7], [5], [3], [1]])
+    lr = (0.6 * torch.randn(8, 7, generator=gen, dtype=torch.float64)).requires_grad_(True)
+    adv = torch.tensor([1.0, -1.0, 0.5, -2.0, 1.0, -1.0, 0.0, 3.0], dtype=torch.float64)[:, None].expand(8, 7)
+    mask = torch.arange(7)[None, :] < torch.tensor([[7], [7], [5], [5], [3], [3], [7], [1]])
+    clipped = mask & (((adv > 0) & (lr > 0.5)) | ((adv < 0) & (lr < -0.5)))
+    assert clipped[adv > 0].any() and clipped[adv < 0].any()  # the clip acts on both sides
     lo, hi = 1 - math.exp(-0.4), math.exp(0.4) - 1
     for aggregation in ("seq-mean-token-mean", "token-mean"):
         lr.grad = None
