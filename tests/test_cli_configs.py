@@ -168,6 +168,36 @@ def test_a_user_agent_trains_through_train_and_compare(user_agent, capsys):
     assert "halfclip" in (user_agent / "cmp" / "report.md").read_text()
 
 
+def test_the_readme_agent_example_trains_through_train_and_compare(tmp_path, capsys, monkeypatch):
+    """README "Adding an agent": its module, pasted into a fresh folder, runs its two commands."""
+    from mpo_gym import agents
+
+    text = (REPO / "README.md").read_text()
+    start = text.index("## Adding an agent\n")
+    section = text[start : text.find("\n## ", start + 1)]
+    module = next(b for b in re.findall(r"```python\n(.*?)```", section, flags=re.S) if b.startswith("# myagent.py"))
+    commands = re.findall(r"^mpo-gym (.*)$", section, flags=re.M)
+    assert [c.split()[0] for c in commands] == ["train", "compare"]
+    (tmp_path / "myagent.py").write_text(module)
+    monkeypatch.chdir(tmp_path)
+    before = dict(agents.AGENTS)
+    try:
+        code, out, err = run([*commands[0].split(), "--dtype", "float32", "--threads", "1", "--eval-tasks", "0",
+                              "--out-dir", "run"], capsys)
+        assert code == 0, err
+        record = json.loads((tmp_path / "run" / "config.json").read_text())
+        assert record["agent"] == "myagent" and record["resolved_agent_config"]["sign_scale"] == 0.5
+        rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == [1, 2]
+        code, out, err = run([*commands[1].split(), "--updates", "1", "--eval-tasks", "0", "--out-dir", "cmp"], capsys)
+        assert code == 0, err
+        assert (tmp_path / "cmp" / "myagent-s0" / "summary.json").exists() and "myagent" in (tmp_path / "cmp" / "report.md").read_text()
+    finally:
+        for name in set(agents.AGENTS) - set(before):
+            del agents.AGENTS[name]
+        sys.modules.pop("myagent", None)
+
+
 def test_import_is_repeatable_and_a_missing_module_is_one_line(user_agent, capsys, monkeypatch):
     (user_agent / "myenvs.py").write_text("import gymnasium as gym\n"
                                           "gym.register('mpo_gym/UserToy-v0', entry_point='mpo_gym.envs.toy:ToyEnv')\n")
