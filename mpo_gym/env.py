@@ -42,6 +42,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from . import timing
 from ._imports import load_attr
 from .spaces import TokenBlock
 from .task import ListTaskSource, Task, TaskSource
@@ -175,7 +176,8 @@ class ReasoningEnv(gym.Env[Obs, np.ndarray]):
             if provided is not None and provided[0] == text:
                 verdict = provided[1]
             else:
-                verdict = self.verifier.verify(text, self.task.reference)
+                with timing.phase("verify"):
+                    verdict = self.verifier.verify(text, self.task.reference)
             info["verdict"] = verdict
             reward += float(verdict.reward)
         return self._obs(), reward, terminated, truncated, info

@@ -35,6 +35,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 
+from . import timing
 from .env import ReasoningEnv
 from .vector import ReasoningVectorEnv
 from .verifiers.base import Verdict
@@ -85,6 +86,9 @@ def rollout(envs: Any, policy: LMPolicy, *, task_indices: Sequence[int] | None =
             progress: bool = False, first_index: int = 0) -> list[Episode]:
     """Play one episode in each env with ``policy``; returns episodes in env order.
 
+    Timed as the ``rollout`` phase (:mod:`mpo_gym.timing`), with the responses' tokens counted
+    as ``rollout_tokens``.
+
     Args:
         envs: a ``ReasoningEnv`` (or a wrapper of one), a list of them, or a Gymnasium vector
             env of them (with any vector wrappers).
@@ -101,6 +105,15 @@ def rollout(envs: Any, policy: LMPolicy, *, task_indices: Sequence[int] | None =
             rank's share): episode ``first_index + i`` samples from its own stream, so the
             episodes do not depend on how the batch is split.
     """
+    with timing.phase("rollout"):
+        episodes = _rollout(envs, policy, task_indices, seed, temperature, top_p, greedy, max_batch, progress,
+                            first_index)
+    timing.count("rollout_tokens", float(sum(len(ep.response_ids) for ep in episodes)))
+    return episodes
+
+
+def _rollout(envs: Any, policy: LMPolicy, task_indices: Sequence[int] | None, seed: int | None, temperature: float,
+             top_p: float, greedy: bool, max_batch: int | None, progress: bool, first_index: int) -> list[Episode]:
     if seed is None:
         seed = int(np.random.SeedSequence().generate_state(1)[0] >> 1)  # fresh entropy, global RNG untouched
     sampling = {"temperature": temperature, "top_p": top_p, "greedy": greedy}

@@ -36,6 +36,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 from gymnasium.vector.utils import concatenate
 
+from . import timing
 from .env import ReasoningEnv
 
 __all__ = ["ReasoningVectorEnv", "make_vec"]
@@ -108,7 +109,8 @@ class ReasoningVectorEnv(SyncVectorEnv):
                 groups.setdefault(id(self.bases[i].verifier), []).append((int(i), *pending))
         for rows in groups.values():
             verifier = self.bases[rows[0][0]].verifier
-            verdicts = verifier.verify_batch([text for _, text, _ in rows], [ref for _, _, ref in rows])
+            with timing.phase("verify"):
+                verdicts = verifier.verify_batch([text for _, text, _ in rows], [ref for _, _, ref in rows])
             self.verify_calls += 1
             for (i, text, _), verdict in zip(rows, verdicts):
                 self.bases[i].provide_verdict(text, verdict)

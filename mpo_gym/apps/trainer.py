@@ -243,7 +243,7 @@ def _train(cfg: TrainConfig, out: Path, envs: list[Any], eval_envs: list[Any] | 
     run.warmup(agent, envs, policy)
     stop.deferred = True  # a signal ends the current update, then the run saves and stops
     while run.budget_left():
-        t0 = time.perf_counter()
+        t0 = run.start_update()
         with run.guarded():
             # no region spans the update: the policy opens one per forward, and each optimizer
             # step drops the copies made from the old weights (LMPolicy.autocast, weights_changed)

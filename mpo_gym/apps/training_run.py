@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import distributed, runs
+from .. import distributed, runs, timing
 from ..configs import TrainConfig
 from ..errors import ConfigError, MpoGymError, RunInterrupted
 
@@ -149,6 +149,11 @@ class TrainingRun:
             raise TrainingDiverged(f"stopped at update {self.step + 1}: {exc}. The last good checkpoint is {saved}; "
                                    "lower the learning rate or use float32.") from exc
 
+    def start_update(self) -> float:
+        """The clock at the start of an update; the phase timers start from zero."""
+        timing.take()
+        return time.perf_counter()
+
     def agree(self, seconds: float, metrics: dict[str, Any]) -> dict[str, Any]:
         """After an update, the ranks agree on the clock (the slowest rank's), on a signal any of
         them received and on whether a checkpoint is due by time (saving is a collective when the
@@ -160,8 +165,11 @@ class TrainingRun:
         self.received, self.late = int(signum) or None, bool(late)
         self.train_seconds += seconds
         self.step += 1
+        phases = timing.take()  # this rank's phases (each rank times its own share)
+        if phases.get("rollout_s") and "rollout_tokens" in phases:
+            phases["rollout_tokens_per_s"] = round(phases["rollout_tokens"] / phases["rollout_s"], 1)
         return {"step": self.step, "time": round(self.train_seconds, 3), **{k: num(v) for k, v in metrics.items()},
-                "perf/peak_rss_mb": round(peak, 1)}
+                "perf/peak_rss_mb": round(peak, 1), **{f"perf/{k}": v for k, v in phases.items()}}
 
     def evaluate_every(self, policy: Any, row: dict[str, Any]) -> None:
         if self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
