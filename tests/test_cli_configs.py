@@ -347,3 +347,25 @@ def test_the_package_has_no_import_cycle():
     assert "mpo_gym.records" in graph["mpo_gym.tracking"]  # the graph sees function-level imports
     assert cycles(graph) == []
     assert cycles({"a": {"b"}, "b": {"a"}, "c": set()}) == [["a", "b"]]  # the detector finds one
+
+
+# ---------------------------------------------------------------------- what an agent declares
+def test_shards_are_checked_from_what_the_agent_config_declares():
+    from mpo_gym.distributed import Dist
+    from mpo_gym.errors import ConfigError
+    from mpo_gym.trainer import TrainConfig, check_shards
+
+    two = Dist(rank=0, world_size=2, backend="gloo")
+    base = dict(env="mpo_gym/Toy-v0", model="tiny", fsdp=True)
+    check_shards(TrainConfig(**base, agent="grpo", num_envs=16, agent_kwargs={"group_size": 4}), two)
+    with pytest.raises(ConfigError, match="equal shares of whole groups of 4"):
+        check_shards(TrainConfig(**base, agent="grpo", num_envs=12, agent_kwargs={"group_size": 4}), two)
+    # a reference model is refused under FSDP whether the KL is in the loss or in the reward
+    with pytest.raises(ConfigError, match="reference model"):
+        check_shards(TrainConfig(**base, agent="ppo", agent_kwargs={"kl_coef": 0.1}), two)
+    reinforcepp = TrainConfig(**base, agent="reinforcepp", num_envs=16)
+    assert reinforcepp.agent_config().needs_reference_model()
+    with pytest.raises(ConfigError, match="reference model"):
+        check_shards(reinforcepp, two)
+    with pytest.raises(ConfigError, match="start 2 or more with torchrun"):
+        check_shards(TrainConfig(**base, agent="ppo"), Dist())

@@ -210,17 +210,15 @@ def check_shards(cfg: TrainConfig, dist: distributed.Dist) -> None:
     needs several ranks and supports neither a KL reference nor LoRA yet."""
     if cfg.fsdp and not dist.active:
         raise ConfigError("--fsdp shards the model over ranks: start 2 or more with torchrun, or leave --fsdp off")
-    from ..agents import AGENTS
-
-    agent_cfg = cfg.agent_config()
-    group = int(AGENTS[cfg.agent][0](agent_cfg).group_size)
+    agent_cfg = cfg.agent_config()  # what the agent declares: its group size, whether it needs a reference
+    group = int(agent_cfg.batch_group_size())
     if not dist.active:
         if cfg.num_envs % group:
             raise ConfigError(f"--num-envs {cfg.num_envs} is not a whole number of groups of {group} "
                               f"(--group-size): use a multiple of {group}")
         return
-    if cfg.fsdp and (getattr(agent_cfg, "kl_coef", 0.0) > 0 or cfg.lora):
-        raise ConfigError("--fsdp does not support a KL reference (--kl-coef > 0) or --lora yet: "
+    if cfg.fsdp and (agent_cfg.needs_reference_model() or cfg.lora):
+        raise ConfigError(f"--fsdp does not support a reference model (the {cfg.agent} agent's KL term) or --lora yet: "
                           "leave them off, or run without --fsdp")
     share, left = divmod(cfg.num_envs, dist.world_size)
     if left or share % group:
