@@ -266,8 +266,10 @@ def build_batch(episodes: Sequence[Episode], pad_id: int, group_ids: Sequence[in
 class BaseAgent:
     """Collection, old-log-prob scoring, mini-batching and the optimizer step.
 
-    Subclasses declare the policy they need in their config (:meth:`AgentConfig.policy_spec`),
-    set ``group_size`` and implement ``compute_advantages`` and ``loss``. The policy is bound on
+    Subclasses declare what they need in their config (:meth:`AgentConfig.policy_spec`,
+    :meth:`AgentConfig.batch_group_size`, :meth:`AgentConfig.needs_reference_model`) and
+    implement ``compute_advantages`` and ``loss``; :meth:`select_episodes` is the hook between
+    sampling and batch building. The policy is bound on
     the first ``collect`` (or by :meth:`bind`) and checked against the spec.
 
     Data parallel (``dist``, a :class:`~mpo_gym.distributed.Dist`; the trainer sets it): the

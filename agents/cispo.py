@@ -10,8 +10,8 @@ with GRPO's group-normalised advantage and a token mean over the whole batch (th
 ``1/Σ|o_i|``). The paper sets no lower bound ("ε_low large") and tunes only ε_high; it gives
 no value, so the default ``clip_high = 5.0`` follows public reference scripts of CISPO
 (SkyRL's example uses 0 and 5). ``clip_high = inf`` with ``clip_low = 1`` is REINFORCE with
-plain importance weights (tested). What it does not do: the paper's token masking variant
-(its Eq. 6 mask ``M_{i,t}``) and its KL-free is the default (``kl_coef = 0``).
+plain importance weights (tested). No KL term by default (``kl_coef = 0``). What it does not
+do: the paper's generalised form with a token mask ``M_{i,t}`` (its Eq. 6-7).
 """
 
 from __future__ import annotations
