@@ -41,10 +41,10 @@ def in_namespace(cmd: Sequence[str]) -> list[str]:
 
 
 def torchrun(args: Sequence[str], nproc: int = 2, *, cwd: Path | None = None, timeout: float = 300,
-             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """``torchrun --standalone --nproc_per_node N -m mpo_gym ARGS`` confined to loopback; on
+             env: dict[str, str] | None = None, module: str = "mpo_gym") -> subprocess.CompletedProcess[str]:
+    """``torchrun --standalone --nproc_per_node N -m MODULE ARGS`` confined to loopback; on
     ``timeout`` the whole process group (launcher and ranks) is killed, then the test fails."""
-    proc = popen_torchrun(args, nproc, cwd=cwd, env=env)
+    proc = popen_torchrun(args, nproc, cwd=cwd, env=env, module=module)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -55,10 +55,10 @@ def torchrun(args: Sequence[str], nproc: int = 2, *, cwd: Path | None = None, ti
 
 
 def popen_torchrun(args: Sequence[str], nproc: int = 2, *, cwd: Path | None = None,
-                   env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+                   env: dict[str, str] | None = None, module: str = "mpo_gym") -> subprocess.Popen[str]:
     """:func:`torchrun`, started in the background (for signal tests)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "--master_addr=127.0.0.1", "-m", "mpo_gym", *args]
+           "--master_addr=127.0.0.1", "-m", module, *args]
     full_env = {**os.environ, **_LOOPBACK_ENV, **(env or {})}
     return subprocess.Popen(in_namespace(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=cwd, env=full_env, start_new_session=True)

@@ -2,17 +2,25 @@
 
 Each 2-rank job is a real ``torchrun --standalone --nproc_per_node 2 -m mpo_gym ...`` in its own
 network namespace (``tests/loopback.py``): loopback only. The 1-process reference is the same
-command line without torchrun.
+command line without torchrun, run by ``mpo_gym.cli.main`` in the test process.
+
+Start-up (the launcher's and each rank's interpreter and imports, about 10 s on 2 cores) is most of
+a job's time, so the command lines the tests read are run together, once per module: every run the
+tests only read goes in one job of several command lines (``tests/dist_jobs.py``: each rank runs
+them in turn in one process group); the signal test's run is a plain ``-m mpo_gym`` job; the
+second halves of the resume tests and the signalled run's resume are a third job, a fresh pair
+of processes that restores each from disk.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,6 +29,7 @@ import torch
 
 from mpo_gym.distributed import SINGLE, shard
 
+from .dist_jobs import split_runs
 from .loopback import descendants, kill_tree, needs_namespace, popen_torchrun, torchrun
 
 pytestmark = needs_namespace
@@ -43,9 +52,18 @@ def train_args(agent: str, out: Path, updates: int = 3, *extra: str) -> list[str
 REPO = Path(__file__).resolve().parents[1]
 
 
-def one_process(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mpo_gym", *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=REPO)
+def one_process(args: list[str]) -> subprocess.CompletedProcess[str]:
+    """``mpo-gym ARGS`` in this process, its output captured: what the command line without
+    torchrun prints and returns (``OMP_NUM_THREADS=1`` here too, see conftest)."""
+    from mpo_gym.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(args)
+        except SystemExit as exc:  # argparse's usage errors
+            code = exc.code if isinstance(exc.code, int) else 2
+    return subprocess.CompletedProcess(["mpo-gym", *args], code, out.getvalue(), err.getvalue())
 
 
 def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
@@ -102,24 +120,98 @@ def test_shards_are_contiguous_equal_and_cover_the_batch():
 _RUNS: dict[tuple[str, ...], Path] = {}
 
 
-def cached_run(tmp_path_factory: pytest.TempPathFactory, ranks: int, agent: str, *extra: str) -> Path:
-    """A 3-update run of ``train_args(agent, ...)`` in 1 process or under 2 ranks, made once per
-    test session (tests only read it)."""
-    key = (str(ranks), agent, *extra)
+def cached_run(tmp_path_factory: pytest.TempPathFactory, agent: str, *extra: str) -> Path:
+    """A 3-update run of ``train_args(agent, ...)`` in 1 process, made once per test session
+    (tests only read it)."""
+    key = (agent, *extra)
     if key not in _RUNS:
         run = tmp_path_factory.mktemp("run") / "run"
-        args = train_args(agent, run, 3, *extra)
-        proc = ok(one_process(args) if ranks == 1 else torchrun(cwd=REPO, args=args, timeout=180))
-        assert proc.stdout.count("trained ") == 1 and "view tensor" not in proc.stderr  # rank 0 alone prints
+        proc = ok(one_process(train_args(agent, run, 3, *extra)))
+        assert proc.stdout.count("trained ") == 1 and "view tensor" not in proc.stderr
         _RUNS[key] = run
     return _RUNS[key]
 
 
+# mpo: MTP decoder layers are units of their own, the MTP heads and the value head in the root,
+# the warm-up's backward reaches only the MTP units. grpo with mini-batches of 3 rows and
+# micro-batches of 1: the ranks' shares of a mini-batch differ (2 and 1), so rank 1 runs
+# zero-weight micro-batches to keep the backwards in lock-step.
+FSDP_CASES = {"mpo": (), "grpo": ("--minibatch-size", "3", "--micro-batch-size", "1")}
+EVAL_ARGS = ["eval", "--model", "tiny", "--import", "tests.dist_envs", "--suite", "dist_test/Letters-v0", "--limit", "5",
+             "--batch-size", "2", "--n-samples", "2", "--k", "1,2", "--temperature", "0.9", "--threads", "1",
+             "--no-progress"]
+COMPARE_ARGS = ["compare", "--preset", "tiny", "--agents", "ppo,grpo", "--threads", "1"]
+SIGNAL_ARGS = ("--eval-tasks", "0")  # the signal test reads no held-out evaluation
+# what rank 0 alone prints once per command line (a rank 1 that printed it too shows in the counts)
+ONCE = ("trained ", "resuming from update", "wrote ", "report: ")
+
+
+@dataclasses.dataclass
+class Job:
+    """One torchrun job of several command lines (``tests/dist_jobs.py``), keyed by name: each
+    one's out-dir and what rank 0 printed while it ran."""
+
+    dirs: dict[str, Path]
+    proc: subprocess.CompletedProcess[str]
+    runs: dict[str, tuple[int | None, str]]
+
+    def out(self, name: str) -> str:
+        """What ``name`` printed; it ended with exit code 0."""
+        code, out = self.runs[name]
+        assert code == 0, (name, code, self.proc.returncode, self.proc.stderr[-3000:] + out[-2000:])
+        return out
+
+
+def run_job(dirs: dict[str, Path], lines: dict[str, list[str]], timeout: float) -> Job:
+    proc = torchrun([json.dumps(list(lines.values()))], cwd=REPO, timeout=timeout, module="tests.dist_jobs")
+    job = Job(dirs, proc, dict(zip(lines, split_runs(proc.stdout, len(lines)))))
+    assert "view tensor" not in proc.stderr, proc.stderr[-3000:]
+    for text in ONCE:  # none printed outside a command line's bracket (by rank 1, after rank 0's)
+        assert proc.stdout.count(text) == sum(out.count(text) for _, out in job.runs.values()), text
+    return job
+
+
+@pytest.fixture(scope="module")
+def first_job(tmp_path_factory: pytest.TempPathFactory) -> Job:
+    """Every 2-rank run the tests read, in one job: 3-update runs of each agent, with and without
+    a sharded policy, the first 2 updates of the resume tests' runs, an eval and a compare."""
+    root = tmp_path_factory.mktemp("two_ranks")
+    names = ["ppo", "mpo", "grpo", "mpo-fsdp", "grpo-fsdp", "grpo-resumed", "mpo-fsdp-resumed", "eval", "compare"]
+    dirs = {name: root / name for name in names}
+    lines = {agent: train_args(agent, dirs[agent]) for agent in ("ppo", "mpo", "grpo")}
+    for agent in sorted(FSDP_CASES):
+        lines[f"{agent}-fsdp"] = train_args(agent, dirs[f"{agent}-fsdp"], 3, *FSDP_CASES[agent], "--fsdp", "true")
+    lines["grpo-resumed"] = train_args("grpo", dirs["grpo-resumed"], 2)
+    lines["mpo-fsdp-resumed"] = train_args("mpo", dirs["mpo-fsdp-resumed"], 2, "--fsdp", "true")
+    lines["eval"] = [*EVAL_ARGS, "--out-dir", str(dirs["eval"])]
+    lines["compare"] = [*COMPARE_ARGS, "--out-dir", str(dirs["compare"])]
+    return run_job(dirs, lines, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def resume_job(first_job: Job, signalled: dict) -> Job:
+    """The resume tests' runs continued to update 3, and the signalled run by one update: a fresh
+    pair of processes, their state from disk."""
+    first_job.out("grpo-resumed"), first_job.out("mpo-fsdp-resumed")
+    dirs = {name: first_job.dirs[name] for name in ("grpo-resumed", "mpo-fsdp-resumed")}
+    lines = {"grpo-resumed": train_args("grpo", dirs["grpo-resumed"], 3),
+             "mpo-fsdp-resumed": train_args("mpo", dirs["mpo-fsdp-resumed"], 3, "--fsdp", "true")}
+    if signalled["saved"] is not None:  # (if not, the signal test fails on its own)
+        dirs["signalled"] = signalled["run"]
+        lines["signalled"] = train_args("ppo", signalled["run"], signalled["saved"] + 1, *SIGNAL_ARGS)
+    return run_job(dirs, lines, timeout=300)
+
+
+def two_rank_run(job: Job, name: str) -> Path:
+    """The out-dir of a finished 2-rank training in ``job``; rank 0 alone printed its summary."""
+    out = job.out(name)
+    assert out.count("trained ") == 1, out
+    return job.dirs[name]
+
+
 @pytest.mark.parametrize("agent", ["ppo", "mpo", "grpo"])
-def test_two_ranks_compute_the_updates_of_one_process(tmp_path, tmp_path_factory, agent):
-    single, double = cached_run(tmp_path_factory, 1, agent), tmp_path / "two"
-    proc = ok(torchrun(cwd=REPO, args=train_args(agent, double)))
-    assert proc.stdout.count("trained ") == 1, proc.stdout  # rank 0 alone prints the summary
+def test_two_ranks_compute_the_updates_of_one_process(tmp_path_factory, first_job, agent):
+    single, double = cached_run(tmp_path_factory, agent), two_rank_run(first_job, agent)
     assert_same_run(single, double)
     config = json.loads((double / "config.json").read_text())
     assert config["resolved_world_size"] == 2
@@ -133,17 +225,10 @@ def test_two_ranks_compute_the_updates_of_one_process(tmp_path, tmp_path_factory
         assert warm_a["step"] == 0 and abs(warm_a["warmup/loss"] - warm_b["warmup/loss"]) < 1e-4
 
 
-# mpo: MTP decoder layers are units of their own, the MTP heads and the value head in the root,
-# the warm-up's backward reaches only the MTP units. grpo with mini-batches of 3 rows and
-# micro-batches of 1: the ranks' shares of a mini-batch differ (2 and 1), so rank 1 runs
-# zero-weight micro-batches to keep the backwards in lock-step.
-FSDP_CASES = {"mpo": (), "grpo": ("--minibatch-size", "3", "--micro-batch-size", "1")}
-
-
 @pytest.mark.parametrize("agent", sorted(FSDP_CASES))
-def test_sharded_policy_computes_the_updates_of_one_process(tmp_path_factory, agent):
-    single = cached_run(tmp_path_factory, 1, agent, *FSDP_CASES[agent])
-    sharded = cached_run(tmp_path_factory, 2, agent, *FSDP_CASES[agent], "--fsdp", "true")
+def test_sharded_policy_computes_the_updates_of_one_process(tmp_path_factory, first_job, agent):
+    single = cached_run(tmp_path_factory, agent, *FSDP_CASES[agent])
+    sharded = two_rank_run(first_job, f"{agent}-fsdp")
     assert_same_run(single, sharded, tie_tol=0.05)
     assert json.loads((sharded / "config.json").read_text())["fsdp"] is True
     # each rank holds half of the trained parameters, their gradients and the optimizer state
@@ -156,12 +241,10 @@ def test_sharded_policy_computes_the_updates_of_one_process(tmp_path_factory, ag
     assert reduced % (4 * steps) == 0 and 0.5 * n_params <= reduced / (4 * steps) <= n_params, (reduced, n_params)
 
 
-def test_sharded_resume_is_exact(tmp_path, tmp_path_factory):
-    args = ("--fsdp", "true")
-    straight, resumed = cached_run(tmp_path_factory, 2, "mpo", *args), tmp_path / "resumed"
-    ok(torchrun(cwd=REPO, args=train_args("mpo", resumed, 2, *args), timeout=180))
-    proc = ok(torchrun(cwd=REPO, args=train_args("mpo", resumed, 3, *args), timeout=180))
-    assert proc.stdout.count("resuming from update 2 of 3") == 1, proc.stdout
+def test_sharded_resume_is_exact(first_job, resume_job):
+    straight, resumed = two_rank_run(first_job, "mpo-fsdp"), two_rank_run(first_job, "mpo-fsdp-resumed")
+    out = resume_job.out("mpo-fsdp-resumed")
+    assert out.count("resuming from update 2 of 3") == 1, out
     assert_same_run(straight, resumed, loss_tol=0.0, param_tol=0.0)
 
 
@@ -190,12 +273,10 @@ def test_fsdp_needs_several_ranks(tmp_path):
     assert "Traceback" not in proc.stderr and not (tmp_path / "r").exists()
 
 
-def test_resume_under_two_ranks_is_exact(tmp_path):
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    ok(torchrun(cwd=REPO, args=train_args("grpo", straight, 3)))
-    ok(torchrun(cwd=REPO, args=train_args("grpo", resumed, 2)))
-    proc = ok(torchrun(cwd=REPO, args=train_args("grpo", resumed, 3)))
-    assert proc.stdout.count("resuming from update 2 of 3") == 1, proc.stdout
+def test_resume_under_two_ranks_is_exact(first_job, resume_job):
+    straight, resumed = two_rank_run(first_job, "grpo"), two_rank_run(first_job, "grpo-resumed")
+    out = resume_job.out("grpo-resumed")
+    assert out.count("resuming from update 2 of 3") == 1, out
     assert [r["step"] for r in rows(resumed)] == [1, 2, 3]
     assert_same_run(straight, resumed, loss_tol=0.0, param_tol=0.0)
 
@@ -225,7 +306,7 @@ def test_a_batch_of_partial_groups_is_refused_in_one_process_before_a_model_load
     from mpo_gym import trainer
     from mpo_gym.cli import main
 
-    monkeypatch.setattr(trainer, "_build_policy", lambda cfg: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(trainer, "build_policy", lambda cfg: pytest.fail("a model was loaded"))
     code = main(["train", "--env", "mpo_gym/Toy-v0", "--model", "tiny", "--agent", "grpo", "--num-envs", "6",
                  "--group-size", "4", "--out-dir", str(tmp_path / "r")])
     err = capsys.readouterr().err
@@ -233,26 +314,25 @@ def test_a_batch_of_partial_groups_is_refused_in_one_process_before_a_model_load
     assert not (tmp_path / "r").exists()
 
 
-def test_sharded_eval_equals_unsharded(tmp_path):
-    args = ["eval", "--model", "tiny", "--import", "tests.dist_envs", "--suite", "dist_test/Letters-v0", "--limit", "5",
-            "--batch-size", "2",
-            "--n-samples", "2", "--k", "1,2", "--temperature", "0.9", "--threads", "1", "--no-progress"]
-    ok(one_process([*args, "--out-dir", str(tmp_path / "one")]))
-    proc = ok(torchrun([*args, "--out-dir", str(tmp_path / "two")], cwd=REPO))
-    assert proc.stdout.count("wrote ") == 1
+def test_sharded_eval_equals_unsharded(tmp_path, first_job):
+    ok(one_process([*EVAL_ARGS, "--out-dir", str(tmp_path / "one")]))
+    assert first_job.out("eval").count("wrote ") == 1
 
-    def samples(folder: str) -> list[dict]:
-        out = [json.loads(line) for line in (tmp_path / folder / "samples.jsonl").read_text().splitlines()]
+    def samples(folder: Path) -> list[dict]:
+        out = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
         return [{k: v for k, v in s.items() if k not in ("wall_seconds",)} for s in out]
 
-    one, two = samples("one"), samples("two")
+    one, two = samples(tmp_path / "one"), samples(first_job.dirs["eval"])
     assert len(one) == 10 and one == two
     assert len({s["response"] for s in one}) > 1  # sampled, not all alike
 
 
-def test_sigterm_on_one_rank_stops_both_with_a_checkpoint_and_resume_continues(tmp_path):
-    run = tmp_path / "run"
-    proc = popen_torchrun(cwd=REPO, args=train_args("ppo", run, 400))
+@pytest.fixture(scope="module")
+def signalled(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A plain ``-m mpo_gym`` 2-rank ppo run whose rank 1 gets SIGTERM once an update is logged,
+    and what it left (its resume runs in ``resume_job``)."""
+    run = tmp_path_factory.mktemp("signal") / "run"
+    proc = popen_torchrun(cwd=REPO, args=train_args("ppo", run, 400, *SIGNAL_ARGS))
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and not (run / "metrics.jsonl").exists():
@@ -264,14 +344,20 @@ def test_sigterm_on_one_rank_stops_both_with_a_checkpoint_and_resume_continues(t
     finally:
         if proc.poll() is None:
             kill_tree(proc.pid)
-    assert proc.returncode != 0
+    state = run / "checkpoint" / "state.pt"
+    saved = int(torch.load(state, weights_only=False)["step"]) if state.exists() else None
+    return {"run": run, "returncode": proc.returncode, "err": err, "steps": [r["step"] for r in rows(run)],
+            "saved": saved}
+
+
+def test_sigterm_on_one_rank_stops_both_with_a_checkpoint_and_resume_continues(signalled, resume_job):
+    run, err, saved = signalled["run"], signalled["err"], signalled["saved"]
+    assert signalled["returncode"] != 0
     assert err.count("Resume with:") == 1, err[-3000:]  # rank 0 reports it once; rank 1 stays quiet
     assert "Traceback" not in err.split("Resume with:")[0][-2000:]
-    steps = [r["step"] for r in rows(run)]
-    saved = int(torch.load(run / "checkpoint" / "state.pt", weights_only=False)["step"])
-    assert steps == list(range(1, saved + 1))
-    more = ok(torchrun(cwd=REPO, args=train_args("ppo", run, saved + 1)))
-    assert f"resuming from update {saved} of {saved + 1}" in more.stdout
+    assert saved is not None and signalled["steps"] == list(range(1, saved + 1))
+    more = resume_job.out("signalled")
+    assert f"resuming from update {saved} of {saved + 1}" in more
     assert [r["step"] for r in rows(run)] == list(range(1, saved + 2))
 
 
@@ -293,14 +379,14 @@ def _rank_pid(root: int, rank: int, timeout: float = 60) -> int:
     raise AssertionError(f"no rank {rank} worker under {root}")
 
 
-def test_compare_under_two_ranks_reports_what_one_process_reports(tmp_path):
-    args = ["compare", "--preset", "tiny", "--agents", "ppo,grpo", "--threads", "1"]
-    ok(one_process([*args, "--out-dir", str(tmp_path / "one")]))
-    proc = ok(torchrun([*args, "--out-dir", str(tmp_path / "two")], cwd=REPO))
-    assert proc.stdout.count("report: ") == 1, proc.stdout
+def test_compare_under_two_ranks_reports_what_one_process_reports(tmp_path, first_job):
+    ok(one_process([*COMPARE_ARGS, "--out-dir", str(tmp_path / "one")]))
+    out = first_job.out("compare")
+    assert out.count("report: ") == 1, out
+    two = first_job.dirs["compare"]
     for agent in ("ppo", "grpo"):
-        a, b = (json.loads(next((tmp_path / d).glob(f"{agent}*/summary.json")).read_text()) for d in ("one", "two"))
+        a, b = (json.loads(next(d.glob(f"{agent}*/summary.json")).read_text()) for d in (tmp_path / "one", two))
         assert a["updates"] == b["updates"]
         assert a["eval_after"]["outcomes"] == b["eval_after"]["outcomes"]
         assert abs(a["eval_after"]["reward"] - b["eval_after"]["reward"]) < 1e-6
-    assert (tmp_path / "two" / "report.md").exists()
+    assert (two / "report.md").exists()
