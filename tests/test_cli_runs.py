@@ -75,7 +75,7 @@ def test_resume_flag_continues_with_the_stored_config(tmp_path, capsys):
     assert "resuming from update 2 of 3" in capsys.readouterr().out
     assert steps(out) == [1, 2, 3]
     with pytest.raises(ConfigError, match="holds no run"):
-        from mpo_gym.trainer import add_arguments
+        from mpo_gym.cli.train import add_arguments
 
         add_arguments(__import__("argparse").ArgumentParser(), ["--out-dir", str(tmp_path / "none"), "--resume"])
 
@@ -149,7 +149,10 @@ def _wait_for_rows(path, n, proc, timeout=240):
 # (a SIGTERM from `kill PID` reaches the trainer only)
 @pytest.mark.parametrize("env_id, sig, group", [("mpo_gym/Arithmetic-v0", signal.SIGINT, True),
                                                 ("mpo_gym/Toy-v0", signal.SIGTERM, False)])
-def test_a_signal_mid_run_saves_and_the_same_command_resumes_each_update_once(tmp_path, env_id, sig, group):
+def test_a_signal_mid_run_saves_and_the_same_command_resumes_each_update_once(tmp_path, env_id, sig, group,
+                                                                           monkeypatch, capsys):
+    from mpo_gym.cli import main
+
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(_train_cmd(out, 100000, env_id), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -163,15 +166,18 @@ def test_a_signal_mid_run_saves_and_the_same_command_resumes_each_update_once(tm
     assert stopped >= 3 and steps(out) == list(range(1, stopped + 1))  # checkpoint and metrics agree
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["verdicts/error"] == 0 and last["verdicts/timeout"] == 0  # the update was finished, not broken
-    again = subprocess.run(_train_cmd(out, stopped + 2, env_id), capture_output=True, text=True, timeout=240,
-                           env=env, cwd=tmp_path)
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert f"resuming from update {stopped} of {stopped + 2}" in again.stdout
+    # the same command line, resumed in this process (the signal needed a process of its own)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    code = main(_train_cmd(out, stopped + 2, env_id)[3:])
+    again = capsys.readouterr()
+    assert code == 0, again.err[-2000:]
+    assert f"resuming from update {stopped} of {stopped + 2}" in again.out
     assert steps(out) == list(range(1, stopped + 3))
-    # stdout is a pipe here: plain progress lines (--log-every 1), no progress bar
-    lines = [line.split(" | ")[0] for line in again.stdout.splitlines() if "s/update" in line]
+    # stdout is not a terminal here: plain progress lines (--log-every 1), no progress bar
+    lines = [line.split(" | ")[0] for line in again.out.splitlines() if "s/update" in line]
     assert lines == [f"ppo update {stopped + 1}/{stopped + 2}", f"ppo update {stopped + 2}/{stopped + 2}"]
-    assert "\r" not in again.stdout
+    assert "\r" not in again.out
 
 
 @pytest.mark.slow
@@ -302,9 +308,9 @@ def test_compare_on_a_test_only_suite_says_so_in_the_first_line_of_the_report(tm
                   updates=1, num_envs=2, eval_tasks=2, dtype="float32", threads=1, out_dir=str(tmp_path / "cmp"),
                   agent_kwargs={"grpo": {"group_size": 2, "minibatch_size": 2, "micro_batch_size": 2}})
     with pytest.raises(ConfigError, match="--allow-test-split"):
-        compare(CompareConfig(**kwargs))
+        compare(CompareConfig.from_options(kwargs))
     assert not (tmp_path / "cmp").exists()
-    out = compare(CompareConfig(**kwargs, allow_test_split=True))
+    out = compare(CompareConfig.from_options({**kwargs, "allow_test_split": True}))
     first = (out / "report.md").read_text().splitlines()[0]
     assert "trained on the 'test' split of mpo_gym/MATH500-v0" in first
     assert json.loads((out / "grpo-s0" / "config.json").read_text())["train_split"] == "test"

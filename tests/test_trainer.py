@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -100,16 +98,17 @@ def test_config_validation():
         TrainConfig(agent="dqn")
 
 
-def test_train_cli(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "mpo_gym", "train", "--agent", "grpo", "--env", "mpo_gym/Toy-v0", "--model", "tiny",
-         "--dtype", "float32", "--num-envs", "4", "--group-size", "2", "--updates", "1", "--eval-tasks", "2",
-         "--lr", "0.001", "--minibatch-size", "4", "--micro-batch-size", "4", "--out-dir", str(tmp_path / "cli")],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "trained grpo on mpo_gym/Toy-v0 (train split): 1 updates" in out.stdout
-    assert "held-out greedy accuracy (2 test tasks)" in out.stdout and "{" not in out.stdout
+def test_train_cli(tmp_path, capsys):
+    """In this process (``python -m mpo_gym train`` in a fresh one: test_cli's user-env test)."""
+    from mpo_gym.cli import main
+
+    code = main(["train", "--agent", "grpo", "--env", "mpo_gym/Toy-v0", "--model", "tiny",
+                 "--dtype", "float32", "--num-envs", "4", "--group-size", "2", "--updates", "1", "--eval-tasks", "2",
+                 "--lr", "0.001", "--minibatch-size", "4", "--micro-batch-size", "4", "--out-dir", str(tmp_path / "cli")])
+    out = capsys.readouterr()
+    assert code == 0, out.err[-2000:]
+    assert "trained grpo on mpo_gym/Toy-v0 (train split): 1 updates" in out.out
+    assert "held-out greedy accuracy (2 test tasks)" in out.out and "{" not in out.out
     rows = (tmp_path / "cli" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["step"] for r in rows] == [1]
 
