@@ -12,6 +12,8 @@ defined once and used both for validation here and for ``--help``.
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +24,7 @@ from .errors import ConfigError, did_you_mean
 from .options import CHOICES
 from .options import split_items as _items
 
-__all__ = ["COMPARE_PER_RUN", "SUITE_IDS", "CompareConfig", "EvalConfig", "TrainConfig", "check_sampling"]
+__all__ = ["COMPARE_PER_RUN", "SUITE_IDS", "arm_agent", "arm_settings", "CompareConfig", "EvalConfig", "TrainConfig", "check_sampling"]
 
 # the benchmark suites `mpo-gym eval --suite` names, and their envs
 SUITE_IDS = {
@@ -297,19 +299,24 @@ class CompareConfig:
     budget), then one report.
 
     Attributes:
-        agents: agent names, in report order (comma-separated on the command line).
-        seeds: one run per agent per seed (comma-separated on the command line).
-        agent_kwargs: per-agent config overrides, ``{"mpo": {"mpo_k": 3}}``.
+        agents: the arms, in report order (comma-separated on the command line): agent names,
+            or an agent with settings of its own, ``mpo@mpo_k=3`` (``@`` between settings).
+        seeds: one run per arm per seed (comma-separated on the command line).
+        sweep: agent options to sweep, ``{"mpo_k": [1, 3, 5]}``: every arm whose agent has the
+            option runs once per value (``mpo@mpo_k=1``, ...); several options give every
+            combination. Arms whose agent lacks the option run once.
+        agent_kwargs: per-agent (or per-arm) config overrides, ``{"mpo": {"mpo_k": 3}}``.
         common_kwargs: agent config overrides applied to every agent that has the field
             (an agent option given as a flag, such as ``--lr``, lands here).
         out_dir: the comparison folder (empty: ``runs/compare-<time>``); each run trains in
-            ``<out_dir>/<agent>-s<seed>``.
+            ``<out_dir>/<arm>-s<seed>``.
         train: what every run shares: a :class:`TrainConfig` whose ``agent``, ``seed``,
             ``agent_kwargs`` and ``out_dir`` are set per run from the fields above.
     """
 
     agents: tuple[str, ...] = ("ppo", "mpo", "grpo")
     seeds: tuple[int, ...] = (0,)
+    sweep: dict[str, list[Any]] = field(default_factory=dict)
     agent_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     common_kwargs: dict[str, Any] = field(default_factory=dict)
     out_dir: str = ""
@@ -325,30 +332,59 @@ class CompareConfig:
             raise ConfigError(f"seeds: expected comma-separated integers, got {self.seeds!r}") from exc
         if not self.out_dir:
             object.__setattr__(self, "out_dir", f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}")
-        unknown = [a for a in self.agents if a not in AGENTS]
+        unknown = [a for a in self.agents if arm_agent(a) not in AGENTS]
         if unknown or not self.agents:
-            hint = did_you_mean(unknown[0], AGENTS) if unknown else ""
+            hint = did_you_mean(arm_agent(unknown[0]), AGENTS) if unknown else ""
             raise ConfigError(f"unknown agents {unknown}{hint}; known: {', '.join(sorted(AGENTS))}")
         if not self.seeds:
             raise ConfigError("give at least one seed")
         if self.train.time_budget_s <= 0 and self.train.updates <= 0:
             raise ConfigError("set a budget: --time-budget-s > 0 or --updates > 0")
+        if not isinstance(self.sweep, dict) or any(not isinstance(v, list) or not v for v in self.sweep.values()):
+            raise ConfigError(f"sweep: expected option -> list of values, e.g. {{\"mpo_k\": [1, 3, 5]}}; got {self.sweep!r}")
+        for name in self.sweep:
+            if not any(name in _agent_fields(arm_agent(a)) for a in self.agents):
+                raise ConfigError(f"sweep: no agent of {self.agents} has the option {name!r}")
+        bases = {arm_agent(a) for a in self.agents}
         for name in self.agent_kwargs:
-            if name not in self.agents:
+            if name not in bases and name not in self.arms:
                 raise ConfigError(f"agent_kwargs names {name!r}, which is not in agents {self.agents}")
         for name in self.common_kwargs:
-            if not any(name in _agent_fields(a) for a in self.agents):
+            if not any(name in _agent_fields(a) for a in bases):
                 raise ConfigError(f"common_kwargs: no agent of {self.agents} has the option {name!r}")
-        for agent in self.agents:  # TrainConfig validates the rest (agent kwargs, dtype, ...)
-            self.run_config(agent, self.seeds[0])
+        if len(set(self.arms)) != len(self.arms):
+            raise ConfigError(f"the arms {list(self.arms)} name one arm twice")
+        for arm in self.arms:  # TrainConfig validates the rest (agent kwargs, dtype, ...)
+            self.run_config(arm, self.seeds[0])
 
-    def run_config(self, agent: str, seed: int) -> TrainConfig:
-        """The ``TrainConfig`` of one run."""
+    @property
+    def arms(self) -> tuple[str, ...]:
+        """The arms the comparison trains, in report order: ``agents`` with ``sweep`` expanded."""
+        import itertools
+
+        out: list[str] = []
+        for arm in self.agents:
+            keys = [k for k in self.sweep if k in _agent_fields(arm_agent(arm))]
+            for values in itertools.product(*(self.sweep[k] for k in keys)):
+                out.append("@".join([arm, *(f"{k}={_setting_text(v)}" for k, v in zip(keys, values))]))
+        return tuple(out)
+
+    def run_config(self, arm: str, seed: int) -> TrainConfig:
+        """The ``TrainConfig`` of one run: the arm's agent, with the common options, the agent's
+        and the arm's own overrides, and the arm's settings (``mpo@mpo_k=3``)."""
+        agent = arm_agent(arm)
         fields = _agent_fields(agent)
         kwargs = {k: v for k, v in self.common_kwargs.items() if k in fields}
         kwargs.update(self.agent_kwargs.get(agent, {}))
+        if arm != agent:
+            kwargs.update(self.agent_kwargs.get(arm, {}))
+            settings = arm_settings(arm)
+            unknown = sorted(set(settings) - fields)
+            if unknown:
+                raise ConfigError(f"arm {arm!r}: the {agent} agent has no option {unknown[0]!r}")
+            kwargs.update(settings)
         return dataclasses.replace(self.train, agent=agent, agent_kwargs=kwargs, seed=seed,
-                                   out_dir=str(Path(self.out_dir) / f"{agent}-s{seed}"))
+                                   out_dir=str(Path(self.out_dir) / f"{arm}-s{seed}"))
 
     def options(self) -> dict[str, Any]:
         """The comparison as flat options (the keys of ``--config`` files and ``compare.json``)."""
@@ -387,6 +423,36 @@ class CompareConfig:
             return cls(**own, train=dataclasses.replace(_compare_train_default(), **train))
         except TypeError as exc:
             raise ConfigError(f"{source}: {exc}") from exc
+
+
+_SETTING = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=[A-Za-z0-9_.+-]+$")
+
+
+def arm_agent(arm: str) -> str:
+    """The agent of an arm: ``mpo`` for ``mpo@mpo_k=3``."""
+    return arm.split("@", 1)[0]
+
+
+def arm_settings(arm: str) -> dict[str, Any]:
+    """The settings of an arm: ``{"mpo_k": 3}`` for ``mpo@mpo_k=3`` (values read as JSON, else text)."""
+    out: dict[str, Any] = {}
+    for part in arm.split("@")[1:]:
+        if not _SETTING.match(part):
+            raise ConfigError(f"arm {arm!r}: each setting after '@' looks like name=value (letters, digits, ._+-); "
+                              f"got {part!r}")
+        key, _, text = part.partition("=")
+        try:
+            out[key] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key] = text
+    return out
+
+
+def _setting_text(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    if not re.fullmatch(r"[A-Za-z0-9_.+-]+", text):
+        raise ConfigError(f"sweep: a value must be a number, true/false or a plain word; got {value!r}")
+    return text
 
 
 def _agent_fields(agent: str) -> set[str]:

@@ -369,3 +369,45 @@ def test_shards_are_checked_from_what_the_agent_config_declares():
         check_shards(reinforcepp, two)
     with pytest.raises(ConfigError, match="start 2 or more with torchrun"):
         check_shards(TrainConfig(**base, agent="ppo"), Dist())
+
+
+# ---------------------------------------------------------------------- arms and sweeps
+def test_a_sweep_runs_as_one_comparison_with_one_report(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(["compare", "--preset", "tiny", "--agents", "ppo,mpo", "--sweep", "mpo_k=1,2",
+                          "--updates", "1", "--eval-tasks", "0", "--out-dir", "cmp"], capsys)
+    assert code == 0, err
+    arms = ["ppo", "mpo@mpo_k=1", "mpo@mpo_k=2"]
+    for arm in arms:
+        record = json.loads((tmp_path / "cmp" / f"{arm}-s0" / "config.json").read_text())
+        assert record["agent"] == arm.split("@")[0]
+        if "@" in arm:
+            assert record["resolved_agent_config"]["mpo_k"] == int(arm[-1])
+            assert record["resolved_agent_config"]["warmup_steps"] == 2  # the preset's mpo settings stay
+    report = (tmp_path / "cmp" / "report.md").read_text()
+    assert all(f"| {arm} |" in report for arm in arms)
+    stored = json.loads((tmp_path / "cmp" / "compare.json").read_text())["config"]
+    assert stored["sweep"] == {"mpo_k": [1, 2]} and stored["agents"] == ["ppo", "mpo"]
+
+
+def test_arms_with_their_own_settings_and_their_mistakes(tmp_path, capsys, monkeypatch):
+    from mpo_gym.compare import PRESETS, CompareConfig
+    from mpo_gym.errors import ConfigError
+
+    cfg = CompareConfig.from_options({**PRESETS["tiny"], "agents": "grpo@group_size=2,grpo@group_size=4",
+                                      "agent_kwargs": {"grpo": {"group_size": 8}}, "out_dir": str(tmp_path)})
+    assert cfg.arms == ("grpo@group_size=2", "grpo@group_size=4")
+    assert [cfg.run_config(a, 0).agent_config().group_size for a in cfg.arms] == [2, 4]
+    grid = CompareConfig.from_options({**PRESETS["tiny"], "agents": "mpo,ppo", "out_dir": str(tmp_path), "agent_kwargs": {},
+                                       "sweep": {"mpo_k": [1, 2], "lr": [1e-3, 1e-4]}})
+    assert len(grid.arms) == 4 + 2 and "mpo@mpo_k=2@lr=0.0001" in grid.arms and "ppo@lr=0.001" in grid.arms
+    for options, message in (({"agents": "mpo@nosuch=1"}, "has no option 'nosuch'"),
+                             ({"agents": "mpo@mpo_k"}, "name=value"),
+                             ({"agents": "ppo", "sweep": {"mpo_k": [1]}}, "no agent of"),
+                             ({"agents": "ppo,ppo"}, "name one arm twice")):
+        with pytest.raises(ConfigError, match=message):
+            CompareConfig.from_options({**PRESETS["tiny"], "out_dir": str(tmp_path), "agent_kwargs": {}, **options})
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:  # argparse's own error: usage and one line
+        main(["compare", "--preset", "tiny", "--sweep", "mpo_k"])
+    assert exit_.value.code == 2 and "expected OPTION=V1,V2" in capsys.readouterr().err

@@ -131,7 +131,7 @@ def _shared_before(cfg: CompareConfig, out: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    train_cfg = cfg.run_config(cfg.agents[0], cfg.seeds[0])
+    train_cfg = cfg.run_config(cfg.arms[0], cfg.seeds[0])
     policy = make_policy(train_cfg, spec=PolicySpec())  # the untrained LM: no heads needed
     from .. import distributed, runs
 
@@ -177,18 +177,18 @@ def compare(cfg: CompareConfig, command: str = "") -> Path:
     from .trainer import check_shards, preflight
 
     out = Path(cfg.out_dir)
-    for agent in cfg.agents:  # env id, model, splits, trackers: checked before anything is written
+    for agent in cfg.arms:  # env id, model, splits, trackers: checked before anything is written
         preflight(cfg.run_config(agent, cfg.seeds[0]))
-    dist = distributed.init(cfg.run_config(cfg.agents[0], cfg.seeds[0]).resolved_device)
-    for agent in cfg.agents:  # and each run's batch against its groups and the ranks, before any model loads
+    dist = distributed.init(cfg.run_config(cfg.arms[0], cfg.seeds[0]).resolved_device)
+    for agent in cfg.arms:  # and each run's batch against its groups and the ranks, before any model loads
         check_shards(cfg.run_config(agent, cfg.seeds[0]), dist)
     main = dist.is_main
     stored = runs.check_run_folder(out, _differences(cfg), what="comparison", config_name="compare.json")
     dist.barrier()  # every rank has read the folder before rank 0 writes to it
     if stored is not None:
-        done = sum((Path(cfg.run_config(a, s).out_dir) / "summary.json").exists() for s in cfg.seeds for a in cfg.agents)
+        done = sum((Path(cfg.run_config(a, s).out_dir) / "summary.json").exists() for s in cfg.seeds for a in cfg.arms)
         if main:
-            print(f"resuming comparison in {out}: {done} of {len(cfg.agents) * len(cfg.seeds)} runs finished", flush=True)
+            print(f"resuming comparison in {out}: {done} of {len(cfg.arms) * len(cfg.seeds)} runs finished", flush=True)
         command = stored.get("command") or command
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -201,7 +201,7 @@ def compare(cfg: CompareConfig, command: str = "") -> Path:
         print(f"untrained model, held-out greedy accuracy: {before['accuracy']:.3f} on {int(before['n'])} tasks" if before else "")
     summaries: dict[tuple[str, int], dict[str, Any]] = {}
     for seed in cfg.seeds:
-        for agent in cfg.agents:
+        for agent in cfg.arms:
             summaries[(agent, seed)] = _run(cfg, agent, seed, before, ctx)
     if main:
         write_report(cfg, out, summaries, before, command)
@@ -236,8 +236,8 @@ def _label_test_split(cfg: CompareConfig, out: Path) -> None:
     """Put the trained-on-the-test-split warning in the first line of ``report.md``."""
     from .trainer import test_split_warning
 
-    record = json.loads((Path(cfg.run_config(cfg.agents[0], cfg.seeds[0]).out_dir) / "config.json").read_text())
-    warning = test_split_warning(cfg.run_config(cfg.agents[0], cfg.seeds[0]), record.get("train_split"),
+    record = json.loads((Path(cfg.run_config(cfg.arms[0], cfg.seeds[0]).out_dir) / "config.json").read_text())
+    warning = test_split_warning(cfg.run_config(cfg.arms[0], cfg.seeds[0]), record.get("train_split"),
                                  record.get("eval_split", "test"))
     if warning:
         report = out / "report.md"

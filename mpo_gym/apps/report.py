@@ -209,7 +209,7 @@ def _budget(cfg: Any) -> str:
 
 def _results_table(cfg: Any, summaries: dict[tuple[str, int], dict[str, Any]], tasks: list[dict[str, Any]]) -> list[str]:
     rows = ["| agent | seed | updates | before (95% CI) | after (95% CI) | gain (95% CI) |", "|---|---|---|---|---|---|"]
-    for agent in cfg.agents:
+    for agent in cfg.arms:
         gains = []
         for seed in cfg.seeds:
             s = summaries[(agent, seed)]
@@ -229,7 +229,7 @@ def _results_table(cfg: Any, summaries: dict[tuple[str, int], dict[str, Any]], t
 
 def _verdict(cfg: Any, tasks: list[dict[str, Any]]) -> str:
     lines = []
-    for agent in cfg.agents:
+    for agent in cfg.arms:
         results = [r for r in (_gain(tasks, agent, seed) for seed in cfg.seeds) if r is not None]
         if not results:
             continue
@@ -350,7 +350,7 @@ def _plot(cfg: Any, runs: dict[tuple[str, int], list[dict[str, Any]]], path: Pat
     held_out = _held_out_points(summaries, tasks)
     has_eval = any(held_out.values())
     fig, axes = plt.subplots(1, 3 if has_eval else 2, figsize=(16 if has_eval else 11, 4))
-    for agent in cfg.agents:
+    for agent in cfg.arms:
         histories = [[r for r in runs[(agent, s)] if "charts/reward" in r] for s in cfg.seeds]
         n = min((len(h) for h in histories), default=0)
         if n == 0:

@@ -32,7 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_flags(parser, "comparison", extra="; also preset, agents, seeds; a comparison's compare.json works")
     parser.add_argument("--budget", help="shorthand: '300s' or '5m' (wall-clock) or '40u' (updates)")
     own = parser.add_argument_group("comparison options")
-    add_dataclass_arguments(own, CompareConfig, skip=("train",), flags={"out_dir": ("--out",)}, defaults_none=True)
+    add_dataclass_arguments(own, CompareConfig, skip=("train", "sweep"), flags={"out_dir": ("--out",)},
+                            defaults_none=True)
+    own.add_argument("--sweep", action="append", metavar="OPTION=V1,V2,...", type=_sweep_arg,
+                     help="sweep an agent option: every arm whose agent has it runs once per value "
+                          "(mpo@mpo_k=1, ...); repeat for a grid (also a mapping in --config)")
     shared = parser.add_argument_group("options every run shares (as in mpo-gym train)")
     train_dests = add_dataclass_arguments(shared, TrainConfig, skip=COMPARE_PER_RUN, defaults_none=True,
                                           flags={"imports": ("--import",)}, repeatable=("imports",),
@@ -84,10 +88,27 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
     values.update(given)
     if common:
         values["common_kwargs"] = {**(values.get("common_kwargs") or {}), **common}
+    if "sweep" in given:
+        values["sweep"] = dict(given["sweep"])
     if args.budget:
         values.pop("budget_s", None)
         values.update(_parse_budget(args.budget))
     return CompareConfig.from_options(values, source=found[1] if found else "compare")
+
+
+def _sweep_arg(text: str) -> tuple[str, list[Any]]:
+    import json
+
+    name, sep, values = text.partition("=")
+    if not sep or not name.strip() or not values.strip():
+        raise argparse.ArgumentTypeError(f"expected OPTION=V1,V2,... (e.g. mpo_k=1,3,5); got {text!r}")
+    out: list[Any] = []
+    for item in values.split(","):
+        try:
+            out.append(json.loads(item))
+        except json.JSONDecodeError:
+            out.append(item.strip())
+    return name.strip().replace("-", "_"), out
 
 
 def _names(value: Any) -> list[str]:
