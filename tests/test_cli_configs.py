@@ -160,6 +160,10 @@ def test_a_user_agent_trains_through_train_and_compare(user_agent, capsys):
     record = json.loads((user_agent / "run" / "config.json").read_text())
     assert record["agent"] == "halfclip" and record["resolved_agent_config"]["half_marker"] == 3
 
+    code, out, err = run(["list", "--agents", "--import", "myagents"], capsys)
+    lines = dict(line.split(None, 1) for line in out.splitlines())
+    assert lines["halfclip"] == "HalfClipAgent" and lines["mpo"].startswith("MPO: Multi-token Policy Optimization")
+    assert {"ppo", "grpo", "gspo", "gmpo", "rloo", "reinforcepp", "dapo", "cispo", "wgmpo"} <= set(lines)
     code, out, err = run(["compare", "--import", "myagents", "--agents", "ppo,halfclip", "--preset", "tiny",
                           "--updates", "1", "--eval-tasks", "0", "--out-dir", "cmp"], capsys)
     assert code == 0, err

@@ -30,11 +30,27 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
     import_modules(args.imports)
     load_entry_points()
-    envs = list_envs()
-    width = max(len(k) for k in envs)
-    for env_id, description in envs.items():
-        print(f"{env_id:<{width}}  {description}")
+    items = _agent_lines() if args.agents else list_envs()
+    width = max(len(k) for k in items)
+    for name, description in items.items():
+        print(f"{name:<{width}}  {description}")
+    if not args.agents:
+        print("(agents: mpo-gym list --agents)")
     return 0
+
+
+def _agent_lines() -> dict[str, str]:
+    """``name -> one line`` for every registered agent: the first line of its module's docstring
+    (the built-in agents), else of its class's."""
+    from ..agents import AGENTS
+
+    out = {}
+    for name, (agent_cls, _) in sorted(AGENTS.items()):
+        module = sys.modules.get(agent_cls.__module__)
+        ours = agent_cls.__module__.startswith("mpo_gym.agents.") and module is not None
+        doc = ((module.__doc__ if ours and module is not None else None) or agent_cls.__doc__ or "").strip()
+        out[name] = doc.splitlines()[0].rstrip(".") if doc else agent_cls.__name__
+    return out
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -107,7 +123,8 @@ def build_parser(command: str | None = None, argv: Sequence[str] = ()) -> argpar
     parser.add_argument("--version", action="version", version=f"mpo-gym {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("list", help="list the registered mpo_gym/ env ids")
+    p = sub.add_parser("list", help="list the registered mpo_gym/ env ids (--agents: the agents)")
+    p.add_argument("--agents", action="store_true", help="list the registered agents instead (imports torch)")
     _add_imports(p)
     p.set_defaults(func=_cmd_list)
 
