@@ -110,7 +110,8 @@ def help_text(argv, capsys):
 def test_help_per_agent_shows_that_agents_defaults_and_docstrings(capsys):
     grpo = help_text(["train", "--agent", "grpo"], capsys)
     assert "--group-size N G, responses per task" in grpo and "(default: 8)" in grpo
-    assert "--whiten-advantages [{true,false}] normalise advantages over the batch (mean 0, std 1) (default: False)" in grpo
+    # the group agents' own line for the field (their base class documents it), not PPO's
+    assert "--whiten-advantages [{true,false}] off: the group baseline already centres the advantages (default: False)" in grpo
     assert "--mpo-k" not in grpo
     mpo = help_text(["train", "--agent", "mpo"], capsys)
     assert "--mpo-k N window length K (K−1 MTP modules) (default: 5)" in mpo
