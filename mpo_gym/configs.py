@@ -382,6 +382,7 @@ class CompareConfig:
             unknown = sorted(set(settings) - fields)
             if unknown:
                 raise ConfigError(f"arm {arm!r}: the {agent} agent has no option {unknown[0]!r}")
+            _check_setting_types(arm, agent, settings)
             kwargs.update(settings)
         return dataclasses.replace(self.train, agent=agent, agent_kwargs=kwargs, seed=seed,
                                    out_dir=str(Path(self.out_dir) / f"{arm}-s{seed}"))
@@ -446,6 +447,20 @@ def arm_settings(arm: str) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[key] = text
     return out
+
+
+def _check_setting_types(arm: str, agent: str, settings: Mapping[str, Any]) -> None:
+    """An arm's setting has the kind of its option's default (a number for a number, ...)."""
+    from .agents import AGENTS
+
+    defaults = {f.name: f.default for f in dataclasses.fields(AGENTS[agent][1])}
+    for key, value in settings.items():
+        default = defaults.get(key)
+        kinds: tuple[type, ...] = ((bool,) if isinstance(default, bool) else (int, float) if isinstance(default, (int, float))
+                                   else (str,) if isinstance(default, str) else (object,))
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise ConfigError(f"arm {arm!r}: {key} takes {'true/false' if bool in kinds else 'a number' if int in kinds else 'a word'}; "
+                              f"got {value!r}")
 
 
 def _setting_text(value: Any) -> str:

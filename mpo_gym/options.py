@@ -182,6 +182,7 @@ def add_dataclass_arguments(
     flags: Mapping[str, tuple[str, ...]] | None = None,
     choices: Mapping[str, Iterable[str]] | None = None,
     repeatable: Iterable[str] = (),
+    primary: Mapping[str, str] | None = None,
     shown_defaults: Mapping[str, Any] | None = None,
     show_default: bool = True,
 ) -> dict[str, str]:
@@ -197,6 +198,8 @@ def add_dataclass_arguments(
         repeatable: string fields holding comma-separated items whose flag may be repeated
             (tuple fields always are).
         shown_defaults: defaults to show in the help (and parse to) instead of the class's.
+        primary: the flag shown first for a field (``{"imports": "--import"}``); the generated
+            ``--field-name`` stays as an alias.
         show_default: show the default in the help (off for options whose default depends on
             the agent that takes them).
     """
@@ -211,6 +214,8 @@ def add_dataclass_arguments(
         if shown_defaults and f.name in shown_defaults:
             default = shown_defaults[f.name]
         names = ["--" + f.name.replace("_", "-"), *((flags or {}).get(f.name, ()))]
+        if primary and f.name in primary:
+            names = [primary[f.name], *(n for n in names if n != primary[f.name])]
         help_text = docs.get(f.name, "").rstrip(".")
         shown = json.dumps(default) if kind is dict else (",".join(map(str, default)) if kind is tuple else default)
         if show_default:

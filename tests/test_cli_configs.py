@@ -408,7 +408,8 @@ def test_arms_with_their_own_settings_and_their_mistakes(tmp_path, capsys, monke
     for options, message in (({"agents": "mpo@nosuch=1"}, "has no option 'nosuch'"),
                              ({"agents": "mpo@mpo_k"}, "name=value"),
                              ({"agents": "ppo", "sweep": {"mpo_k": [1]}}, "no agent of"),
-                             ({"agents": "ppo,ppo"}, "name one arm twice")):
+                             ({"agents": "ppo,ppo"}, "name one arm twice"),
+                             ({"agents": "ppo", "sweep": {"lr": ["a", "b"]}}, "lr takes a number; got 'a'")):
         with pytest.raises(ConfigError, match=message):
             CompareConfig.from_options({**PRESETS["tiny"], "out_dir": str(tmp_path), "agent_kwargs": {}, **options})
     monkeypatch.chdir(tmp_path)

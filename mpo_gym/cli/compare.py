@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "(mpo@mpo_k=1, ...); repeat for a grid (also a mapping in --config)")
     shared = parser.add_argument_group("options every run shares (as in mpo-gym train)")
     train_dests = add_dataclass_arguments(shared, TrainConfig, skip=COMPARE_PER_RUN, defaults_none=True,
-                                          flags={"imports": ("--import",)}, repeatable=("imports",),
+                                          primary={"imports": "--import"}, repeatable=("imports",),
                                           shown_defaults={"checkpoint_every": 10})
     agents = parser.add_argument_group("agent options (applied to every agent that has the option; "
                                        "per agent: --agent-kwargs)")

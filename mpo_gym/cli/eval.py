@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser, argv: list[str] | None = None
     argv = list(argv or [])
     add_config_flags(parser, "evaluation", resume=False)
     group = parser.add_argument_group("evaluation options")
-    dests = add_dataclass_arguments(group, EvalConfig, flags={"imports": ("--import",), "out_dir": ("--out",)},
+    dests = add_dataclass_arguments(group, EvalConfig, flags={"out_dir": ("--out",)}, primary={"imports": "--import"},
                                     repeatable=("imports",))
     group.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     found = config_file(argv)

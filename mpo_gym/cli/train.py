@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser, argv: list[str] | None = None
                           f"(allowed: {', '.join(sorted(AGENTS))}; a user agent needs --import MODULE)")
     add_config_flags(parser, "run", extra="; a run's config.json works")
     group = parser.add_argument_group("run options")
-    dests = add_dataclass_arguments(group, TrainConfig, skip=("agent_kwargs",), flags={"imports": ("--import",)},
+    dests = add_dataclass_arguments(group, TrainConfig, skip=("agent_kwargs",), primary={"imports": "--import"},
                                     choices={"agent": sorted(AGENTS)}, repeatable=("imports",))
     config_cls = AGENTS[agent][1]
     agroup = parser.add_argument_group(f"{agent} agent options ({config_cls.__name__})")
