@@ -340,16 +340,13 @@ print(applied, *faults)
 
 @pytest.mark.skipif(not is_glibc(), reason="a glibc allocator setting")
 def test_reuse_freed_memory_stops_refaulting_large_blocks():
-    # the two modes in two processes at once (each counts its own page faults)
-    procs = [subprocess.Popen([sys.executable, "-c", _REFAULT_SCRIPT, mode], stdout=subprocess.PIPE, text=True)
-             for mode in ("reuse", "system")]
-    results = []
-    for proc in procs:
-        stdout, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0
-        out = stdout.split()
-        results.append((out[0], [int(x) for x in out[1:]]))
-    (applied, reused), (_, system) = results
+    def run(mode: str) -> tuple[str, list[int]]:
+        out = subprocess.run([sys.executable, "-c", _REFAULT_SCRIPT, mode], capture_output=True,
+                             text=True, check=True).stdout.split()
+        return out[0], [int(x) for x in out[1:]]
+
+    applied, reused = run("reuse")
+    _, system = run("system")
     pages = (49152 * 576 + 200 * 49152) * 4 // resource.getpagesize()  # 152 MB per step
     assert applied == "True"
     assert min(system[2:]) > pages // 2  # glibc's default maps fresh blocks: every page faults again
