@@ -103,3 +103,14 @@ def test_gap_table_shows_each_runs_mean_and_largest_sampler_gap():
     assert rows[2] == "| ppo | 0 | 2 | 2.00e-03 | 0.2 |"  # mean of the means, max of the maxima
     assert len([r for r in rows if r.startswith("| grpo")]) == 0
     assert _gap_table({("ppo", 0): [{"step": 1}]}) == ["No run logged the sampler's log-prob gap."]
+
+
+def test_clip_range_column_names_each_agents_own_clip(tmp_path):
+    from mpo_gym.report import _clip_range
+
+    cfg = CompareConfig.from_options({**PRESETS["tiny"], "agents": ("ppo", "gmpo", "wgmpo", "cispo"), "agent_kwargs": {},
+                                      "out_dir": str(tmp_path)})
+    assert _clip_range(cfg, "ppo", 0, "token") == "[0.8, 1.2]"
+    assert _clip_range(cfg, "gmpo", 0, "sequence (GMPO)") == "log r in [-0.4, 0.4] per token"
+    assert _clip_range(cfg, "wgmpo", 0, "token").startswith("log r in [")  # log space, though it logs token ratios
+    assert "gradient stopped" in _clip_range(cfg, "cispo", 0, "token")

@@ -303,8 +303,11 @@ def _clip_range(cfg: Any, agent: str, seed: int, kind: str) -> str:
     low, high = getattr(agent_cfg, "clip_low", None), getattr(agent_cfg, "clip_high", None)
     if low is None or high is None:
         return ""
-    if kind == "sequence (GMPO)":
+    base = cfg.run_config(agent, seed).agent
+    if kind == "sequence (GMPO)" or base == "wgmpo":  # clipped in log space, per token
         return f"log r in [-{low:g}, {high:g}] per token"
+    if base == "cispo":  # a clipped, gradient-stopped weight: no gradient is dropped
+        return f"weight clipped to [{1 - low:g}, {1 + high:g}], its gradient stopped"
     return f"[{1 - low:g}, {1 + high:g}]"
 
 
