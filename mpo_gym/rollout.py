@@ -11,7 +11,9 @@ the episodes that end in one step are verified in one ``verify_batch`` call.
 Generation: the observations' token ids go to :meth:`BlockSampler.act
 <mpo_gym.policy.BlockSampler.act>` (the same entry point as :meth:`LMPolicy.act
 <mpo_gym.policy.LMPolicy.act>`), which prefills all prompts as one left-padded batch, keeps the
-KV cache across env steps and draws one block of up to ``K`` tokens per live row. Token ids in,
+KV cache across env steps and draws one block of up to ``K`` tokens per live row. By default it
+runs the static decode loop (:mod:`mpo_gym.policy.decode`: preallocated KV cache, fused weights
+in the compute dtype), the fastest path, which training uses through this function too. Token ids in,
 token ids out: the response is never re-tokenized.
 
 Rows that finish early: a :class:`~mpo_gym.vector.ReasoningVectorEnv` leaves a finished sub-env
@@ -83,7 +85,7 @@ class Episode:
 def rollout(envs: Any, policy: LMPolicy, *, task_indices: Sequence[int] | None = None,
             seed: int | None = None, temperature: float = 1.0, top_p: float = 1.0,
             greedy: bool = False, max_batch: int | None = None,
-            progress: bool = False, first_index: int = 0) -> list[Episode]:
+            progress: bool = False, first_index: int = 0, engine: str = "auto") -> list[Episode]:
     """Play one episode in each env with ``policy``; returns episodes in env order.
 
     Timed as the ``rollout`` phase (:mod:`mpo_gym.timing`), with the responses' tokens counted
@@ -104,19 +106,24 @@ def rollout(envs: Any, policy: LMPolicy, *, task_indices: Sequence[int] | None =
         first_index: index of the first env's episode in a larger batch (a data-parallel
             rank's share): episode ``first_index + i`` samples from its own stream, so the
             episodes do not depend on how the batch is split.
+        engine: the decode loop (``BlockSampler(engine=...)``): ``"auto"`` (the default) takes
+            the static loop (preallocated KV cache, no per-step overhead) wherever the model is
+            supported and the ``transformers`` forward otherwise; ``"hf"`` forces the latter.
+            Both draw the same tokens.
     """
     with timing.phase("rollout"):
         episodes = _rollout(envs, policy, task_indices, seed, temperature, top_p, greedy, max_batch, progress,
-                            first_index)
+                            first_index, engine)
     timing.count("rollout_tokens", float(sum(len(ep.response_ids) for ep in episodes)))
     return episodes
 
 
 def _rollout(envs: Any, policy: LMPolicy, task_indices: Sequence[int] | None, seed: int | None, temperature: float,
-             top_p: float, greedy: bool, max_batch: int | None, progress: bool, first_index: int) -> list[Episode]:
+             top_p: float, greedy: bool, max_batch: int | None, progress: bool, first_index: int,
+             engine: str = "auto") -> list[Episode]:
     if seed is None:
         seed = int(np.random.SeedSequence().generate_state(1)[0] >> 1)  # fresh entropy, global RNG untouched
-    sampling = {"temperature": temperature, "top_p": top_p, "greedy": greedy}
+    sampling = {"temperature": temperature, "top_p": top_p, "greedy": greedy, "engine": engine}
     # one region in the policy's compute dtype for the whole call: the weights do not change
     # while it generates, so each low-precision copy is made once (the sampler's forwards nest)
     region = getattr(policy, "autocast", contextlib.nullcontext)

@@ -230,29 +230,39 @@ def test_act_resumes_mid_episode_from_observations():
     assert [env.response_ids for env in envs] == [e.response_ids[:6] for e in greedy]
 
 
+@pytest.mark.parametrize("engine", ["static", "hf"])
 @pytest.mark.parametrize("greedy", [True, False])
-def test_shared_prompt_head_is_encoded_once_with_the_same_result(monkeypatch, greedy):
+def test_shared_prompt_head_is_encoded_once_with_the_same_result(monkeypatch, greedy, engine):
     """Prompts with a common head (system prompt, example turn) prefill the head once and repeat
     its KV cache; logits, tokens and log-probs equal a full left-padded prefill, and the
     recorded log-probs still equal teacher forcing."""
-    from mpo_gym.policy import sampling
+    from mpo_gym.policy import decode, sampling
 
     policy = eos_prone_policy(eos_scale=1.0)
     head = list(range(5, 25))  # 20 shared tokens
     prompts = [head + [30, 31, 32], head + [40], head + [50, 51], head]  # the last is all head
     calls = []
-    forward = sampling.BlockSampler._forward
+    if engine == "hf":
+        forward = sampling.BlockSampler._forward
 
-    def spy(self, ids, mask, pos, cache):
-        calls.append(tuple(ids.shape))
-        return forward(self, ids, mask, pos, cache)
+        def spy(self, ids, mask, pos, cache):
+            calls.append(tuple(ids.shape))
+            return forward(self, ids, mask, pos, cache)
 
-    monkeypatch.setattr(sampling.BlockSampler, "_forward", spy)
+        monkeypatch.setattr(sampling.BlockSampler, "_forward", spy)
+    else:
+        prefill = decode.StaticDecoder.prefill
+
+        def spy_prefill(self, ids, mask, pos, reserve):
+            calls.append(tuple(ids.shape))
+            return prefill(self, ids, mask, pos, reserve)
+
+        monkeypatch.setattr(decode.StaticDecoder, "prefill", spy_prefill)
 
     def play(min_shared):
         monkeypatch.setattr(sampling, "MIN_SHARED_HEAD", min_shared)
         calls.clear()
-        s = sampling.BlockSampler(policy, prompts, seed=3, greedy=greedy, temperature=1.0)
+        s = sampling.BlockSampler(policy, prompts, seed=3, greedy=greedy, temperature=1.0, engine=engine)
         logits = s._logits.clone()
         prefill = list(calls)
         tokens, logprobs = [], []

@@ -5,7 +5,9 @@
 - :class:`LMPolicy`: causal LM + optional value head/critic + MTP modules;
   :meth:`LMPolicy.score` (teacher-forced, one pass), :meth:`LMPolicy.act` (blocks from env
   observations).
-- :class:`BlockSampler`: the generation engine used by :func:`mpo_gym.rollout.rollout`.
+- :class:`BlockSampler`: the generation engine used by :func:`mpo_gym.rollout.rollout`; by
+  default it runs :mod:`~mpo_gym.policy.decode`'s static decode loop (preallocated KV cache,
+  fused weights in the compute dtype), with the ``transformers`` forward as the fallback.
 
 This package imports torch; ``import mpo_gym`` does not.
 """

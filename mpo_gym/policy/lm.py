@@ -123,6 +123,8 @@ class LMPolicy(nn.Module):
         self.pad_token_id = int(getattr(tokenizer, "pad_token_id", None) or 0)
         self.eos_token_id = int(tokenizer.eos_token_id)
         self._sampler: Any = None
+        self.weights_version = 0  # bumped by weights_changed: samplers re-encode their rows
+        self._decode_weights: Any = None  # the static decode loop's copy (policy.decode.decode_weights)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -181,9 +183,13 @@ class LMPolicy(nn.Module):
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
     def weights_changed(self) -> None:
-        """Drop every cache made from the current weights: the autocast copies of the weights
-        and the sampler's KV cache. Agents call it after each optimizer step."""
+        """Drop every cache made from the current weights: the autocast copies of the weights,
+        the sampler's KV cache and the decode loop's copy of the weights (rebuilt, timed as
+        ``weight_refresh``, when the next batch starts). A sampler still held elsewhere
+        re-encodes its rows before its next block. Agents call it after each optimizer step."""
         self._sampler = None
+        self._decode_weights = None
+        self.weights_version += 1
         torch.clear_autocast_cache()
 
     # ------------------------------------------------------------------ properties

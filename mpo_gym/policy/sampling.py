@@ -35,12 +35,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
+from .decode import MIN_RESERVE, DecodeWeights, StaticDecoder, decode_weights, unsupported_reason
 from .scoring import MIN_SHARED_HEAD, cache_kwarg, position_ids_from_mask
 
-__all__ = ["BlockSampler", "obs_rows", "row_seed"]
+__all__ = ["ENGINES", "BlockSampler", "obs_rows", "row_seed"]
+
+ENGINES = ("auto", "static", "hf")  # BlockSampler(engine=...): the decode loops
 
 _UNIFORMS_PER_REFILL = 64  # uniforms drawn at once from a row's stream
+DRAW_BLOCK = 256  # logits per block of draw_blocked
 
 
 def row_seed(seed: int, index: int) -> int:
@@ -61,19 +66,41 @@ class BlockSampler:
         temperature, top_p, greedy: the sampling distribution.
         responses: optional response tokens already produced per row (prefilled with the
             prompt; e.g. to resume episodes from observations).
+        engine: the decode loop: ``"static"`` (:class:`~mpo_gym.policy.decode.StaticDecoder`:
+            preallocated KV cache, fused weights in the compute dtype, no per-step overhead),
+            ``"hf"`` (the ``transformers`` forward with its ``DynamicCache``), or ``"auto"``
+            (the default: ``"static"`` where the model is supported, else ``"hf"``). Both
+            draw the same tokens from the same streams; their logits agree up to
+            floating-point reduction order.
+        reserve: KV-cache columns to allocate beyond the prefill (``"static"``; the cache
+            grows when they run out). :meth:`from_obs` passes the envs' remaining budget.
+
+    Weights: the KV cache is scoped to the weights it was made from. When they change
+    (:meth:`LMPolicy.weights_changed <mpo_gym.policy.LMPolicy.weights_changed>`, or any
+    in-place update of a parameter for ``"static"``), the next :meth:`sample` re-encodes the
+    live rows (prompt and response so far) with the new weights before drawing.
     """
 
     def __init__(self, policy: Any, prompts: Sequence[Sequence[int]], *, seed: int | None = None,
                  first_index: int = 0, temperature: float = 1.0,
                  top_p: float = 1.0, greedy: bool = False,
-                 responses: Sequence[Sequence[int]] | None = None):
+                 responses: Sequence[Sequence[int]] | None = None, engine: str = "auto",
+                 reserve: int | None = None):
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("need at least one prompt, each with at least one token")
         if temperature <= 0 and not greedy:
             raise ValueError(f"temperature must be > 0 (or use greedy=True); got {temperature}")
         if not 0 < top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1]; got {top_p}")
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}; got {engine!r}")
+        self.policy = policy
         self.lm = policy.causal_lm
+        reason = unsupported_reason(self.lm)
+        if engine == "static" and reason is not None:
+            raise ValueError(f"engine='static' cannot run this model: {reason}")
+        self.engine = "static" if engine == "auto" and reason is None else ("hf" if engine == "auto" else engine)
+        self._reserve = MIN_RESERVE if reserve is None else max(int(reserve), 1)
         self._autocast = getattr(policy, "autocast", contextlib.nullcontext)  # the policy's numerics
         self.device = policy.device
         self.pad_id = policy.pad_token_id
@@ -90,6 +117,9 @@ class BlockSampler:
         self._last_blocks: list[list[int]] = [r[-1:] for r in self.responses]  # checked by act
         self.finished = np.zeros(len(prompts), dtype=bool)
         self._cache_kw, self._keep_kw = _forward_kwarg_names(self.lm)
+        self._decoder: StaticDecoder | None = None
+        self._weights: DecodeWeights | None = None
+        self._version = _weights_version(policy)
         self._prefill()
 
     # ------------------------------------------------------------------ state
@@ -111,6 +141,11 @@ class BlockSampler:
         shared = len(os.path.commonprefix(seqs)) if self.batch_size > 1 else 0
         shared = min(shared, min(len(s) for s in seqs) - 1)  # every row keeps >= 1 own token
         shared = shared if shared >= MIN_SHARED_HEAD else 0
+        self._pending: torch.Tensor | None = None  # [b] tokens not yet fed
+        self._pending_mask: torch.Tensor | None = None  # [b] bool
+        if self.engine == "static":
+            self._static_prefill(seqs, shared)
+            return
         cache: Any = None
         if shared:
             head = torch.tensor([seqs[0][:shared]], device=self.device)  # [1, P]
@@ -132,10 +167,47 @@ class BlockSampler:
         self._rows = torch.arange(self.batch_size)  # cache row -> user row
         self._mask = mask  # [b, S]
         self._pos = mask.sum(-1)  # [b] next position id
-        self._pending: torch.Tensor | None = None  # [b] tokens not yet fed
-        self._pending_mask: torch.Tensor | None = None  # [b] bool
         out = self._forward(ids, mask, position_ids_from_mask(mask)[:, shared:], cache)
         self._logits = out.logits[:, -1].float()  # [b, V]
+
+    def _static_prefill(self, seqs: list[list[int]], shared: int) -> None:
+        """:meth:`_prefill` on the static engine: the same rows, mask and positions."""
+        self._weights = decode_weights(self.policy, self._compute_dtype())
+        decoder = self._decoder = StaticDecoder(self._weights, self.device)
+        tails = [s[shared:] for s in seqs]
+        width = max(len(t) for t in tails)
+        if shared:
+            head = torch.tensor([seqs[0][:shared]], device=self.device)  # [1, P]
+            decoder.prefill(head, torch.ones_like(head, dtype=torch.bool), torch.arange(shared, device=self.device)[None],
+                            reserve=width + self._reserve)
+            decoder.repeat(self.batch_size)
+        ids = torch.full((self.batch_size, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((self.batch_size, width), dtype=torch.bool)
+        for i, t in enumerate(tails):
+            ids[i, width - len(t):] = torch.tensor(t)
+            mask[i, width - len(t):] = True
+        ids, mask = ids.to(self.device), mask.to(self.device)  # [B, W]
+        pos = (mask.long().cumsum(-1) - 1).clamp(min=0) + shared  # [B, W] positions count unmasked tokens
+        self._rows = torch.arange(self.batch_size)
+        self._logits = decoder.prefill(ids, mask, pos, reserve=self._reserve)  # [b, V]
+
+    def _compute_dtype(self) -> torch.dtype:
+        """The products' dtype: bf16 under a bf16 policy, else the parameters' own dtype."""
+        if getattr(self.policy, "compute_dtype", "float32") == "bfloat16":
+            return torch.bfloat16
+        return self.lm.get_input_embeddings().weight.dtype
+
+    def _stale(self) -> bool:
+        """Whether the weights changed since the KV cache was made."""
+        if _weights_version(self.policy) != self._version:
+            return True
+        return self._weights is not None and not self._weights.matches(self.lm)
+
+    def _reencode(self) -> None:
+        """Rebuild the cache of the live rows from their tokens with the current weights."""
+        self._version = _weights_version(self.policy)
+        self._prefill()
+        self.compact()
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: Any) -> Any:
         kwargs = {self._cache_kw: cache, self._keep_kw: 1}
@@ -151,10 +223,13 @@ class BlockSampler:
         """Feed pending tokens (one forward for the batch) and return ``[b, V]`` logits."""
         if self._pending is not None:
             fed = self._pending_mask  # [b]
-            self._mask = torch.cat([self._mask, fed[:, None].long()], dim=1)  # type: ignore[index]  # [b, S+1]
-            out = self._forward(self._pending[:, None], self._mask, self._pos[:, None], self._cache)
-            self._pos = self._pos + fed.long()  # type: ignore[union-attr]
-            new = out.logits[:, -1].float()  # [b, V]
+            if self._decoder is not None:
+                new = self._decoder.step(self._pending, fed)  # type: ignore[arg-type]  # [b, V]
+            else:
+                self._mask = torch.cat([self._mask, fed[:, None].long()], dim=1)  # type: ignore[index]  # [b, S+1]
+                out = self._forward(self._pending[:, None], self._mask, self._pos[:, None], self._cache)
+                self._pos = self._pos + fed.long()  # type: ignore[union-attr]
+                new = out.logits[:, -1].float()  # [b, V]
             if bool(fed.all()):  # type: ignore[union-attr]
                 self._logits = new
             else:  # rows that drew nothing keep their logits
@@ -167,15 +242,19 @@ class BlockSampler:
     def _draw(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``[b, V]`` logits -> ``(tokens [b], logprobs [b])``.
 
-        Sampling is one pass of ``exp`` and one cumulative sum over the vocabulary: the token is
-        where the row's uniform falls in the unnormalised CDF, and its log-prob is
-        ``z_token - logsumexp(z)`` with ``z = logits / temperature``.
+        The token is where the row's uniform falls in the CDF of ``softmax(z)``, ``z = logits /
+        temperature``, and its log-prob is ``z_token - logsumexp(z)``. The static engine without
+        top-p reads the vocabulary once (:func:`draw_blocked`); otherwise one pass of ``exp``
+        and one cumulative sum over the vocabulary (plus a sort for top-p).
         """
         if self.greedy:
             tokens = logits.argmax(-1)  # [b]
             lse = torch.logsumexp(logits, -1)  # [b]
             return tokens, logits.gather(-1, tokens[:, None]).squeeze(-1) - lse
         z = logits if self.temperature == 1.0 else logits / self.temperature  # [b, V]
+        if self.engine == "static" and self.top_p == 1.0:
+            u = torch.as_tensor(self._next_uniforms(), dtype=torch.float64, device=z.device)  # [b]
+            return draw_blocked(z, u)
         peak = z.max(-1, keepdim=True).values  # [b, 1]
         weights = (z - peak).exp_()  # [b, V] unnormalised probabilities
         lse = peak.squeeze(-1) + weights.sum(-1).log()  # [b]
@@ -215,6 +294,8 @@ class BlockSampler:
         """
         n = np.broadcast_to(np.asarray(n_tokens, dtype=np.int64), (self.batch_size,)).copy()
         n[self.finished] = 0
+        if n.any() and self._stale():
+            self._reencode()
         blocks: list[list[int]] = [[] for _ in range(self.batch_size)]
         logps: list[list[float]] = [[] for _ in range(self.batch_size)]
         rows = self._rows.tolist()
@@ -249,13 +330,17 @@ class BlockSampler:
         if bool(keep.all()):
             return
         if not bool(keep.any()):
-            self._cache = None
+            self._cache = self._decoder = None
             self._rows = self._rows[:0]
             return
         idx = keep.nonzero().flatten().to(self.device)
-        self._cache.batch_select_indices(idx)  # type: ignore[union-attr]
+        if self._decoder is not None:
+            self._decoder.select(idx)
+        else:
+            self._cache.batch_select_indices(idx)  # type: ignore[union-attr]
+            self._mask, self._pos = self._mask[idx], self._pos[idx]
         self._rows = self._rows[keep]
-        self._mask, self._pos, self._logits = self._mask[idx], self._pos[idx], self._logits[idx]
+        self._logits = self._logits[idx]
         if self._pending is not None:
             self._pending, self._pending_mask = self._pending[idx], self._pending_mask[idx]  # type: ignore[index]
 
@@ -265,6 +350,7 @@ class BlockSampler:
         """A batch for the rows of a ``ReasoningEnv`` observation batch (prompt and any
         response so far are prefilled); ``kwargs`` as for the constructor."""
         rows = obs_rows(obs)
+        kwargs.setdefault("reserve", max(budget - len(r) for _, r, budget in rows))
         return cls(policy, [r[0] for r in rows], responses=[r[1] for r in rows], **kwargs)
 
     def act(self, obs: Any, block_size: int, *, done: Any = None) -> tuple[list[np.ndarray], list[list[float]]]:
@@ -329,6 +415,48 @@ def obs_rows(obs: Any) -> list[tuple[list[int], list[int], int]]:
         rows.append(([int(t) for t in np.asarray(o["prompt_ids"])[:p]],
                      [int(t) for t in response[:r]], int(response.shape[-1])))
     return rows
+
+
+def draw_blocked(z: torch.Tensor, u: torch.Tensor, block: int = DRAW_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse-CDF draw from ``softmax(z)`` that reads the vocabulary once.
+
+    Args:
+        z: ``[b, V]`` (tempered) logits.
+        u: ``[b]`` uniforms in [0, 1), one per row (float64).
+
+    Returns:
+        ``(tokens [b], log softmax(z)[token] [b])``.
+
+    The vocabulary is cut into blocks of ``block`` logits: one fused ``logsumexp`` per block
+    (the only pass over all ``V`` logits) gives the block masses; the row's uniform picks a
+    block on their cumulative sum (``V / block`` numbers) and then a token on the cumulative
+    sum inside that block (``block`` numbers). This is the same inverse-CDF rule, with the same
+    uniform, as one cumulative sum over the whole vocabulary: the token differs only where
+    ``u`` falls within float rounding of a CDF boundary (the sums are grouped differently).
+    """
+    b, V = z.shape
+    nblk = -(-V // block)
+    if nblk * block != V:  # pad with zero-probability logits to whole blocks
+        z = F.pad(z, (0, nblk * block - V), value=float("-inf"))
+    zb = z.view(b, nblk, block)
+    blk_lse = torch.logsumexp(zb, -1).double()  # [b, nblk]  the one pass over the vocabulary
+    lse = torch.logsumexp(blk_lse, -1)  # [b]  (the short sums run in float64)
+    mass = (blk_lse - lse[:, None]).exp_()  # [b, nblk] block probabilities
+    cdf = mass.cumsum(-1)  # [b, nblk]
+    x = u.double() * cdf[:, -1]  # [b] in [0, total)
+    j = torch.searchsorted(cdf, x[:, None], right=True).clamp_(max=nblk - 1)  # [b, 1] the block
+    rows = torch.arange(b, device=z.device)
+    inner = (zb[rows, j[:, 0]].double() - lse[:, None]).exp_().cumsum_(-1)  # [b, block] CDF inside it
+    rest = (x - (cdf.gather(1, j) - mass.gather(1, j)).squeeze(1)).clamp_(min=0)  # [b] mass left to cover
+    rest = torch.minimum(rest, torch.nextafter(inner[:, -1], torch.zeros_like(rest)))  # a token of weight > 0
+    t = torch.searchsorted(inner, rest[:, None], right=True).squeeze(1)  # [b] first inner cdf > rest
+    tokens = j[:, 0] * block + t
+    return tokens, z.gather(1, tokens[:, None]).squeeze(1) - lse.to(z.dtype)
+
+
+def _weights_version(policy: Any) -> int:
+    """The policy's weight version (:meth:`LMPolicy.weights_changed` bumps it)."""
+    return int(getattr(policy, "weights_version", 0))
 
 
 def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
