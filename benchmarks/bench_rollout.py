@@ -1,42 +1,65 @@
-"""Episode rollout throughput through the envs vs plain ``model.generate``.
+"""Episode rollout throughput against ``model.generate``, old and new decode loops side by side.
 
-Batch 8, 128 new tokens per row, K in {1, 4, 8}, embedded SmolLM2-135M, temperature-1
-sampling (``--mode sample``, the default: what training rollouts do; ``generate`` samples with
-``top_k=0, top_p=1``, so both draw from the full softmax) or greedy decoding (``--mode greedy``).
-EOS is disabled (env and sampler never stop on it; ``generate`` runs with ``min_new_tokens``), so
-every row makes exactly 128 tokens.
+Embedded SmolLM2-135M, EOS disabled (every row makes exactly the shape's new tokens). For each
+shape (episodes x new tokens, temperature) and batch size (episodes generated together), in one
+process and interleaved round by round, so load changes hit every method alike:
 
-Compared, in the same process and interleaved:
+- ``generate fp32``: ``model.generate`` on the left-padded prompts (no envs), float32;
+- ``generate bf16``: the same under ``torch.autocast(bfloat16)``;
+- ``ours before``: :func:`mpo_gym.rollout.rollout` with ``engine="hf"`` (the ``transformers``
+  forward and its ``DynamicCache``), float32;
+- ``ours after``: ``rollout`` with its default engine (the static decode loop), float32, and
+  ``ours after bf16`` (a bf16 policy: the loop's own bf16 copy of the weights).
 
-- ``generate``: ``model.generate`` on the left-padded prompts (one call, no envs);
-- ``rollout``: :func:`mpo_gym.rollout.rollout` (KV cache kept across env steps);
-- ``naive``: per block, ``model.generate`` on the re-encoded prefix (prompt + response so far)
-  for K tokens, then the env step: what a cache-less env loop costs.
+Shapes: the quickstart's (16 episodes x 40 tokens, T=0.7) and a long one (8 x 256, T=1); batch
+1 and 8. Prints tokens/s (median over rounds), the ratio to ``generate fp32`` of the same round
+(median and worst), the CPU kind (``avx512_bf16``/``amx_bf16`` flags; none = AVX2, where bf16 is
+emulated and slow) and the load (``uptime``) before and after.
 
-Run: ``python benchmarks/bench_rollout.py [--dtype float32 bfloat16] [--mode sample greedy]
-[--repeats 3]``. Prints tokens/s and the ratios rollout/generate (median over repeats, and the
-worst repeat) and rollout/naive.
+Run: ``python benchmarks/bench_rollout.py [--repeats 2] [--shapes quick long] [--batches 1 8]
+[--methods ...] [--threads N] [--block-size 8]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import pathlib
 import statistics
+import subprocess
 import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
 
-import numpy as np
 import torch
 
 from mpo_gym.envs.arithmetic import ArithmeticEnv
 from mpo_gym.policy import LMPolicy
 from mpo_gym.rollout import rollout
 
-BATCH, NEW_TOKENS = 8, 128
+SHAPES = {"quick": (16, 40, 0.7), "long": (8, 256, 1.0)}  # episodes, new tokens, temperature
+METHODS = ("generate fp32", "generate bf16", "ours before", "ours after", "ours after bf16")
 
 
-def make_envs(policy: LMPolicy, k: int) -> list[ArithmeticEnv]:
-    envs = [ArithmeticEnv(tokenizer=policy.tokenizer, block_size=k, max_new_tokens=NEW_TOKENS,
-                          digits=3, terms=4, ops="+-*") for _ in range(BATCH)]
+def cpu_kind() -> str:
+    try:
+        flags = set(pathlib.Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return "unknown"
+    native = sorted(flags & {"avx512_bf16", "amx_bf16"})
+    return ", ".join(native) if native else "AVX2 (no native bf16)"
+
+
+def load() -> str:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
+    return "unknown"
+
+
+def make_envs(policy: LMPolicy, n: int, new_tokens: int, k: int) -> list[ArithmeticEnv]:
+    envs = [ArithmeticEnv(tokenizer=policy.tokenizer, block_size=k, max_new_tokens=new_tokens,
+                          digits=3, terms=4, ops="+-*") for _ in range(n)]
     for env in envs:
         env.eos_token_id = -1  # never terminate: every episode runs the full budget
     return envs
@@ -51,103 +74,87 @@ def left_pad(prompts: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Te
     return ids, mask
 
 
-SAMPLE = True  # set from --mode
+def run_generate(policy: LMPolicy, prompts: list[list[int]], batch: int, new_tokens: int, temperature: float,
+                 bf16: bool) -> int:
+    tokens = 0
+    region = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    for start in range(0, len(prompts), batch):
+        ids, mask = left_pad(prompts[start:start + batch], policy.pad_token_id)
+        with torch.no_grad(), region:
+            out = policy.model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens,
+                                        min_new_tokens=new_tokens, pad_token_id=policy.pad_token_id,
+                                        do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
+        tokens += int(out[:, ids.shape[1]:].numel())
+    return tokens
 
 
-def sampling_kwargs() -> dict:
-    if SAMPLE:
-        return {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
-    return {"do_sample": False}
-
-
-def run_generate(policy: LMPolicy, prompts: list[list[int]]) -> int:
-    ids, mask = left_pad(prompts, policy.pad_token_id)
-    with torch.no_grad():
-        out = policy.model.generate(ids, attention_mask=mask, max_new_tokens=NEW_TOKENS,
-                                    min_new_tokens=NEW_TOKENS, pad_token_id=policy.pad_token_id,
-                                    **sampling_kwargs())
-    return int(out[:, ids.shape[1]:].numel())
-
-
-def run_rollout(policy: LMPolicy, envs: list[ArithmeticEnv]) -> int:
-    """One episode per env (envs are built once, as a trainer keeps them; reset is timed)."""
-    k = int(envs[0].block_size)
-    episodes = rollout(envs, policy, task_indices=list(range(BATCH)), seed=k, greedy=not SAMPLE, temperature=1.0)
+def run_rollout(policy: LMPolicy, envs: list[ArithmeticEnv], batch: int, temperature: float, engine: str) -> int:
+    episodes = rollout(envs, policy, task_indices=list(range(len(envs))), seed=0, temperature=temperature,
+                       max_batch=batch, engine=engine)
     return sum(len(e.response_ids) for e in episodes)
-
-
-def run_naive(policy: LMPolicy, k: int) -> int:
-    envs = make_envs(policy, k)
-    prompts = [list(env.reset(options={"task_index": i})[0]["prompt_ids"][: env.prompt_ids(i).size])
-               for i, env in enumerate(envs)]
-    responses: list[list[int]] = [[] for _ in envs]
-    while len(responses[0]) < NEW_TOKENS:
-        n = min(k, NEW_TOKENS - len(responses[0]))
-        ids, mask = left_pad([p + r for p, r in zip(prompts, responses)], policy.pad_token_id)
-        with torch.no_grad():
-            out = policy.model.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
-                                        pad_token_id=policy.pad_token_id, **sampling_kwargs())
-        for i, env in enumerate(envs):
-            block = out[i, ids.shape[1]:].tolist()
-            env.step(np.asarray(block))
-            responses[i] += block
-    return sum(len(r) for r in responses)
-
-
-def timed(label: str, fn, *args) -> float:
-    start = time.perf_counter()
-    tokens = fn(*args)
-    seconds = time.perf_counter() - start
-    print(f"  {label}: {tokens} tokens in {seconds:.1f} s", flush=True)
-    return tokens / seconds
-
-
-def bench(dtype: str, ks: list[int], repeats: int, naive: bool) -> None:
-    policy = LMPolicy.from_pretrained("default", dtype=dtype)
-    policy.eos_token_id = -1  # the sampler never stops a block on EOS
-    prompts = [list(map(int, make_envs(policy, 1)[0].prompt_ids(i))) for i in range(BATCH)]
-    run_generate(policy, prompts)  # warm-up
-    envs = {k: make_envs(policy, k) for k in ks}  # built once (task generation is not rollout work)
-    results: dict[str, list[float]] = {}
-    for _ in range(repeats):  # interleaved, so load changes hit every method alike
-        results.setdefault("generate", []).append(timed("generate", run_generate, policy, prompts))
-        for k in ks:
-            results.setdefault(f"rollout K={k}", []).append(
-                timed(f"rollout K={k}", run_rollout, policy, envs[k]))
-            if naive:
-                results.setdefault(f"naive K={k}", []).append(
-                    timed(f"naive K={k}", run_naive, policy, k))
-    gen = statistics.median(results["generate"])
-    mode = "temperature-1 sampling" if SAMPLE else "greedy"
-    print(f"\n== {dtype}: batch {BATCH}, {NEW_TOKENS} new tokens/row, {mode}, "
-          f"{torch.get_num_threads()} threads, median of {repeats} interleaved rounds")
-    print(f"{'method':<14}{'tok/s':>9}{'vs generate':>13}{'worst round':>13}{'rollout/naive':>15}")
-    for name, values in results.items():
-        tps = statistics.median(values)
-        worst = min(v / g for v, g in zip(values, results["generate"]))  # same round's generate
-        extra = ""
-        if name.startswith("rollout") and naive:
-            extra = f"{tps / statistics.median(results[name.replace('rollout', 'naive')]):>14.2f}x"
-        print(f"{name:<14}{tps:>9.1f}{tps / gen:>12.2f}x{worst:>12.2f}x{extra}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dtype", nargs="+", default=["float32"])
-    parser.add_argument("--mode", nargs="+", choices=("sample", "greedy"), default=["sample"])
-    parser.add_argument("--k", nargs="+", type=int, default=[1, 4, 8])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--no-naive", action="store_true", help="skip the re-encoding baseline")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds")
+    parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=["quick", "long"])
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--block-size", type=int, default=8, help="K: tokens per env step")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
     args = parser.parse_args()
-    globals()["NEW_TOKENS"] = args.new_tokens
     if args.threads:
         torch.set_num_threads(args.threads)
-    for mode in args.mode:
-        globals()["SAMPLE"] = mode == "sample"
-        for dtype in args.dtype:
-            bench(dtype, args.k, args.repeats, not args.no_naive)
+    print(f"CPU: {cpu_kind()}; torch threads {torch.get_num_threads()}; load before: {load()}", flush=True)
+    fp32 = LMPolicy.from_pretrained("default", dtype="float32")
+    bf16 = LMPolicy(fp32.model, fp32.tokenizer, compute_dtype="bfloat16")  # same weights, bf16 products
+    for pol in (fp32, bf16):
+        pol.eos_token_id = -1  # the samplers never stop a block on EOS
+    def methods_for(envs: list[ArithmeticEnv], prompts: list[list[int]], batch: int, new_tokens: int,
+                    temperature: float) -> dict[str, Callable[[], int]]:
+        fns = {
+            "generate fp32": partial(run_generate, fp32, prompts, batch, new_tokens, temperature, False),
+            "generate bf16": partial(run_generate, fp32, prompts, batch, new_tokens, temperature, True),
+            "ours before": partial(run_rollout, fp32, envs, batch, temperature, "hf"),
+            "ours after": partial(run_rollout, fp32, envs, batch, temperature, "auto"),
+            "ours after bf16": partial(run_rollout, bf16, envs, batch, temperature, "auto"),
+        }
+        return {m: fns[m] for m in ["generate fp32"] + [m for m in args.methods if m != "generate fp32"]}
+
+    small = make_envs(fp32, 2, 8, args.block_size)
+    for fn in methods_for(small, [list(map(int, small[0].prompt_ids(i))) for i in range(2)], 2, 8, 1.0).values():
+        fn()  # warm-up: first-call allocations, the bf16 copy of the weights
+    rows = []
+    for shape in args.shapes:
+        n, new_tokens, temperature = SHAPES[shape]
+        envs = make_envs(fp32, n, new_tokens, args.block_size)  # built once, as a trainer keeps them
+        prompts = [list(map(int, envs[0].prompt_ids(i))) for i in range(n)]
+        for batch in args.batches:
+            fns = methods_for(envs, prompts, batch, new_tokens, temperature)
+            results: dict[str, list[float]] = {m: [] for m in fns}
+            for r in range(args.repeats):
+                for m, fn in fns.items():
+                    start = time.perf_counter()
+                    tokens = fn()
+                    results[m].append(tokens / (time.perf_counter() - start))
+                    print(f"  {shape} batch {batch} round {r}: {m}: {results[m][-1]:.1f} tok/s", flush=True)
+            rows.append((shape, n, new_tokens, temperature, batch, results))
+    print(f"\nload after: {load()}")
+    print(f"CPU: {cpu_kind()}; torch threads {torch.get_num_threads()}; block size K={args.block_size}; "
+          f"median of {args.repeats} interleaved rounds; ratios against generate fp32 of the same round")
+    header = f"{'shape':<22}{'batch':>6}  {'method':<17}{'tok/s':>8}{'x gen fp32':>12}{'worst':>8}{'x before':>10}"
+    print(header)
+    print("-" * len(header))
+    for shape, n, new_tokens, temperature, batch, results in rows:
+        base = results["generate fp32"]
+        label = f"{shape} {n}x{new_tokens} T={temperature}"
+        for m, values in results.items():
+            ratios = [v / b for v, b in zip(values, base)]
+            vs_before: Any = ""
+            if "ours before" in results and m.startswith("ours after"):
+                vs_before = f"{statistics.median(v / b for v, b in zip(values, results['ours before'])):.2f}x"
+            print(f"{label:<22}{batch:>6}  {m:<17}{statistics.median(values):>8.1f}"
+                  f"{statistics.median(ratios):>11.2f}x{min(ratios):>7.2f}x{vs_before:>10}")
 
 
 if __name__ == "__main__":
