@@ -17,7 +17,7 @@ from typing import Any
 
 from ..configs import COMPARE_PER_RUN, CompareConfig, TrainConfig
 from ..errors import ConfigError, did_you_mean
-from ..options import add_dataclass_arguments
+from ..options import add_dataclass_arguments, split_items
 from .common import add_config_flags, import_listed, stored_config
 
 __all__ = ["add_arguments", "config_from_args", "run"]
@@ -83,7 +83,7 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
     common = {k[len("common__"):]: v for k, v in given.items() if k.startswith("common__")}
     given = {k: v for k, v in given.items() if not k.startswith("common__")}
     if "agents" in given and "agent_kwargs" not in given:  # a preset's per-agent settings, for the agents kept
-        kept = set(_names(given["agents"]))
+        kept = set(split_items(given["agents"]))
         values["agent_kwargs"] = {k: v for k, v in (values.get("agent_kwargs") or {}).items() if k in kept}
     values.update(given)
     if common:
@@ -109,12 +109,6 @@ def _sweep_arg(text: str) -> tuple[str, list[Any]]:
         except json.JSONDecodeError:
             out.append(item.strip())
     return name.strip().replace("-", "_"), out
-
-
-def _names(value: Any) -> list[str]:
-    from ..options import split_items
-
-    return split_items(value)
 
 
 def _parse_budget(text: str) -> dict[str, Any]:
